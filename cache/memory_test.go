@@ -1,0 +1,217 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+)
+
+func newTestMemory(t testing.TB, maxBytes int64) *Memory {
+	t.Helper()
+	m, err := NewMemory(maxBytes)
+	if err != nil {
+		t.Fatalf("NewMemory(%d): %v", maxBytes, err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+func TestNewMemoryBound(t *testing.T) {
+	tests := []struct {
+		name     string
+		maxBytes int64
+		wantErr  bool
+	}{
+		{"one byte", 1, false},
+		{"one MiB", 1 << 20, false},
+		{"zero", 0, true},
+		{"negative", -1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := NewMemory(tt.maxBytes)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("NewMemory(%d) error = %v, want error %v", tt.maxBytes, err, tt.wantErr)
+			}
+			if m != nil {
+				m.Close()
+			}
+		})
+	}
+}
+
+func TestMemoryHitAfterPut(t *testing.T) {
+	tests := []struct {
+		name  string
+		value []byte
+	}{
+		{"empty", []byte{}},
+		{"small", []byte("hello lazyroot")},
+		{"chunk", bytes.Repeat([]byte{0xa5}, 64<<10)},
+		{"large chunk", bytes.Repeat([]byte{0x5a}, 4<<20)},
+	}
+	m := newTestMemory(t, 64<<20)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key := NewKey("sha256:"+tt.name, 0, int64(len(tt.value)))
+			if _, ok := m.Get(key); ok {
+				t.Fatalf("Get(%q) hit before Put", key)
+			}
+			m.Put(key, tt.value)
+			got, ok := m.Get(key)
+			if !ok {
+				t.Fatalf("Get(%q) missed right after Put", key)
+			}
+			if !bytes.Equal(got, tt.value) {
+				t.Errorf("Get(%q) = %d bytes, want the %d put", key, len(got), len(tt.value))
+			}
+			if len(tt.value) > 0 && &got[0] != &tt.value[0] {
+				t.Errorf("Get(%q) returned a copy, want the slice that was put", key)
+			}
+		})
+	}
+}
+
+func TestMemoryBounded(t *testing.T) {
+	tests := []struct {
+		name      string
+		bound     int64
+		valueSize int
+	}{
+		{"small values", 1 << 20, 4 << 10},
+		{"chunk values", 4 << 20, 64 << 10},
+		{"values near the bound", 1 << 20, 300 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newTestMemory(t, tt.bound)
+			value := make([]byte, tt.valueSize)
+			n := int(10 * tt.bound / int64(tt.valueSize))
+			keys := make([]Key, n)
+			for i := range keys {
+				keys[i] = NewKey("sha256:bounded", int64(i*tt.valueSize), int64(tt.valueSize))
+				m.Put(keys[i], value)
+			}
+			held := m.heldBytes()
+			if held > tt.bound {
+				t.Errorf("tier holds cost %d after putting %d bytes, want at most %d", held, n*tt.valueSize, tt.bound)
+			}
+			if held <= 0 {
+				t.Errorf("tier holds cost %d after putting %d bytes, want some", held, n*tt.valueSize)
+			}
+			var reachable int64
+			for _, k := range keys {
+				if b, ok := m.Get(k); ok {
+					reachable += int64(len(b))
+				}
+			}
+			if reachable > tt.bound {
+				t.Errorf("%d value bytes reachable, want at most %d", reachable, tt.bound)
+			}
+		})
+	}
+}
+
+func TestMemoryRefusesValueOverBound(t *testing.T) {
+	m := newTestMemory(t, 1<<10)
+	key := NewKey("sha256:big", 0, 2<<10)
+	m.Put(key, make([]byte, 2<<10))
+	if _, ok := m.Get(key); ok {
+		t.Errorf("Get(%q) hit for a value larger than the whole tier", key)
+	}
+	if held := m.heldBytes(); held != 0 {
+		t.Errorf("tier holds cost %d, want 0", held)
+	}
+}
+
+func TestMemoryClose(t *testing.T) {
+	m, err := NewMemory(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := NewKey("sha256:closed", 0, 3)
+	m.Put(key, []byte("abc"))
+	m.Close()
+	m.Close() // idempotent
+	if _, ok := m.Get(key); ok {
+		t.Errorf("Get after Close hit")
+	}
+	m.Put(key, []byte("abc")) // must not panic
+	if held := m.heldBytes(); held != 0 {
+		t.Errorf("held cost after Close = %d, want 0", held)
+	}
+}
+
+func TestMemoryCloseWhileBusy(t *testing.T) {
+	m, err := NewMemory(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 2000 {
+				k := NewKey(fmt.Sprintf("sha256:%d", g), int64(i), 8)
+				m.Put(k, make([]byte, 8))
+				m.Get(k)
+			}
+		}()
+	}
+	m.Close()
+	for range 4 {
+		<-done
+	}
+}
+
+// BenchmarkMemoryHit measures a memory-tier hit on a 64 KiB chunk.
+func BenchmarkMemoryHit(b *testing.B) {
+	const size = 64 << 10
+	const nkeys = 256
+	m := newTestMemory(b, 2*nkeys*size)
+	keys := make([]Key, nkeys)
+	for i := range keys {
+		keys[i] = NewKey("sha256:bench", int64(i*size), size)
+		m.Put(keys[i], make([]byte, size))
+		if _, ok := m.Get(keys[i]); !ok {
+			b.Fatalf("setup: Get(%q) missed after Put", keys[i])
+		}
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.SetBytes(size)
+		i := 0
+		for b.Loop() {
+			if _, ok := m.Get(keys[i%nkeys]); !ok {
+				b.Fatal("miss")
+			}
+			i++
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.SetBytes(size)
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if _, ok := m.Get(keys[i%nkeys]); !ok {
+					b.Error("miss")
+					return
+				}
+				i++
+			}
+		})
+	})
+}
+
+// BenchmarkMemoryPut measures Put of a new 64 KiB chunk, including the
+// wait that makes it visible to the next Get.
+func BenchmarkMemoryPut(b *testing.B) {
+	const size = 64 << 10
+	m := newTestMemory(b, 64<<20)
+	value := make([]byte, size)
+	b.SetBytes(size)
+	i := 0
+	for b.Loop() {
+		m.Put(NewKey("sha256:put", int64(i*size), size), value)
+		i++
+	}
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/pflag"
+
+	"github.com/lazyroot/lazyroot/fetch"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// registryFlags are the options of every command that talks to a registry.
+type registryFlags struct {
+	platform       string
+	insecure       []string
+	username       string
+	password       string
+	auth           string
+	resolveTimeout time.Duration
+}
+
+func (r *registryFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&r.platform, "platform", "", "platform to pick from a multi-arch image, os/arch[/variant] (default: this host's)")
+	fs.StringSliceVar(&r.insecure, "insecure-registry", nil, "registry HOST[:PORT] that may be reached over plain HTTP (repeatable; loopback always may)")
+	fs.StringVar(&r.username, "username", "", "registry user name (default: from ~/.docker/config.json or credential helpers)")
+	fs.StringVar(&r.password, "password", "", "registry password, with --username")
+	fs.StringVar(&r.auth, "auth", "", "registry credentials as base64 of USER:PASSWORD")
+	fs.DurationVar(&r.resolveTimeout, "resolve-timeout", 2*time.Minute, "give up resolving and indexing the image after this long")
+}
+
+// options turns the flags into layer.Resolve options.
+func (r *registryFlags) options() ([]layer.Option, error) {
+	var opts []layer.Option
+	if r.platform != "" {
+		p, err := v1.ParsePlatform(r.platform)
+		if err != nil || p.OS == "" || p.Architecture == "" {
+			return nil, fmt.Errorf("%w: --platform %q: want os/arch[/variant]", errUsage, r.platform)
+		}
+		opts = append(opts, layer.WithPlatform(*p))
+	}
+	for _, h := range r.insecure {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			return nil, fmt.Errorf("%w: --insecure-registry %q: want HOST[:PORT]", errUsage, h)
+		}
+	}
+	opts = append(opts, layer.WithInsecureRegistries(r.insecure...))
+	switch {
+	case r.auth != "" && (r.username != "" || r.password != ""):
+		return nil, fmt.Errorf("%w: use --auth or --username/--password, not both", errUsage)
+	case r.auth != "":
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(r.auth))
+		user, pass, ok := strings.Cut(string(raw), ":")
+		if err != nil || !ok || user == "" {
+			return nil, fmt.Errorf("%w: --auth: not base64 of USER:PASSWORD", errUsage)
+		}
+		opts = append(opts, layer.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	case r.username != "":
+		opts = append(opts, layer.WithAuth(&authn.Basic{Username: r.username, Password: r.password}))
+	case r.password != "":
+		return nil, fmt.Errorf("%w: --password needs --username", errUsage)
+	}
+	opts = append(opts, layer.WithFetchOptions(fetch.WithUserAgent("lazyroot")))
+	return opts, nil
+}

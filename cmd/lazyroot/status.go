@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
+	fset := newFlagSet(stdout, "status")
+	root := fset.String("root", defaultRoot, "state directory of the mounts")
+	asJSON := fset.Bool("json", false, "print the status of each mount as JSON")
+	if err := parseArgs(fset, args, 0, 1); err != nil {
+		return err
+	}
+	var recs []*mountRecord
+	if fset.NArg() == 1 {
+		dir, err := absDir(fset.Arg(0))
+		if err != nil {
+			return err
+		}
+		rec, err := readRecord(recordPath(*root, dir))
+		if err != nil {
+			return fmt.Errorf("%s is not a lazyroot mount under state root %s", dir, *root)
+		}
+		recs = append(recs, rec)
+	} else {
+		var err error
+		if recs, err = listRecords(*root); err != nil {
+			return err
+		}
+	}
+	for _, rec := range recs {
+		st, err := queryStatus(ctx, rec.Socket)
+		if err != nil {
+			fmt.Fprintf(stdout, "%s: %s (server %d not answering: %v)\n", rec.Dir, rec.Image, rec.PID, err)
+			continue
+		}
+		if *asJSON {
+			b, _ := json.MarshalIndent(st, "", "  ")
+			fmt.Fprintf(stdout, "%s\n", b)
+			continue
+		}
+		pct := 0.0
+		if st.ImageBytes > 0 {
+			pct = 100 * float64(st.FetchedBytes) / float64(st.ImageBytes)
+		}
+		fmt.Fprintf(stdout, "%s: %s\n  digest %s, server pid %d\n  %d inodes, %s in files\n  fetched %s of %s image (%.1f%%) in %d requests\n",
+			st.Dir, st.Image, st.Digest, st.PID, st.Inodes, humanize.IBytes(uint64(st.FileBytes)),
+			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests)
+	}
+	return nil
+}
+
+func queryStatus(ctx context.Context, socket string) (*mountStatus, error) {
+	client := &http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lazyroot/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	st := new(mountStatus)
+	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}

@@ -1,0 +1,15 @@
+// Package fs serves a merged, immutable index.Tree as a read-only FUSE file
+// system.
+//
+// Every inode is created when the file system is mounted (the tree is
+// already in memory), so lookups never block on the network; hardlinked
+// names share one inode. Because the tree never changes, entries and
+// attributes are cached by the kernel for a long time and opened files keep
+// their page cache (FOPEN_KEEP_CACHE). File content is asked of a
+// ContentReader, whose errors are turned into errno values by toErrno:
+// cancellation becomes EINTR, a missing file ENOENT, anything else EIO with
+// a log line, so a job sees a failed read rather than a hang.
+//
+// The go-fuse server calls node methods from many goroutines; nodes hold no
+// mutable state, so no locks are needed here.
+package fs

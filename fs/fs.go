@@ -1,0 +1,242 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"log"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	fusefs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// ContentReader reads the content of regular files of the tree.
+type ContentReader interface {
+	// ReadAt reads len(p) bytes of n's content at off; io.EOF at the end.
+	ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) (int, error)
+}
+
+// blockSize is the unit st_blocks and statfs are reported in.
+const blockSize = 512
+
+// Root is the root directory of a mounted tree.
+type Root struct {
+	dirNode
+	tree   *index.Tree
+	reader ContentReader
+	logger *log.Logger
+}
+
+var _ = (fusefs.NodeOnAdder)((*Root)(nil))
+var _ = (fusefs.NodeStatfser)((*Root)(nil))
+
+// NewRoot returns the root node serving tree, reading content from r.
+func NewRoot(tree *index.Tree, r ContentReader, logger *log.Logger) *Root {
+	if logger == nil {
+		logger = log.New(io.Discard, "", 0)
+	}
+	root := &Root{tree: tree, reader: r, logger: logger}
+	root.entry = tree.Root
+	return root
+}
+
+// OnAdd builds every inode of the tree under the root.
+func (r *Root) OnAdd(ctx context.Context) {
+	made := map[*index.Node]*fusefs.Inode{}
+	var add func(parent *fusefs.Inode, dir *index.Node)
+	add = func(parent *fusefs.Inode, dir *index.Node) {
+		for _, name := range dir.Names() {
+			n := dir.Children[name]
+			child, ok := made[n]
+			if !ok {
+				child = parent.NewPersistentInode(ctx, r.newNode(n), fusefs.StableAttr{Mode: fileType(n), Ino: n.Ino})
+				made[n] = child
+				if n.Type == index.TypeDir {
+					add(child, n)
+				}
+			}
+			parent.AddChild(name, child, true)
+		}
+	}
+	add(r.EmbeddedInode(), r.tree.Root)
+}
+
+func (r *Root) newNode(n *index.Node) fusefs.InodeEmbedder {
+	switch n.Type {
+	case index.TypeDir:
+		return &dirNode{baseNode: baseNode{entry: n}}
+	case index.TypeReg:
+		return &fileNode{baseNode: baseNode{entry: n}, root: r}
+	case index.TypeSymlink:
+		return &symlinkNode{baseNode: baseNode{entry: n}}
+	default:
+		return &specialNode{baseNode: baseNode{entry: n}}
+	}
+}
+
+// Statfs reports the tree's size; the file system has no free space.
+func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.Blocks = uint64(r.tree.Bytes+4095) / 4096
+	out.Files = r.tree.Inodes
+	out.NameLen = 255
+	return 0
+}
+
+// baseNode holds what every kind of inode shares: attributes and xattrs.
+type baseNode struct {
+	fusefs.Inode
+	entry *index.Node
+}
+
+var _ = (fusefs.NodeGetattrer)((*baseNode)(nil))
+var _ = (fusefs.NodeGetxattrer)((*baseNode)(nil))
+var _ = (fusefs.NodeListxattrer)((*baseNode)(nil))
+
+// Getattr reports the entry's metadata.
+func (n *baseNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	fillAttr(n.entry, &out.Attr)
+	return 0
+}
+
+func fillAttr(n *index.Node, a *fuse.Attr) {
+	a.Ino = n.Ino
+	a.Mode = fileType(n) | n.Mode&07777
+	a.Nlink = n.Nlink
+	a.Owner = fuse.Owner{Uid: uint32(n.UID), Gid: uint32(n.GID)}
+	a.Size = uint64(n.Size)
+	if n.Type == index.TypeSymlink {
+		a.Size = uint64(len(n.Linkname))
+	}
+	a.Blocks = (a.Size + blockSize - 1) / blockSize
+	a.Blksize = 4096
+	if n.Type == index.TypeChar || n.Type == index.TypeBlock {
+		a.Rdev = mkdev(n.Devmajor, n.Devminor)
+	}
+	t := n.ModTime
+	if t.IsZero() {
+		t = time.Unix(0, 0)
+	}
+	a.SetTimes(&t, &t, &t)
+}
+
+// mkdev encodes a device number as Linux's new_encode_dev does.
+func mkdev(major, minor uint32) uint32 {
+	return (minor & 0xff) | (major&0xfff)<<8 | (minor&^0xff)<<12
+}
+
+func fileType(n *index.Node) uint32 {
+	switch n.Type {
+	case index.TypeDir:
+		return syscall.S_IFDIR
+	case index.TypeSymlink:
+		return syscall.S_IFLNK
+	case index.TypeChar:
+		return syscall.S_IFCHR
+	case index.TypeBlock:
+		return syscall.S_IFBLK
+	case index.TypeFifo:
+		return syscall.S_IFIFO
+	default:
+		return syscall.S_IFREG
+	}
+}
+
+// Getxattr returns one extended attribute.
+func (n *baseNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, ok := n.entry.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+// Listxattr lists the extended attribute names, NUL-terminated.
+func (n *baseNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	names := make([]string, 0, len(n.entry.Xattrs))
+	for k := range n.entry.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte(0)
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), 0
+}
+
+// dirNode is a directory; its children are added by Root.OnAdd.
+type dirNode struct{ baseNode }
+
+// symlinkNode is a symbolic link.
+type symlinkNode struct{ baseNode }
+
+var _ = (fusefs.NodeReadlinker)((*symlinkNode)(nil))
+
+// Readlink returns the link target.
+func (n *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	return []byte(n.entry.Linkname), 0
+}
+
+// specialNode is a device node or fifo: attributes only.
+type specialNode struct{ baseNode }
+
+// fileNode is a regular file whose content the root's ContentReader reads.
+type fileNode struct {
+	baseNode
+	root *Root
+}
+
+var _ = (fusefs.NodeOpener)((*fileNode)(nil))
+var _ = (fusefs.NodeReader)((*fileNode)(nil))
+
+// Open allows reading only; the page cache is kept across opens since the
+// content never changes.
+func (f *fileNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// Read reads file content through the ContentReader.
+func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.root.reader.ReadAt(ctx, f.entry, dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, toErrno(f.root.logger, err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// toErrno maps an error to the errno a reader should see, logging
+// unexpected ones.
+func toErrno(logger *log.Logger, err error) syscall.Errno {
+	var errno syscall.Errno
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	case errors.Is(err, fs.ErrNotExist):
+		return syscall.ENOENT
+	case errors.As(err, &errno):
+		return errno
+	}
+	logger.Printf("read failed: %v", err)
+	return syscall.EIO
+}

@@ -1,0 +1,96 @@
+package index
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// EncodingVersion is the version Encode writes and Decode accepts.
+const EncodingVersion = 1
+
+// encodingMagic starts every encoded index.
+var encodingMagic = [8]byte{'L', 'Z', 'R', 'I', 'D', 'X', 0, '\n'}
+
+// maxEncodedSize bounds the encoded index Decode accepts.
+const maxEncodedSize = 1 << 30
+
+// ErrVersion reports an encoded index written by another version: rebuild it.
+var ErrVersion = errors.New("unsupported index version")
+
+// ErrChecksum reports an encoded index whose bytes were damaged.
+var ErrChecksum = errors.New("index checksum mismatch")
+
+// Encode writes x as: magic, version (uint32), payload length (uint64),
+// payload (gzip of JSON), and the sha256 of everything before it.
+func (x *Index) Encode(w io.Writer) error {
+	var payload bytes.Buffer
+	zw := gzip.NewWriter(&payload)
+	if err := json.NewEncoder(zw).Encode(x); err != nil {
+		return fmt.Errorf("encode index of %s: %w", x.Layer, err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("encode index of %s: %w", x.Layer, err)
+	}
+	var head [20]byte
+	copy(head[:8], encodingMagic[:])
+	binary.BigEndian.PutUint32(head[8:12], EncodingVersion)
+	binary.BigEndian.PutUint64(head[12:20], uint64(payload.Len()))
+	h := sha256.New()
+	h.Write(head[:])
+	h.Write(payload.Bytes())
+	for _, b := range [][]byte{head[:], payload.Bytes(), h.Sum(nil)} {
+		if _, err := w.Write(b); err != nil {
+			return fmt.Errorf("write index of %s: %w", x.Layer, err)
+		}
+	}
+	return nil
+}
+
+// Decode reads an index written by Encode and validates it. A damaged,
+// truncated or foreign input fails with ErrChecksum or ErrMalformed, one from
+// another version with ErrVersion.
+func Decode(r io.Reader) (*Index, error) {
+	var head [20]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return nil, fmt.Errorf("decode index: %w: header: %w", ErrMalformed, err)
+	}
+	if !bytes.Equal(head[:8], encodingMagic[:]) {
+		return nil, fmt.Errorf("decode index: %w: not an index", ErrMalformed)
+	}
+	if v := binary.BigEndian.Uint32(head[8:12]); v != EncodingVersion {
+		return nil, fmt.Errorf("decode index: %w %d (want %d)", ErrVersion, v, EncodingVersion)
+	}
+	n := binary.BigEndian.Uint64(head[12:20])
+	if n > maxEncodedSize {
+		return nil, fmt.Errorf("decode index: %w: payload of %d bytes", ErrMalformed, n)
+	}
+	body := make([]byte, n+sha256.Size)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, fmt.Errorf("decode index: %w: truncated: %w", ErrChecksum, err)
+	}
+	payload, sum := body[:n], body[n:]
+	h := sha256.New()
+	h.Write(head[:])
+	h.Write(payload)
+	if !bytes.Equal(h.Sum(nil), sum) {
+		return nil, fmt.Errorf("decode index: %w", ErrChecksum)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(payload))
+	if err != nil {
+		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
+	}
+	x := new(Index)
+	if err := json.NewDecoder(zr).Decode(x); err != nil {
+		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
+	}
+	if err := x.Validate(); err != nil {
+		return nil, fmt.Errorf("decode index: %w", err)
+	}
+	return x, nil
+}

@@ -1,0 +1,239 @@
+package index
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+)
+
+// MaxTOCSize bounds the table of contents ReadTOC accepts.
+const MaxTOCSize = 256 << 20
+
+// footerReadSize covers the largest footer of the formats ReadTOC knows.
+const footerReadSize = 64
+
+// Names eStargz writers add at the layer root for their own use.
+const (
+	prefetchLandmark   = ".prefetch.landmark"
+	noPrefetchLandmark = ".no.prefetch.landmark"
+	tocTarName         = estargz.TOCTarName
+)
+
+// IsTOCArtifact reports whether name (a cleaned Entry name) is one of the
+// files an eStargz writer adds for its own use rather than the image's.
+func IsTOCArtifact(name string) bool {
+	return name == prefetchLandmark || name == noPrefetchLandmark || name == tocTarName
+}
+
+// TOCDigests are the digests a layer descriptor may carry for its TOC. At
+// least one must be set: a TOC is never trusted without one.
+type TOCDigests struct {
+	// JSON is the digest of the uncompressed TOC JSON (eStargz annotation).
+	JSON string
+	// Compressed is the digest of the TOC bytes as stored in the blob
+	// (zstd:chunked manifest checksum annotation).
+	Compressed string
+}
+
+// ErrTOCDigest reports a TOC that does not match the digest the layer
+// descriptor gave for it.
+var ErrTOCDigest = errors.New("toc digest mismatch")
+
+// ReadTOC reads the footer and table of contents of the eStargz or
+// zstd:chunked blob r of the given size (two reads), verifies the TOC
+// against want and returns the blob's Index.
+func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests) (*Index, error) {
+	if want.JSON == "" && want.Compressed == "" {
+		return nil, fmt.Errorf("read toc of %s: no toc digest to verify it against", layer)
+	}
+	var d estargz.Decompressor
+	var candidates []estargz.Decompressor
+	switch f {
+	case FormatEStargz:
+		candidates = []estargz.Decompressor{new(estargz.GzipDecompressor), new(estargz.LegacyGzipDecompressor)}
+	case FormatZstdChunked:
+		candidates = []estargz.Decompressor{new(zstdchunked.Decompressor)}
+	default:
+		return nil, fmt.Errorf("read toc of %s: format %q has no toc", layer, f)
+	}
+	footer := make([]byte, min(size, footerReadSize))
+	if _, err := r.ReadAt(footer, size-int64(len(footer))); err != nil {
+		return nil, fmt.Errorf("read footer of %s: %w", layer, err)
+	}
+	var payloadEnd, tocOffset, tocSize int64
+	var footerErrs []error
+	for _, c := range candidates {
+		fs := c.FooterSize()
+		if fs > int64(len(footer)) {
+			continue
+		}
+		p, off, n, err := c.ParseFooter(footer[int64(len(footer))-fs:])
+		if err != nil {
+			footerErrs = append(footerErrs, err)
+			continue
+		}
+		if n <= 0 {
+			n = size - off - fs
+		}
+		d, payloadEnd, tocOffset, tocSize = c, p, off, n
+		break
+	}
+	if d == nil {
+		return nil, fmt.Errorf("read footer of %s: %w: not %s: %w", layer, ErrMalformed, f, errors.Join(footerErrs...))
+	}
+	if tocOffset < 0 || tocSize <= 0 || tocSize > MaxTOCSize || tocOffset+tocSize > size || payloadEnd > tocOffset {
+		return nil, fmt.Errorf("read footer of %s: %w: toc at [%d,+%d) in a %d byte blob", layer, ErrMalformed, tocOffset, tocSize, size)
+	}
+	raw := make([]byte, tocSize)
+	if _, err := r.ReadAt(raw, tocOffset); err != nil {
+		return nil, fmt.Errorf("read toc of %s: %w", layer, err)
+	}
+	if want.Compressed != "" {
+		if got := digestString(sha256Sum(raw)); got != want.Compressed {
+			return nil, fmt.Errorf("read toc of %s: %w: stored bytes are %s, descriptor says %s", layer, ErrTOCDigest, got, want.Compressed)
+		}
+	}
+	toc, jsonDigest, err := d.ParseTOC(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("parse toc of %s: %w: %w", layer, ErrMalformed, err)
+	}
+	if want.JSON != "" && jsonDigest.String() != want.JSON {
+		return nil, fmt.Errorf("read toc of %s: %w: toc is %s, descriptor says %s", layer, ErrTOCDigest, jsonDigest, want.JSON)
+	}
+	x, err := fromTOC(toc, layer, f, payloadEnd)
+	if err != nil {
+		return nil, fmt.Errorf("read toc of %s: %w", layer, err)
+	}
+	return x, nil
+}
+
+func sha256Sum(b []byte) []byte {
+	s := sha256.Sum256(b)
+	return s[:]
+}
+
+// fromTOC converts TOC entries, in order, into an Index. payloadEnd is where
+// the last chunk's stored unit ends at the latest.
+func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Index, error) {
+	// The stored unit of a chunk ends where the next unit starts; units
+	// that share a start (InnerOffset > 0) share an end.
+	ends := make([]int64, len(toc.Entries))
+	next := payloadEnd
+	for i := len(toc.Entries) - 1; i >= 0; i-- {
+		te := toc.Entries[i]
+		ends[i] = next
+		if (te.Type == "reg" || te.Type == "chunk") && te.Offset > 0 && te.InnerOffset == 0 {
+			next = te.Offset
+		}
+	}
+	x := &Index{Layer: layer, Format: f}
+	cur := -1 // index in x.Entries of the regular file chunks attach to
+	for i, te := range toc.Entries {
+		if te.Type == "chunk" {
+			if cur < 0 {
+				return nil, fmt.Errorf("%w: chunk entry %d follows no regular file", ErrMalformed, i)
+			}
+			if err := addTOCChunk(&x.Entries[cur], te, ends[i]); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		cur = -1
+		name, err := CleanName(te.Name)
+		if err != nil {
+			return nil, err
+		}
+		if name == prefetchLandmark || name == noPrefetchLandmark {
+			continue
+		}
+		e := Entry{
+			Name:     name,
+			Mode:     uint32(te.Mode) & 07777,
+			UID:      te.UID,
+			GID:      te.GID,
+			Devmajor: uint32(te.DevMajor),
+			Devminor: uint32(te.DevMinor),
+			Xattrs:   te.Xattrs,
+		}
+		if te.ModTime3339 != "" {
+			if e.ModTime, err = time.Parse(time.RFC3339, te.ModTime3339); err != nil {
+				return nil, fmt.Errorf("entry %q: %w: modtime: %w", te.Name, ErrMalformed, err)
+			}
+			e.ModTime = e.ModTime.UTC()
+		}
+		switch te.Type {
+		case "reg":
+			e.Type, e.Size = TypeReg, te.Size
+		case "dir":
+			e.Type = TypeDir
+		case "symlink":
+			e.Type, e.Linkname = TypeSymlink, te.LinkName
+		case "hardlink":
+			e.Type = TypeHardlink
+			if e.Linkname, err = CleanName(te.LinkName); err != nil {
+				return nil, fmt.Errorf("hardlink %q: %w", te.Name, err)
+			}
+		case "char":
+			e.Type = TypeChar
+		case "block":
+			e.Type = TypeBlock
+		case "fifo":
+			e.Type = TypeFifo
+		default:
+			return nil, fmt.Errorf("entry %q: %w: unknown toc type %q", te.Name, ErrMalformed, te.Type)
+		}
+		x.Entries = append(x.Entries, e)
+		if e.Type == TypeReg && e.Size > 0 {
+			cur = len(x.Entries) - 1
+			if err := addTOCChunk(&x.Entries[cur], te, ends[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i := range x.Entries {
+		e := &x.Entries[i]
+		if e.Type == TypeReg {
+			var got int64
+			for _, c := range e.Chunks {
+				got += c.Size
+			}
+			if got != e.Size {
+				return nil, fmt.Errorf("entry %q: %w: chunks cover %d of %d bytes", e.Name, ErrMalformed, got, e.Size)
+			}
+		}
+	}
+	return x, nil
+}
+
+// addTOCChunk appends the chunk te describes to the regular file e.
+func addTOCChunk(e *Entry, te *estargz.TOCEntry, end int64) error {
+	size := te.ChunkSize
+	if size == 0 {
+		size = e.Size - te.ChunkOffset
+	}
+	dgst := te.ChunkDigest
+	if dgst == "" && te.ChunkOffset == 0 && size == e.Size {
+		dgst = te.Digest // a one-chunk file: the file digest is the chunk digest
+	}
+	if dgst == "" {
+		return fmt.Errorf("entry %q: %w: chunk at %d has no digest", e.Name, ErrMalformed, te.ChunkOffset)
+	}
+	if te.Offset <= 0 || end <= te.Offset {
+		return fmt.Errorf("entry %q: %w: chunk at %d stored at [%d,%d)", e.Name, ErrMalformed, te.ChunkOffset, te.Offset, end)
+	}
+	e.Chunks = append(e.Chunks, Chunk{
+		Offset:      te.ChunkOffset,
+		Size:        size,
+		BlobOffset:  te.Offset,
+		BlobEnd:     end,
+		InnerOffset: te.InnerOffset,
+		Digest:      dgst,
+	})
+	return nil
+}

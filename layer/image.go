@@ -1,0 +1,211 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/lazyroot/lazyroot/fetch"
+)
+
+// Image is a resolved image: where it came from and its layers, base first.
+type Image struct {
+	// Ref is the reference as resolved, with defaults filled in.
+	Ref name.Reference
+	// Digest is the digest of the image manifest (not of an index).
+	Digest   v1.Hash
+	Manifest *v1.Manifest
+	Config   *v1.ConfigFile
+	Layers   []*Layer
+	fetcher  *fetch.Client
+}
+
+// FetchStats counts the requests and blob bytes sent to the registry for
+// this image's layers.
+func (im *Image) FetchStats() fetch.Stats { return im.fetcher.Stats() }
+
+// Size is the sum of the layer blob sizes, as the manifest gives them.
+func (im *Image) Size() int64 {
+	var n int64
+	for _, l := range im.Layers {
+		n += l.Descriptor.Size
+	}
+	return n
+}
+
+// Layer is one layer of an Image and the blob that holds it.
+type Layer struct {
+	Descriptor v1.Descriptor
+	// DiffID is the digest of the uncompressed tar, from the image config;
+	// zero if the config does not say.
+	DiffID v1.Hash
+	blob   *fetch.RemoteBlob
+}
+
+// Option configures Resolve.
+type Option func(*options) error
+
+type options struct {
+	platform  v1.Platform
+	insecure  []string
+	auth      authn.Authenticator
+	keychain  authn.Keychain
+	transport http.RoundTripper
+	userAgent string
+	fetchOpts []fetch.Option
+}
+
+// WithPlatform picks the image for platform from a multi-arch index; the
+// default is the host's.
+func WithPlatform(p v1.Platform) Option {
+	return func(o *options) error { o.platform = p; return nil }
+}
+
+// WithInsecureRegistries allows plain HTTP to these hosts (HOST or
+// HOST:PORT). Loopback registries are always allowed it.
+func WithInsecureRegistries(hosts ...string) Option {
+	return func(o *options) error { o.insecure = append(o.insecure, hosts...); return nil }
+}
+
+// WithAuth uses a for every registry instead of the keychain.
+func WithAuth(a authn.Authenticator) Option {
+	return func(o *options) error { o.auth = a; return nil }
+}
+
+// WithKeychain resolves credentials per registry (default: Docker's config
+// file and credential helpers).
+func WithKeychain(k authn.Keychain) Option {
+	return func(o *options) error { o.keychain = k; return nil }
+}
+
+// WithTransport sets the base HTTP transport.
+func WithTransport(t http.RoundTripper) Option {
+	return func(o *options) error {
+		if t == nil {
+			return errors.New("nil transport")
+		}
+		o.transport = t
+		return nil
+	}
+}
+
+// WithFetchOptions passes options on to the blob fetcher.
+func WithFetchOptions(opts ...fetch.Option) Option {
+	return func(o *options) error { o.fetchOpts = append(o.fetchOpts, opts...); return nil }
+}
+
+func makeOptions(opts []Option) (*options, error) {
+	o := &options{
+		platform:  v1.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		keychain:  authn.DefaultKeychain,
+		transport: http.DefaultTransport.(*http.Transport).Clone(),
+		userAgent: "lazyroot",
+	}
+	if runtime.GOARCH == "arm" {
+		o.platform.Variant = "v7"
+	}
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	o.transport = newSchemeGuard(o.transport, o.insecure)
+	return o, nil
+}
+
+// ParseReference parses [REGISTRY/]IMAGE[:TAG|@DIGEST] with docker.io,
+// library/ and latest defaults. Registries listed insecure may use HTTP.
+func ParseReference(s string, insecure []string) (name.Reference, error) {
+	ref, err := name.ParseReference(s)
+	if err != nil {
+		return nil, fmt.Errorf("image reference %q: %w", s, err)
+	}
+	host := ref.Context().RegistryStr()
+	for _, h := range insecure {
+		if h == host || strings.Split(host, ":")[0] == h {
+			return name.ParseReference(s, name.Insecure)
+		}
+	}
+	return ref, nil
+}
+
+// Resolve finds the image ref names: it fetches the manifest (choosing the
+// platform's manifest from an index) and the config. It fetches no layer.
+func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
+	o, err := makeOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	r, err := ParseReference(ref, o.insecure)
+	if err != nil {
+		return nil, err
+	}
+	auth := o.auth
+	if auth == nil {
+		if auth, err = authn.Resolve(ctx, o.keychain, r.Context()); err != nil {
+			return nil, fmt.Errorf("resolve %s: credentials: %w", r, err)
+		}
+	}
+	desc, err := remote.Get(r,
+		remote.WithContext(ctx),
+		remote.WithAuth(auth),
+		remote.WithTransport(o.transport),
+		remote.WithPlatform(o.platform),
+		remote.WithUserAgent(o.userAgent))
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s for %s: %w", r, o.platform, registryError(err))
+	}
+	im := &Image{Ref: r}
+	if im.Digest, err = img.Digest(); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	}
+	if im.Manifest, err = img.Manifest(); err != nil {
+		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
+	}
+	if im.Config, err = img.ConfigFile(); err != nil {
+		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
+	}
+	fc, err := fetch.New(append([]fetch.Option{fetch.WithAuth(auth), fetch.WithTransport(o.transport)}, o.fetchOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	im.fetcher = fc
+	diffIDs := im.Config.RootFS.DiffIDs
+	for i, d := range im.Manifest.Layers {
+		l := &Layer{Descriptor: d}
+		if len(diffIDs) == len(im.Manifest.Layers) {
+			l.DiffID = diffIDs[i]
+		}
+		if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
+			return nil, fmt.Errorf("resolve %s: layer %s: %w", r, d.Digest, err)
+		}
+		im.Layers = append(im.Layers, l)
+	}
+	return im, nil
+}
+
+// registryError shortens go-containerregistry's errors to what a user needs.
+func registryError(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch te.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("access denied (check credentials): %w", err)
+		case http.StatusNotFound:
+			return fmt.Errorf("not found: %w", err)
+		}
+	}
+	return err
+}

@@ -1,0 +1,370 @@
+package layer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// Origin says where a layer's index came from.
+type Origin string
+
+// Index origins.
+const (
+	// FromTOC: read from the layer's own table of contents (lazy).
+	FromTOC Origin = "toc"
+	// FromStore: found in the local index store.
+	FromStore Origin = "store"
+	// Streamed: the whole layer was fetched, verified and unpacked now.
+	Streamed Origin = "streamed"
+)
+
+// ErrDigest reports bytes that do not match the digest that names them.
+var ErrDigest = errors.New("digest mismatch")
+
+// blobReader is random access to a layer's bytes as its index addresses them.
+type blobReader interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	Size() int64
+}
+
+// LayerState describes one opened layer of a Stack.
+type LayerState struct {
+	Layer  *Layer
+	Index  *index.Index
+	Origin Origin
+	blob   blobReader
+}
+
+// Stack is an image's layers opened for reading, base first.
+type Stack struct {
+	layers      []*LayerState
+	cache       *cache.Cache
+	readTimeout time.Duration
+	fetched     atomic.Int64
+}
+
+// StackOptions tune a Stack.
+type StackOptions struct {
+	// ReadTimeout bounds one ReadAt, fetches and retries included
+	// (default 60s); a read that cannot finish in time fails.
+	ReadTimeout time.Duration
+	// Logf, if set, receives notices (an untrusted stored index, say).
+	Logf func(format string, args ...any)
+}
+
+// Open finds or builds the index of every layer of img, in parallel. Layers
+// with a trusted TOC are indexed from it; others are streamed once, verified
+// and unpacked into st.
+func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts StackOptions) (*Stack, error) {
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 60 * time.Second
+	}
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, l := range img.Layers {
+		g.Go(func() error {
+			ls, err := openLayer(gctx, l, st, logf)
+			if err != nil {
+				return fmt.Errorf("layer %d (%s): %w", i, l.Descriptor.Digest, err)
+			}
+			s.layers[i] = ls
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openLayer(ctx context.Context, l *Layer, st *Store, logf func(string, ...any)) (*LayerState, error) {
+	d := l.Descriptor.Digest
+	if l.Compression() == "" {
+		return nil, fmt.Errorf("unsupported media type %q", l.Descriptor.MediaType)
+	}
+	if x, err := st.LoadIndex(d); err == nil {
+		if x.Format != index.FormatTar {
+			return &LayerState{Layer: l, Index: x, Origin: FromStore, blob: l.blob}, nil
+		}
+		if f, err := openUnpacked(st.unpackedPath(d)); err == nil {
+			return &LayerState{Layer: l, Index: x, Origin: FromStore, blob: f}, nil
+		}
+	} else if !isNotExist(err) {
+		logf("ignoring stored index of %s: %v", d, err)
+	}
+	if format, want, ok := l.TOC(); ok {
+		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
+		if err != nil {
+			return nil, err
+		}
+		if err := st.SaveIndex(x); err != nil {
+			logf("keeping index of %s in memory only: %v", d, err)
+		}
+		return &LayerState{Layer: l, Index: x, Origin: FromTOC, blob: l.blob}, nil
+	}
+	x, err := unpack(ctx, l, st)
+	if err != nil {
+		return nil, err
+	}
+	f, err := openUnpacked(st.unpackedPath(d))
+	if err != nil {
+		return nil, err
+	}
+	return &LayerState{Layer: l, Index: x, Origin: Streamed, blob: f}, nil
+}
+
+// unpack streams the layer once, verifies its digest (and diff ID, when the
+// config gives one), stores the uncompressed tar and returns its index.
+func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
+	d := l.Descriptor.Digest
+	rc, err := l.blob.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	blobHash := sha256.New()
+	counted := &countWriter{w: blobHash}
+	br := bufio.NewReaderSize(io.TeeReader(io.LimitReader(rc, l.Descriptor.Size+1), counted), 1<<20)
+	var x *index.Index
+	werr := writeFileAtomic(st.unpackedPath(d), func(w *bufio.Writer) error {
+		tarStream, closeFn, err := decompressor(br)
+		if err != nil {
+			return err
+		}
+		defer closeFn()
+		diffHash := sha256.New()
+		x, err = index.BuildTar(io.TeeReader(tarStream, io.MultiWriter(w, diffHash)), d.String(), 0)
+		// Read the blob to its end whatever happened: a digest mismatch
+		// explains a broken stream better than the error it caused.
+		if _, derr := io.Copy(io.Discard, br); derr != nil && err == nil {
+			err = derr
+		}
+		if verr := checkDigest(d, blobHash.Sum(nil), counted.n, l.Descriptor.Size); verr != nil {
+			return verr
+		}
+		if err != nil {
+			return fmt.Errorf("not a valid tar layer: %w", err)
+		}
+		if l.DiffID.Hex != "" {
+			if got := hex.EncodeToString(diffHash.Sum(nil)); got != l.DiffID.Hex {
+				return fmt.Errorf("uncompressed layer is sha256:%s, config says %s: %w", got, l.DiffID, ErrDigest)
+			}
+		}
+		return nil
+	})
+	if werr != nil {
+		return nil, werr
+	}
+	if err := st.SaveIndex(x); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+func checkDigest(want v1.Hash, sum []byte, n, size int64) error {
+	if n != size {
+		return fmt.Errorf("blob is %d bytes, manifest says %d: %w", n, size, ErrDigest)
+	}
+	if got := hex.EncodeToString(sum); got != want.Hex {
+		return fmt.Errorf("blob is sha256:%s, manifest says %s: %w", got, want, ErrDigest)
+	}
+	return nil
+}
+
+// decompressor picks the decompression by the stream's magic bytes, so a
+// mislabelled media type still reads.
+func decompressor(br *bufio.Reader) (io.Reader, func(), error) {
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("not a valid gzip layer: %w", err)
+		}
+		return zr, func() { zr.Close() }, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("not a valid zstd layer: %w", err)
+		}
+		return zr, zr.Close, nil
+	}
+	return br, func() {}, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Layers describes the opened layers, base first.
+func (s *Stack) Layers() []*LayerState { return s.layers }
+
+// Indexes returns the layer indexes, base first, for index.Merge.
+func (s *Stack) Indexes() []*index.Index {
+	xs := make([]*index.Index, len(s.layers))
+	for i, l := range s.layers {
+		xs[i] = l.Index
+	}
+	return xs
+}
+
+// FetchedBytes counts the stored (compressed) bytes read to fill chunks.
+func (s *Stack) FetchedBytes() int64 { return s.fetched.Load() }
+
+// Close releases local files.
+func (s *Stack) Close() error {
+	var errs []error
+	for _, l := range s.layers {
+		if l == nil {
+			continue
+		}
+		if c, ok := l.blob.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReadAt reads the content of the regular file n at off into p, verifying
+// every chunk it touches. It returns io.EOF at the end of the file.
+func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) (int, error) {
+	if off >= n.Size {
+		return 0, io.EOF
+	}
+	if n.Layer < 0 || n.Layer >= len(s.layers) {
+		return 0, fmt.Errorf("read %s: no layer %d", n.Name, n.Layer)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+	defer cancel()
+	l := s.layers[n.Layer]
+	chunks := n.Chunks
+	i := sort.Search(len(chunks), func(i int) bool { return chunks[i].Offset+chunks[i].Size > off })
+	done := 0
+	for ; i < len(chunks) && done < len(p); i++ {
+		c := &chunks[i]
+		data, err := s.cache.Get(ctx, cache.Key(c.Digest), func(ctx context.Context) ([]byte, error) {
+			return s.readChunk(ctx, l, c)
+		})
+		if err != nil {
+			return done, fmt.Errorf("read %s [%d,+%d): %w", n.Name, c.Offset, c.Size, err)
+		}
+		done += copy(p[done:], data[off+int64(done)-c.Offset:])
+	}
+	if off+int64(done) >= n.Size {
+		return done, io.EOF
+	}
+	return done, nil
+}
+
+// readChunk fetches, decompresses and verifies one chunk.
+func (s *Stack) readChunk(ctx context.Context, l *LayerState, c *index.Chunk) ([]byte, error) {
+	raw := make([]byte, c.BlobEnd-c.BlobOffset)
+	if _, err := l.blob.ReadAt(ctx, raw, c.BlobOffset); err != nil && !(errors.Is(err, io.EOF) && c.BlobEnd == l.blob.Size()) {
+		return nil, err
+	}
+	s.fetched.Add(int64(len(raw)))
+	var data []byte
+	switch l.Index.Format {
+	case index.FormatTar:
+		data = raw[c.InnerOffset : c.InnerOffset+c.Size]
+	case index.FormatEStargz:
+		zr, err := gzip.NewReader(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("chunk at %d: %w", c.BlobOffset, err)
+		}
+		zr.Multistream(false)
+		data, err = readInner(zr, c)
+		if err != nil {
+			return nil, err
+		}
+	case index.FormatZstdChunked:
+		zr, err := zstd.NewReader(bytes.NewReader(raw), zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("chunk at %d: %w", c.BlobOffset, err)
+		}
+		data, err = readInner(zr, c)
+		zr.Close()
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("chunk at %d: unknown format %q", c.BlobOffset, l.Index.Format)
+	}
+	sum := sha256.Sum256(data)
+	if got := "sha256:" + hex.EncodeToString(sum[:]); got != c.Digest {
+		return nil, fmt.Errorf("chunk at %d of %s is %s, index says %s: %w", c.BlobOffset, l.Index.Layer, got, c.Digest, ErrDigest)
+	}
+	return data, nil
+}
+
+// readInner reads the chunk c out of its decompressed unit.
+func readInner(r io.Reader, c *index.Chunk) ([]byte, error) {
+	buf := make([]byte, c.InnerOffset+c.Size)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, fmt.Errorf("decompress chunk at %d: %w", c.BlobOffset, err)
+	}
+	return buf[c.InnerOffset:], nil
+}
+
+// readerAt adapts a blobReader to io.ReaderAt under one context.
+type readerAt struct {
+	ctx context.Context
+	b   blobReader
+}
+
+func (r readerAt) ReadAt(p []byte, off int64) (int, error) { return r.b.ReadAt(r.ctx, p, off) }
+
+// unpackedFile is a local unpacked layer.
+type unpackedFile struct {
+	f    *os.File
+	size int64
+}
+
+func openUnpacked(path string) (*unpackedFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &unpackedFile{f: f, size: fi.Size()}, nil
+}
+
+func (u *unpackedFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return u.f.ReadAt(p, off)
+}
+func (u *unpackedFile) Size() int64  { return u.size }
+func (u *unpackedFile) Close() error { return u.f.Close() }

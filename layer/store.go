@@ -1,0 +1,95 @@
+package layer
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// Store keeps layer indexes and unpacked layers under a state root.
+type Store struct {
+	root string
+}
+
+// NewStore opens (creating if needed) the store under root.
+func NewStore(root string) (*Store, error) {
+	for _, d := range []string{"index", "layers"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			return nil, fmt.Errorf("state root %s: %w", root, err)
+		}
+	}
+	return &Store{root: root}, nil
+}
+
+func (s *Store) indexPath(d v1.Hash) string {
+	return filepath.Join(s.root, "index", d.Algorithm+"-"+d.Hex+".idx")
+}
+
+func (s *Store) unpackedPath(d v1.Hash) string {
+	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
+}
+
+// LoadIndex returns the stored index of layer d. It fails with
+// fs.ErrNotExist when there is none, and with another error when the stored
+// one cannot be trusted (damaged, another version, another layer).
+func (s *Store) LoadIndex(d v1.Hash) (*index.Index, error) {
+	f, err := os.Open(s.indexPath(d))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	x, err := index.Decode(bufio.NewReader(f))
+	if err != nil {
+		return nil, fmt.Errorf("stored index %s: %w", f.Name(), err)
+	}
+	if x.Layer != d.String() {
+		return nil, fmt.Errorf("stored index %s: %w: it indexes %s", f.Name(), index.ErrMalformed, x.Layer)
+	}
+	return x, nil
+}
+
+// SaveIndex stores x under its layer digest.
+func (s *Store) SaveIndex(x *index.Index) error {
+	d, err := v1.NewHash(x.Layer)
+	if err != nil {
+		return fmt.Errorf("save index: layer %q: %w", x.Layer, err)
+	}
+	return writeFileAtomic(s.indexPath(d), func(w *bufio.Writer) error { return x.Encode(w) })
+}
+
+// writeFileAtomic writes path through a temporary file in the same
+// directory, synced and renamed into place.
+func writeFileAtomic(path string, write func(*bufio.Writer) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	w := bufio.NewWriterSize(tmp, 1<<20)
+	if err = write(w); err != nil {
+		return err
+	}
+	if err = w.Flush(); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
