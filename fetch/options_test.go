@@ -1,0 +1,52 @@
+package fetch
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+func TestNewOptions(t *testing.T) {
+	custom := &http.Transport{}
+	tests := []struct {
+		name    string
+		opts    []Option
+		wantErr bool
+		check   func(*options) bool
+	}{
+		{name: "defaults", check: func(o *options) bool {
+			return o.auth == authn.Anonymous && o.requestTimeout == defaultRequestTimeout &&
+				o.retries == defaultRetries && o.userAgent == defaultUserAgent && o.transport != http.DefaultTransport
+		}},
+		{name: "transport", opts: []Option{WithTransport(custom)}, check: func(o *options) bool { return o.transport == custom }},
+		{name: "timeout", opts: []Option{WithRequestTimeout(time.Second)}, check: func(o *options) bool { return o.requestTimeout == time.Second }},
+		{name: "no retries", opts: []Option{WithRetries(0)}, check: func(o *options) bool { return o.retries == 0 }},
+		{name: "keychain only", opts: []Option{WithKeychain(authn.DefaultKeychain)}, check: func(o *options) bool {
+			return o.auth == nil && o.keychain == authn.DefaultKeychain
+		}},
+		{name: "nil option", opts: []Option{nil}, wantErr: true},
+		{name: "nil auth", opts: []Option{WithAuth(nil)}, wantErr: true},
+		{name: "nil keychain", opts: []Option{WithKeychain(nil)}, wantErr: true},
+		{name: "nil transport", opts: []Option{WithTransport(nil)}, wantErr: true},
+		{name: "zero timeout", opts: []Option{WithRequestTimeout(0)}, wantErr: true},
+		{name: "negative retries", opts: []Option{WithRetries(-1)}, wantErr: true},
+		{name: "empty user agent", opts: []Option{WithUserAgent("")}, wantErr: true},
+		{name: "user agent with newline", opts: []Option{WithUserAgent("a\r\nX-Evil: 1")}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := makeOptions(tt.opts...)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("makeOptions: err = %v, want error %v", err, tt.wantErr)
+			}
+			if tt.check != nil && !tt.check(o) {
+				t.Errorf("options %+v", o)
+			}
+			if _, err := New(tt.opts...); (err != nil) != tt.wantErr {
+				t.Fatalf("New: err = %v, want error %v", err, tt.wantErr)
+			}
+		})
+	}
+}
