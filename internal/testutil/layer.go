@@ -36,6 +36,13 @@ type LayerOption func(*layerOptions)
 
 type layerOptions struct {
 	chunkSize int // eStargz / zstd:chunked chunk size; 0 means estargz's default
+	level     *int
+}
+
+// WithGzipLevel sets the gzip level of EStargz layers (gzip.NoCompression
+// makes large test layers quickly). Other formats ignore it.
+func WithGzipLevel(level int) LayerOption {
+	return func(o *layerOptions) { o.level = &level }
 }
 
 // WithChunkSize sets the chunk size of EStargz and ZstdChunked layers
@@ -140,6 +147,8 @@ func estargzBytes(tarball []byte, o layerOptions, c estargz.Compression, annotat
 	}
 	if c != nil {
 		bopts = append(bopts, estargz.WithCompression(c))
+	} else if o.level != nil {
+		bopts = append(bopts, estargz.WithCompressionLevel(*o.level))
 	}
 	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarball), 0, int64(len(tarball))), bopts...)
 	if err != nil {

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -14,7 +15,10 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // Node is one file of an expected or observed tree.
@@ -60,11 +64,15 @@ type Node struct {
 // eStargz tools add; see DropEStargzMetadata.
 func Oracle(t testing.TB, img v1.Image) map[string]Node {
 	t.Helper()
+	img, err := lastEntryWins(img)
+	if err != nil {
+		t.Fatalf("oracle: %v", err)
+	}
 	rc := mutate.Extract(img)
 	defer rc.Close()
 	tree := map[string]Node{}
 	links := map[string]string{} // hardlink name -> normalized target, from the flattened stream
-	err := readTar(rc, func(hdr *tar.Header, n Node) {
+	err = readTar(rc, func(hdr *tar.Header, n Node) {
 		if hdr.Typeflag == tar.TypeLink {
 			links[n.Path] = normPath(hdr.Linkname)
 			return
@@ -241,4 +249,64 @@ func scanLayer(l v1.Layer) (layerFiles, error) {
 		}
 	})
 	return lf, err
+}
+
+// lastEntryWins returns img with each layer's tar stripped of all but the
+// last entry of each name, as extracting the tar would leave it.
+// mutate.Extract keeps the first instead.
+func lastEntryWins(img v1.Image) (v1.Image, error) {
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	var out []v1.Layer
+	for i, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		type entry struct {
+			hdr  *tar.Header
+			body []byte
+		}
+		var entries []entry
+		last := map[string]int{}
+		tr := tar.NewReader(rc)
+		for {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				rc.Close()
+				return nil, fmt.Errorf("layer %d: %w", i, err)
+			}
+			body, err := io.ReadAll(tr)
+			if err != nil {
+				rc.Close()
+				return nil, fmt.Errorf("layer %d: %w", i, err)
+			}
+			last[normPath(hdr.Name)] = len(entries)
+			entries = append(entries, entry{hdr, body})
+		}
+		rc.Close()
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for j, e := range entries {
+			if last[normPath(e.hdr.Name)] != j {
+				continue
+			}
+			if err := tw.WriteHeader(e.hdr); err != nil {
+				return nil, err
+			}
+			if _, err := tw.Write(e.body); err != nil {
+				return nil, err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return nil, err
+		}
+		out = append(out, static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer))
+	}
+	return mutate.AppendLayers(empty.Image, out...)
 }

@@ -176,18 +176,27 @@ func (w *recordingWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Write counts p before passing it on, so a client that has read the bytes
+// always finds them counted; a short write takes back what was not sent.
 func (w *recordingWriter) Write(p []byte) (int, error) {
+	w.count(int64(len(p)))
 	n, err := w.ResponseWriter.Write(p)
+	if n < len(p) {
+		w.count(int64(n - len(p)))
+	}
+	return n, err
+}
+
+func (w *recordingWriter) count(n int64) {
 	w.reg.mu.Lock()
+	defer w.reg.mu.Unlock()
 	if w.rec.Status == 0 {
 		w.rec.Status = http.StatusOK
 	}
-	w.rec.Bytes += int64(n)
+	w.rec.Bytes += n
 	if w.countBlob && w.gen == w.reg.gen && w.rec.Status/100 == 2 {
-		w.reg.blobBytes += int64(n)
+		w.reg.blobBytes += n
 	}
-	w.reg.mu.Unlock()
-	return n, err
 }
 
 // Flush passes through to the underlying writer when it can flush.
