@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -305,13 +306,29 @@ func TestMountBadInput(t *testing.T) {
 		})
 	}
 
-	// Good credentials do mount the private image.
-	dir := mountDir(t)
-	if _, errOut, code := lazyroot(t, "mount", "--root", t.TempDir(), "--username", "user", "--password", "secret", authRef, dir); code != 0 {
-		t.Fatalf("mount with credentials: %s", errOut)
+	// Good credentials, given any of the three ways, mount the private image.
+	dockerConfig := t.TempDir()
+	authField := base64.StdEncoding.EncodeToString([]byte("user:secret"))
+	cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, authReg.Host, authField)
+	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if _, errOut, code := lazyroot(t, "umount", dir); code != 0 {
-		t.Errorf("umount: %s", errOut)
+	for name, extra := range map[string][]string{
+		"flags":         {"--username", "user", "--password", "secret"},
+		"auth":          {"--auth", authField},
+		"docker config": nil,
+	} {
+		t.Run("good credentials from "+name, func(t *testing.T) {
+			root, dir := t.TempDir(), mountDir(t)
+			cmd := exec.Command(lazyrootBin, append(append([]string{"mount", "--root", root}, extra...), authRef, dir)...)
+			cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerConfig)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("mount: %v: %s", err, out)
+			}
+			if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code != 0 {
+				t.Errorf("umount: %s", errOut)
+			}
+		})
 	}
 }
 
