@@ -91,6 +91,10 @@ type Index struct {
 	Entries []Entry `json:"entries"`
 }
 
+// MaxChunkSize bounds a chunk's size and the stored unit read to produce it,
+// so an index cannot make a reader allocate without limit.
+const MaxChunkSize = 256 << 20
+
 // ErrUnsafePath reports an entry name that would escape the layer root.
 var ErrUnsafePath = errors.New("unsafe path")
 
@@ -128,7 +132,8 @@ func (e *Entry) validate() error {
 	}
 	var next int64
 	for i, c := range e.Chunks {
-		if c.Offset != next || c.Size <= 0 || c.BlobOffset < 0 || c.BlobEnd < c.BlobOffset || c.InnerOffset < 0 {
+		if c.Offset != next || c.Size <= 0 || c.BlobOffset < 0 || c.BlobEnd < c.BlobOffset || c.InnerOffset < 0 ||
+			c.Size > MaxChunkSize || c.BlobEnd-c.BlobOffset > MaxChunkSize || c.InnerOffset > MaxChunkSize {
 			return fmt.Errorf("entry %q: %w: chunk %d [%d,+%d) at blob [%d,%d)", e.Name, ErrMalformed, i, c.Offset, c.Size, c.BlobOffset, c.BlobEnd)
 		}
 		if !strings.HasPrefix(c.Digest, "sha256:") || len(c.Digest) != len("sha256:")+64 {

@@ -107,6 +107,9 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 		return nil, fmt.Errorf("read toc of %s: %w: toc is %s, descriptor says %s", layer, ErrTOCDigest, jsonDigest, want.JSON)
 	}
 	x, err := fromTOC(toc, layer, f, payloadEnd)
+	if err == nil {
+		err = x.Validate()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read toc of %s: %w", layer, err)
 	}
@@ -193,18 +196,6 @@ func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Inde
 			cur = len(x.Entries) - 1
 			if err := addTOCChunk(&x.Entries[cur], te, ends[i]); err != nil {
 				return nil, err
-			}
-		}
-	}
-	for i := range x.Entries {
-		e := &x.Entries[i]
-		if e.Type == TypeReg {
-			var got int64
-			for _, c := range e.Chunks {
-				got += c.Size
-			}
-			if got != e.Size {
-				return nil, fmt.Errorf("entry %q: %w: chunks cover %d of %d bytes", e.Name, ErrMalformed, got, e.Size)
 			}
 		}
 	}
