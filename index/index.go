@@ -83,7 +83,9 @@ type Entry struct {
 
 // Index is the file table of one layer blob.
 type Index struct {
-	// Layer is the digest of the blob the chunk offsets refer to.
+	// Layer is the digest of the layer as its manifest names it. For
+	// FormatTar built from a compressed layer, chunk offsets are in the
+	// uncompressed tar.
 	Layer string `json:"layer"`
 	// Format says how chunks are stored in that blob.
 	Format Format `json:"format"`
@@ -155,8 +157,17 @@ func (x *Index) Validate() error {
 		return fmt.Errorf("index of %s: %w: unknown format %q", x.Layer, ErrMalformed, x.Format)
 	}
 	for i := range x.Entries {
-		if err := x.Entries[i].validate(); err != nil {
+		e := &x.Entries[i]
+		if err := e.validate(); err != nil {
 			return fmt.Errorf("index of %s: %w", x.Layer, err)
+		}
+		if x.Format != FormatTar {
+			continue
+		}
+		for _, c := range e.Chunks {
+			if c.InnerOffset+c.Size > c.BlobEnd-c.BlobOffset {
+				return fmt.Errorf("index of %s: entry %q: %w: chunk at %d overruns its stored bytes", x.Layer, e.Name, ErrMalformed, c.Offset)
+			}
 		}
 	}
 	return nil

@@ -256,6 +256,16 @@ func TestMerge(t *testing.T) {
 			want: []string{"h1 file 644 n3 L0 i2", "h2 file 644 n3 L0 i2", "t file 644 n3 L0 i2"},
 		},
 		{
+			name: "parents that are symlinks are followed inside the tree",
+			layers: [][]tarEntry{
+				{dir("usr", 0755), dir("usr/lib", 0755), file("usr/lib/a"), {name: "lib", typ: tar.TypeSymlink, link: "usr/lib"},
+					{name: "lib64", typ: tar.TypeSymlink, link: "/usr/../usr/lib"}, {name: "loop", typ: tar.TypeSymlink, link: "loop"}},
+				{file("lib/b"), file("lib64/c"), file("lib/.wh.a"), file("loop/d")},
+			},
+			want:   []string{"lib symlink 644 n1", "usr/lib/b file 644 n1 L1 i8", "usr/lib/c file 644 n1 L1 i9", "loop dir 755 n2", "loop/d file 644 n1 L1 i5"},
+			absent: []string{"usr/lib/a"},
+		},
+		{
 			name: "whiteout in same layer does not hide that layer's entry",
 			layers: [][]tarEntry{
 				{file("w")},

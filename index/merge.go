@@ -103,13 +103,13 @@ func applyLayer(root *Node, layer int, x *Index) error {
 		dir = strings.TrimSuffix(dir, "/")
 		switch {
 		case base == opaqueMarker:
-			if d, ok := lookup(root, dir); ok && d.Type == TypeDir {
+			if d := resolveDir(root, dir, false); d != nil {
 				clear(d.Children)
 			}
 		case strings.HasPrefix(base, whiteoutMeta):
 			// Other ".wh..wh." names are overlay bookkeeping, not files.
 		case strings.HasPrefix(base, whiteoutPrefix):
-			if d, ok := lookup(root, dir); ok && d.Type == TypeDir {
+			if d := resolveDir(root, dir, false); d != nil {
 				delete(d.Children, strings.TrimPrefix(base, whiteoutPrefix))
 			}
 		default:
@@ -133,11 +133,11 @@ func addEntry(root *Node, layer int, e *Entry) error {
 		return nil
 	}
 	dir, base := path.Split(e.Name)
-	parent := mkdirAll(root, strings.TrimSuffix(dir, "/"))
+	parent := resolveDir(root, strings.TrimSuffix(dir, "/"), true)
 	old := parent.Children[base]
 	switch {
 	case e.Type == TypeHardlink:
-		target, ok := lookup(root, e.Linkname)
+		target, ok := lookupFollow(root, e.Linkname)
 		if !ok {
 			return fmt.Errorf("hardlink %q: %w: target %q does not exist", e.Name, ErrMalformed, e.Linkname)
 		}
@@ -162,22 +162,62 @@ func dirEntry(e *Entry) Entry {
 	return d
 }
 
-// mkdirAll returns the directory at name, creating missing directories and
-// replacing non-directories on the way, as extracting a tar would.
-func mkdirAll(root *Node, name string) *Node {
-	n := root
-	if name == "" {
-		return n
+// maxSymlinkHops bounds the symlinks followed to find one directory.
+const maxSymlinkHops = 40
+
+// resolveDir returns the directory at name, following symlinks met on the
+// way inside the tree (an absolute target starts at the root, ".." stops at
+// the root), as extracting a tar into a real root does: an upper layer's
+// "lib/x" lands in "usr/lib/x" when a lower layer made "lib" a symlink to
+// "usr/lib". With create, missing directories are made and non-directories
+// replaced; without it, nil is returned when name is not a directory.
+func resolveDir(root *Node, name string, create bool) *Node {
+	var parts []string
+	if name != "" {
+		parts = strings.Split(name, "/")
 	}
-	for _, part := range strings.Split(name, "/") {
+	n, cur, hops := root, []string{}, 0
+	for len(parts) > 0 {
+		part := parts[0]
+		parts = parts[1:]
 		c, ok := n.Children[part]
+		if ok && c.Type == TypeSymlink && hops < maxSymlinkHops {
+			hops++
+			target := c.Linkname
+			if !strings.HasPrefix(target, "/") {
+				target = strings.Join(cur, "/") + "/" + target
+			}
+			if clean := strings.TrimPrefix(path.Clean("/"+target), "/"); clean != "" {
+				parts = append(strings.Split(clean, "/"), parts...)
+			}
+			n, cur = root, cur[:0]
+			continue
+		}
 		if !ok || c.Type != TypeDir {
-			c = &Node{Entry: Entry{Name: path.Join(n.Name, part), Type: TypeDir, Mode: 0755}, Children: map[string]*Node{}}
+			if !create {
+				return nil
+			}
+			c = &Node{Entry: Entry{Name: path.Join(append(cur, part)...), Type: TypeDir, Mode: 0755}, Children: map[string]*Node{}}
 			n.Children[part] = c
 		}
-		n = c
+		n, cur = c, append(cur, part)
 	}
 	return n
+}
+
+// lookupFollow finds name as a tar extraction would: symlinks in its
+// parents are followed, the last component is not.
+func lookupFollow(root *Node, name string) (*Node, bool) {
+	if name == "" {
+		return root, true
+	}
+	dir, base := path.Split(name)
+	d := resolveDir(root, strings.TrimSuffix(dir, "/"), false)
+	if d == nil {
+		return nil, false
+	}
+	c, ok := d.Children[base]
+	return c, ok
 }
 
 // number assigns inode numbers and link counts and totals the tree.

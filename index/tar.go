@@ -110,7 +110,7 @@ func entryFromHeader(hdr *tar.Header) (e Entry, ok bool, err error) {
 // chunks located by the byte count of cr.
 func hashChunks(tr io.Reader, cr *countingReader, size, chunkSize int64, buf []byte) ([]Chunk, error) {
 	start := cr.n // tar.Reader has consumed the header and nothing more
-	chunks := make([]Chunk, 0, (size+chunkSize-1)/chunkSize)
+	var chunks []Chunk // not preallocated: size is untrusted until read
 	h := sha256.New()
 	for off := int64(0); off < size; off += chunkSize {
 		n := min(chunkSize, size-off)
