@@ -2,13 +2,15 @@ package cache
 
 import "strconv"
 
-// Key names cached bytes by content: the blob digest plus the chunk's
-// place in that blob, e.g. "sha256:…@1048576+65536". Equal keys name equal
-// bytes, whichever image or layer asked for them.
+// Key names cached bytes by content: a digest plus a place and length, e.g.
+// "sha256:…@1048576+65536". The digest is a blob's (the place is then the
+// chunk's offset in it) or, where the format gives one, the chunk's own
+// (place 0), so equal chunks of different layers share one entry. Equal keys
+// name equal bytes, whichever image or layer asked for them.
 type Key string
 
-// NewKey builds a Key from a blob digest and a chunk's offset and length in
-// that blob's address space (compressed or uncompressed, as the caller
+// NewKey builds a Key from a blob or chunk digest and a chunk's offset and
+// length in that digest's address space (compressed or uncompressed, as the caller
 // chooses; the caller must choose the same way every time for one blob).
 // The numbers follow the last '@' of the key, so distinct arguments always
 // give distinct keys.

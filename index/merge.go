@@ -42,6 +42,7 @@ func (n *Node) Names() []string {
 
 // Tree is the merged view of a layer stack.
 type Tree struct {
+	// Root is the root directory.
 	Root *Node
 	// Inodes and Bytes count distinct inodes and regular file bytes.
 	Inodes uint64

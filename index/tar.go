@@ -109,7 +109,7 @@ func entryFromHeader(hdr *tar.Header) (e Entry, ok bool, err error) {
 // hashChunks reads size bytes of file content from tr, cutting it into
 // chunks located by the byte count of cr.
 func hashChunks(tr io.Reader, cr *countingReader, size, chunkSize int64, buf []byte) ([]Chunk, error) {
-	start := cr.n // tar.Reader has consumed the header and nothing more
+	start := cr.n      // tar.Reader has consumed the header and nothing more
 	var chunks []Chunk // not preallocated: size is untrusted until read
 	h := sha256.New()
 	for off := int64(0); off < size; off += chunkSize {

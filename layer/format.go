@@ -23,7 +23,7 @@ const (
 func (l *Layer) Compression() Compression {
 	mt := string(l.Descriptor.MediaType)
 	switch {
-	case strings.HasSuffix(mt, "tar+gzip"), strings.HasSuffix(mt, "tar.gzip"), strings.HasSuffix(mt, "tar+gzip+encrypted"):
+	case strings.HasSuffix(mt, "tar+gzip"), strings.HasSuffix(mt, "tar.gzip"):
 		return Gzip
 	case strings.HasSuffix(mt, "tar+zstd"):
 		return Zstd

@@ -21,11 +21,13 @@ type Image struct {
 	// Ref is the reference as resolved, with defaults filled in.
 	Ref name.Reference
 	// Digest is the digest of the image manifest (not of an index).
-	Digest   v1.Hash
+	Digest v1.Hash
+	// Manifest and Config are the image's manifest and config file.
 	Manifest *v1.Manifest
 	Config   *v1.ConfigFile
-	Layers   []*Layer
-	fetcher  *fetch.Client
+	// Layers are the image's layers, base first.
+	Layers  []*Layer
+	fetcher *fetch.Client
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
@@ -43,6 +45,7 @@ func (im *Image) Size() int64 {
 
 // Layer is one layer of an Image and the blob that holds it.
 type Layer struct {
+	// Descriptor is the layer's entry in the manifest.
 	Descriptor v1.Descriptor
 	// DiffID is the digest of the uncompressed tar, from the image config;
 	// zero if the config does not say.

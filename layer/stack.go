@@ -10,8 +10,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -47,8 +47,11 @@ type blobReader interface {
 
 // LayerState describes one opened layer of a Stack.
 type LayerState struct {
-	Layer  *Layer
-	Index  *index.Index
+	// Layer is the image layer.
+	Layer *Layer
+	// Index lists its files and where their bytes are.
+	Index *index.Index
+	// Origin says where the index came from.
 	Origin Origin
 	blob   blobReader
 }
@@ -58,7 +61,6 @@ type Stack struct {
 	layers      []*LayerState
 	cache       *cache.Cache
 	readTimeout time.Duration
-	fetched     atomic.Int64
 }
 
 // StackOptions tune a Stack.
@@ -117,13 +119,19 @@ func openLayer(ctx context.Context, l *Layer, st *Store, logf func(string, ...an
 	}
 	if format, want, ok := l.TOC(); ok {
 		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
-		if err != nil {
+		switch {
+		case err == nil:
+			if err := st.SaveIndex(x); err != nil {
+				logf("keeping index of %s in memory only: %v", d, err)
+			}
+			return &LayerState{Layer: l, Index: x, Origin: FromTOC, blob: l.blob}, nil
+		case errors.Is(err, index.ErrTOCDigest), ctx.Err() != nil:
+			// The manifest and the blob disagree, or we were stopped.
 			return nil, err
+		default:
+			// A TOC this reader cannot use: the verified stream still can.
+			logf("streaming %s instead: %v", d, err)
 		}
-		if err := st.SaveIndex(x); err != nil {
-			logf("keeping index of %s in memory only: %v", d, err)
-		}
-		return &LayerState{Layer: l, Index: x, Origin: FromTOC, blob: l.blob}, nil
 	}
 	x, err := unpack(ctx, l, st)
 	if err != nil {
@@ -178,10 +186,20 @@ func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
 	if werr != nil {
 		return nil, werr
 	}
+	if _, _, hasTOC := l.TOC(); hasTOC || isEStargzTar(x) {
+		x.Entries = slices.DeleteFunc(x.Entries, func(e index.Entry) bool { return index.IsTOCArtifact(e.Name) })
+	}
 	if err := st.SaveIndex(x); err != nil {
 		return nil, err
 	}
 	return x, nil
+}
+
+// isEStargzTar reports whether a tar ends with an eStargz TOC entry, the
+// mark of an eStargz layer whose annotations were lost.
+func isEStargzTar(x *index.Index) bool {
+	n := len(x.Entries)
+	return n > 0 && x.Entries[n-1].Name == "stargz.index.json"
 }
 
 func checkDigest(want v1.Hash, sum []byte, n, size int64) error {
@@ -238,9 +256,6 @@ func (s *Stack) Indexes() []*index.Index {
 	return xs
 }
 
-// FetchedBytes counts the stored (compressed) bytes read to fill chunks.
-func (s *Stack) FetchedBytes() int64 { return s.fetched.Load() }
-
 // Close releases local files.
 func (s *Stack) Close() error {
 	var errs []error
@@ -272,9 +287,17 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 	done := 0
 	for ; i < len(chunks) && done < len(p); i++ {
 		c := &chunks[i]
-		data, err := s.cache.Get(ctx, cache.Key(c.Digest), func(ctx context.Context) ([]byte, error) {
+		// Chunks are keyed by content, so equal chunks of different
+		// layers and images share one cache entry.
+		data, err := s.cache.Get(ctx, cache.NewKey(c.Digest, 0, c.Size), func(ctx context.Context) ([]byte, error) {
+			// The fill outlives a waiter that gives up; bound it too.
+			ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+			defer cancel()
 			return s.readChunk(ctx, l, c)
 		})
+		if err == nil && int64(len(data)) != c.Size {
+			err = fmt.Errorf("cached chunk is %d bytes, index says %d: %w", len(data), c.Size, ErrDigest)
+		}
 		if err != nil {
 			return done, fmt.Errorf("read %s [%d,+%d): %w", n.Name, c.Offset, c.Size, err)
 		}
@@ -292,10 +315,12 @@ func (s *Stack) readChunk(ctx context.Context, l *LayerState, c *index.Chunk) ([
 	if _, err := l.blob.ReadAt(ctx, raw, c.BlobOffset); err != nil && !(errors.Is(err, io.EOF) && c.BlobEnd == l.blob.Size()) {
 		return nil, err
 	}
-	s.fetched.Add(int64(len(raw)))
 	var data []byte
 	switch l.Index.Format {
 	case index.FormatTar:
+		if c.InnerOffset+c.Size > int64(len(raw)) {
+			return nil, fmt.Errorf("chunk at %d: %w: overruns its stored bytes", c.BlobOffset, index.ErrMalformed)
+		}
 		data = raw[c.InnerOffset : c.InnerOffset+c.Size]
 	case index.FormatEStargz:
 		zr, err := gzip.NewReader(bytes.NewReader(raw))
@@ -362,6 +387,8 @@ func openUnpacked(path string) (*unpackedFile, error) {
 	}
 	return &unpackedFile{f: f, size: fi.Size()}, nil
 }
+
+var _ blobReader = (*unpackedFile)(nil)
 
 func (u *unpackedFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 	return u.f.ReadAt(p, off)
