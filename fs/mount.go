@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"syscall"
 	"time"
 
 	fusefs "github.com/hanwen/go-fuse/v2/fs"
@@ -22,20 +23,29 @@ type Options struct {
 	Logger *log.Logger
 	// Debug logs every FUSE request.
 	Debug bool
+	// AllowSetuid honours setuid and setgid bits. Off, the bits are still
+	// shown but do not raise privileges (nosuid): anyone who can reach
+	// the mount could otherwise run an image's setuid binaries as root.
+	AllowSetuid bool
 }
 
 // Mount serves root at dir, read-only, and returns once the kernel has the
 // mount. Unmount with the returned server's Unmount, or umount(2).
 func Mount(dir string, root *Root, o Options) (*fuse.Server, error) {
 	timeout := cacheTimeout
+	suid := "nosuid"
+	if o.AllowSetuid {
+		suid = "suid"
+	}
 	mo := fuse.MountOptions{
 		FsName: o.FsName,
 		Name:   "lazyroot",
 		// The kernel checks permissions from the modes we report, so
 		// other users of the image see what its owners allowed them.
-		Options:              []string{"default_permissions", "ro", "suid", "nodev"},
+		Options:              []string{"default_permissions", "ro", suid, "nodev"},
 		AllowOther:           os.Geteuid() == 0,
 		DirectMount:          true,
+		DirectMountFlags:     syscall.MS_RDONLY | syscall.MS_NODEV,
 		MaxReadAhead:         1 << 20,
 		MaxBackground:        64,
 		Debug:                o.Debug,

@@ -129,6 +129,9 @@ func TestMountChrootUmount(t *testing.T) {
 	if !isLazyrootMount(dir) {
 		t.Fatal("mount returned but nothing is mounted")
 	}
+	if opts := mountOptions(t, dir); !strings.Contains(opts, "nosuid") || !strings.Contains(opts, "ro") {
+		t.Errorf("mount options %q; want ro and nosuid by default", opts)
+	}
 	out, err := exec.Command("chroot", dir, "/bin/sh", "-c", "cat /etc/os-release /etc/motd; ls /bin").CombinedOutput()
 	if err != nil {
 		t.Fatalf("chroot: %v\n%s", err, out)
@@ -325,6 +328,14 @@ func TestMountBadInput(t *testing.T) {
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("mount: %v: %s", err, out)
 			}
+			rec, err := readRecord(recordPath(root, dir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.PID))
+			if err != nil || bytes.Contains(cmdline, []byte("secret")) || bytes.Contains(cmdline, []byte(authField)) {
+				t.Errorf("server command line %q (%v) shows the credentials", cmdline, err)
+			}
 			if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code != 0 {
 				t.Errorf("umount: %s", errOut)
 			}
@@ -382,4 +393,20 @@ func TestUsageErrors(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "mount") || !strings.Contains(out, "umount") {
 		t.Errorf("--help: code %d\n%s", code, out)
 	}
+}
+
+// mountOptions returns the per-mount options of the mount at dir.
+func mountOptions(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 5 && f[4] == dir {
+			return f[5]
+		}
+	}
+	t.Fatalf("%s not in mountinfo", dir)
+	return ""
 }

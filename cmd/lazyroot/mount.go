@@ -33,6 +33,7 @@ type mountFlags struct {
 	cacheMem    string
 	readTimeout time.Duration
 	debug       bool
+	suid        bool
 }
 
 func runMount(ctx context.Context, stdout io.Writer, args []string) error {
@@ -42,6 +43,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.BoolVar(&f.foreground, "foreground", false, "serve in this process until unmounted or signalled, logging to stderr")
 	fset.StringVar(&f.cacheMem, "cache-mem", "512MiB", "memory for verified file chunks")
 	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
+	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
 	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
@@ -67,13 +69,17 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	if err := checkMountpoint(dir); err != nil {
 		return err
 	}
+	if f.root, err = filepath.Abs(f.root); err != nil {
+		return fmt.Errorf("state root: %w", err)
+	}
 	for _, d := range []string{"logs", "mounts"} {
 		if err := os.MkdirAll(filepath.Join(f.root, d), 0o700); err != nil {
 			return fmt.Errorf("state root %s: %w", f.root, err)
 		}
 	}
 	if !f.foreground {
-		return startServer(ctx, f.root, dir, args)
+		rest, auth := f.takeCredentials(args)
+		return startServer(ctx, f.root, dir, rest, auth)
 	}
 	return serve(ctx, &f, image, dir, int64(memBytes))
 }
@@ -81,7 +87,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 // startServer runs "mount --foreground" in a new session, logging to a file
 // under the state root, and returns once it reports the mount ready or
 // failed.
-func startServer(ctx context.Context, root, dir string, args []string) error {
+func startServer(ctx context.Context, root, dir string, args []string, auth string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
@@ -97,8 +103,12 @@ func startServer(ctx context.Context, root, dir string, args []string) error {
 		return err
 	}
 	defer pr.Close()
-	cmd := exec.Command(self, append([]string{"mount", "--foreground", "--ready-fd=3"}, args...)...)
+	// The absolute --root goes last so it wins over a relative one in args.
+	cmd := exec.Command(self, append(append([]string{"mount", "--foreground", "--ready-fd=3"}, args...), "--root", root)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if auth != "" {
+		cmd.Env = append(os.Environ(), authEnv+"="+auth)
+	}
 	cmd.ExtraFiles = []*os.File{pw}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -152,12 +162,14 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 	}
 	defer m.close()
 	root := fs.NewRoot(m.tree, m.stack, logger)
-	server, err := fs.Mount(dir, root, fs.Options{FsName: m.img.Ref.String(), Logger: logger, Debug: f.debug})
+	server, err := fs.Mount(dir, root, fs.Options{FsName: m.img.Ref.String(), Logger: logger, Debug: f.debug, AllowSetuid: f.suid})
 	if err != nil {
 		return err
 	}
 	unmount := func() {
 		if uerr := server.Unmount(); uerr != nil {
+			// Busy: detach now; the kernel ends the mount when its last
+			// user lets go, and server.Wait returns then.
 			logger.Printf("unmount %s: %v; detaching", dir, uerr)
 			syscall.Unmount(dir, syscall.MNT_DETACH)
 		}
@@ -178,6 +190,14 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 	}
 	defer os.Remove(recordPath(f.root, dir))
 	logger.Printf("mounted %s (%s) at %s: %d inodes, %s in files", rec.Image, rec.Digest, dir, m.tree.Inodes, humanize.IBytes(uint64(m.tree.Bytes)))
+	done := make(chan struct{})
+	go func() { server.Wait(); close(done) }()
+	if ctx.Err() != nil {
+		// Signalled while mounting: do not report a mount being torn down.
+		unmount()
+		<-done
+		return fmt.Errorf("interrupted while mounting %s", dir)
+	}
 	if ready != nil {
 		fmt.Fprintln(ready, "ok")
 		ready.Close()
@@ -185,19 +205,13 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 	} else {
 		fmt.Fprintf(os.Stderr, "mounted %s at %s; press Ctrl-C or run 'lazyroot umount %s' to unmount\n", rec.Image, dir, dir)
 	}
-	done := make(chan struct{})
-	go func() { server.Wait(); close(done) }()
 	select {
 	case <-done:
 		logger.Printf("unmounted %s", dir)
 	case <-ctx.Done():
 		logger.Printf("signalled: unmounting %s", dir)
 		unmount()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			logger.Printf("server of %s did not stop in time", dir)
-		}
+		<-done
 	}
 	st := m.img.FetchStats()
 	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(st.Bytes)), st.Requests)
@@ -223,13 +237,13 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	if err != nil {
 		return nil, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
-	defer cancel()
 	st, err := layer.NewStore(f.root)
 	if err != nil {
 		return nil, err
 	}
+	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
 	img, err := layer.Resolve(rctx, image, opts...)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +251,9 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	if err != nil {
 		return nil, err
 	}
-	stack, err := layer.Open(rctx, img, st, c, layer.StackOptions{ReadTimeout: f.readTimeout, Logf: logger.Printf})
+	// Indexing may stream whole layers: it is bounded by the fetcher's
+	// stall timeouts and by signals, not by the resolve timeout.
+	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{ReadTimeout: f.readTimeout, Logf: logger.Printf})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%s: %w", img.Ref, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -30,12 +31,57 @@ func (r *registryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&r.username, "username", "", "registry user name (default: from ~/.docker/config.json or credential helpers)")
 	fs.StringVar(&r.password, "password", "", "registry password, with --username")
 	fs.StringVar(&r.auth, "auth", "", "registry credentials as base64 of USER:PASSWORD")
-	fs.DurationVar(&r.resolveTimeout, "resolve-timeout", 2*time.Minute, "give up resolving and indexing the image after this long")
+	fs.DurationVar(&r.resolveTimeout, "resolve-timeout", 2*time.Minute, "give up resolving the image reference after this long")
+}
+
+// authEnv carries credentials from "mount" to its background server, so
+// they never appear on a command line (which every local user can read).
+const authEnv = "LAZYROOT_REGISTRY_AUTH"
+
+// credentialFlags are the flags whose values are secrets.
+var credentialFlags = []string{"--username", "--password", "--auth"}
+
+// takeCredentials moves the credentials given by flags out of args and into
+// the value for authEnv ("" if none were given).
+func (r *registryFlags) takeCredentials(args []string) (rest []string, env string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		secret := false
+		for _, f := range credentialFlags {
+			if a == f {
+				secret = true
+				i++ // and its value
+				break
+			}
+			if strings.HasPrefix(a, f+"=") {
+				secret = true
+				break
+			}
+		}
+		if !secret {
+			rest = append(rest, a)
+		}
+	}
+	switch {
+	case r.auth != "":
+		env = r.auth
+	case r.username != "":
+		env = base64.StdEncoding.EncodeToString([]byte(r.username + ":" + r.password))
+	}
+	return rest, env
 }
 
 // options turns the flags into layer.Resolve options.
 func (r *registryFlags) options() ([]layer.Option, error) {
 	var opts []layer.Option
+	if v, ok := os.LookupEnv(authEnv); ok && r.auth == "" && r.username == "" {
+		r.auth = v
+		os.Unsetenv(authEnv)
+	}
 	if r.platform != "" {
 		p, err := v1.ParsePlatform(r.platform)
 		if err != nil || p.OS == "" || p.Architecture == "" {

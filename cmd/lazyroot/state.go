@@ -162,10 +162,15 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
+// absDir makes dir absolute and resolves symlinks in it, as the kernel
+// does when it records a mount point.
 func absDir(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", fmt.Errorf("directory %q: %w", dir, err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		return real, nil
 	}
 	return filepath.Clean(abs), nil
 }

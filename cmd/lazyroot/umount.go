@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -24,8 +26,8 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 	}
 	rec, _ := readRecord(recordPath(*root, dir))
 	if !isLazyrootMount(dir) {
-		if rec != nil {
-			os.Remove(recordPath(*root, dir))
+		if rec != nil && !alive(rec.PID) {
+			os.Remove(recordPath(*root, dir)) // left by a server that died
 		}
 		return fmt.Errorf("%s is not a lazyroot mount", dir)
 	}
@@ -33,16 +35,45 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 	if *lazy {
 		flags = syscall.MNT_DETACH
 	}
-	if err := syscall.Unmount(dir, flags); err != nil {
-		if errors.Is(err, syscall.EBUSY) {
-			return fmt.Errorf("unmount %s: busy: a process still uses it (or retry with --lazy)", dir)
-		}
-		return fmt.Errorf("unmount %s: %w", dir, err)
+	if err := unmount(dir, flags); err != nil {
+		return err
 	}
-	if rec == nil || rec.PID <= 0 {
+	if rec == nil || rec.PID <= 0 || *lazy {
+		// A detached mount ends, and its server with it, when the last
+		// process using it lets go.
 		return nil
 	}
 	return waitExit(ctx, rec.PID, *timeout)
+}
+
+// unmount unmounts dir, through fusermount when umount(2) is not allowed
+// (a mount made without root).
+func unmount(dir string, flags int) error {
+	err := syscall.Unmount(dir, flags)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EBUSY):
+		return fmt.Errorf("unmount %s: busy: a process still uses it (or retry with --lazy)", dir)
+	case errors.Is(err, syscall.EPERM):
+		args := []string{"-u", dir}
+		if flags&syscall.MNT_DETACH != 0 {
+			args = []string{"-u", "-z", dir}
+		}
+		for _, tool := range []string{"fusermount3", "fusermount"} {
+			if path, lerr := exec.LookPath(tool); lerr == nil {
+				if out, ferr := exec.Command(path, args...).CombinedOutput(); ferr != nil {
+					return fmt.Errorf("unmount %s: %s: %s", dir, tool, strings.TrimSpace(string(out)))
+				}
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("unmount %s: %w", dir, err)
+}
+
+func alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil && !isZombie(pid)
 }
 
 // waitExit waits for process pid to go away.
