@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"sort"
 	"strings"
 	"time"
 )
@@ -46,7 +47,17 @@ const (
 	FormatEStargz Format = "estargz"
 	// FormatZstdChunked stores each chunk in its own zstd frame.
 	FormatZstdChunked Format = "zstd:chunked"
+	// FormatGzip is a plain gzip blob read through seek points: chunk
+	// BlobOffsets are offsets in the uncompressed tar, and Spans say where
+	// in the blob decoding can restart.
+	FormatGzip Format = "gzip"
+	// FormatZstd is a zstd blob of several frames: chunk BlobOffsets are
+	// offsets in the uncompressed tar, and Spans start at frame boundaries.
+	FormatZstd Format = "zstd"
 )
+
+// Seekable reports whether f reads chunks through Spans.
+func (f Format) Seekable() bool { return f == FormatGzip || f == FormatZstd }
 
 // Chunk is a contiguous piece of a regular file and where its bytes live.
 type Chunk struct {
@@ -61,8 +72,38 @@ type Chunk struct {
 	// InnerOffset is where the chunk starts in the unit once decompressed.
 	InnerOffset int64 `json:"inner,omitempty"`
 	// Digest is the sha256 ("sha256:hex") of the chunk's uncompressed bytes.
+	// Seekable formats leave it empty: their Spans carry the digests.
+	Digest string `json:"digest,omitempty"`
+}
+
+// Span is a place where decoding of a seekable blob can restart. Span i
+// produces the uncompressed bytes [Out, next Out) (the last one: up to
+// Index.TarSize) from the compressed bytes [InBits/8, (next InBits+7)/8)
+// (the last one: up to Index.BlobSize).
+type Span struct {
+	// Out is the offset in the uncompressed tar where the span starts.
+	Out int64 `json:"out"`
+	// InBits is the offset in bits in the blob where the span starts: a
+	// DEFLATE block header for gzip, a frame start (a multiple of 8) for zstd.
+	InBits int64 `json:"in"`
+	// Window is the output that precedes Out, up to WindowSize bytes, which
+	// DEFLATE back-references may reach. Empty for zstd.
+	Window []byte `json:"window,omitempty"`
+	// Digest is the sha256 ("sha256:hex") of the span's compressed bytes.
 	Digest string `json:"digest"`
 }
+
+// WindowSize is the most history a gzip Span keeps.
+const WindowSize = 32 << 10
+
+// DefaultSpanSize is the uncompressed distance between seek points that
+// seekable builders aim for when given 0.
+const DefaultSpanSize = 4 << 20
+
+// MaxSpanSize bounds the uncompressed bytes of one span: a reader holds a
+// whole span in memory. A blob whose restart points lie further apart is
+// not seekable.
+const MaxSpanSize = 64 << 20
 
 // Entry is one tar entry of a layer.
 type Entry struct {
@@ -91,6 +132,10 @@ type Index struct {
 	Format Format `json:"format"`
 	// Entries are in archive order.
 	Entries []Entry `json:"entries"`
+	// Spans, BlobSize and TarSize describe seekable formats only.
+	Spans    []Span `json:"spans,omitempty"`
+	BlobSize int64  `json:"blobSize,omitempty"`
+	TarSize  int64  `json:"tarSize,omitempty"`
 }
 
 // MaxChunkSize bounds a chunk's size and the stored unit read to produce it,
@@ -117,7 +162,7 @@ func CleanName(name string) (string, error) {
 }
 
 // validate checks the invariants every Entry must hold, whatever built it.
-func (e *Entry) validate() error {
+func (e *Entry) validate(f Format) error {
 	if _, ok := typeNames[e.Type]; !ok {
 		return fmt.Errorf("entry %q: %w: unknown type %d", e.Name, ErrMalformed, e.Type)
 	}
@@ -138,7 +183,9 @@ func (e *Entry) validate() error {
 			c.Size > MaxChunkSize || c.BlobEnd-c.BlobOffset > MaxChunkSize || c.InnerOffset > MaxChunkSize {
 			return fmt.Errorf("entry %q: %w: chunk %d [%d,+%d) at blob [%d,%d)", e.Name, ErrMalformed, i, c.Offset, c.Size, c.BlobOffset, c.BlobEnd)
 		}
-		if !strings.HasPrefix(c.Digest, "sha256:") || len(c.Digest) != len("sha256:")+64 {
+		if f.Seekable() && c.Digest == "" && c.InnerOffset == 0 && c.BlobEnd-c.BlobOffset == c.Size {
+			// verified through its span
+		} else if !validDigest(c.Digest) {
 			return fmt.Errorf("entry %q: %w: chunk %d digest %q", e.Name, ErrMalformed, i, c.Digest)
 		}
 		next += c.Size
@@ -153,13 +200,28 @@ func (e *Entry) validate() error {
 func (x *Index) Validate() error {
 	switch x.Format {
 	case FormatTar, FormatEStargz, FormatZstdChunked:
+		if len(x.Spans) > 0 {
+			return fmt.Errorf("index of %s: %w: spans in a %s index", x.Layer, ErrMalformed, x.Format)
+		}
+	case FormatGzip, FormatZstd:
+		if err := x.validateSpans(); err != nil {
+			return fmt.Errorf("index of %s: %w", x.Layer, err)
+		}
 	default:
 		return fmt.Errorf("index of %s: %w: unknown format %q", x.Layer, ErrMalformed, x.Format)
 	}
 	for i := range x.Entries {
 		e := &x.Entries[i]
-		if err := e.validate(); err != nil {
+		if err := e.validate(x.Format); err != nil {
 			return fmt.Errorf("index of %s: %w", x.Layer, err)
+		}
+		if x.Format.Seekable() {
+			for _, c := range e.Chunks {
+				if c.BlobEnd > x.TarSize {
+					return fmt.Errorf("index of %s: entry %q: %w: chunk at %d lies past the tar's %d bytes", x.Layer, e.Name, ErrMalformed, c.Offset, x.TarSize)
+				}
+			}
+			continue
 		}
 		if x.Format != FormatTar {
 			continue
@@ -171,4 +233,62 @@ func (x *Index) Validate() error {
 		}
 	}
 	return nil
+}
+
+func validDigest(d string) bool {
+	if !strings.HasPrefix(d, "sha256:") || len(d) != len("sha256:")+64 {
+		return false
+	}
+	for _, c := range d[len("sha256:"):] {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// validateSpans checks that Spans tile the tar and the blob in order, and
+// that no span exceeds the bounds a reader relies on.
+func (x *Index) validateSpans() error {
+	if len(x.Spans) == 0 || x.TarSize <= 0 || x.BlobSize <= 0 {
+		return fmt.Errorf("%w: a %s index needs spans and sizes", ErrMalformed, x.Format)
+	}
+	for i, sp := range x.Spans {
+		out, in := x.SpanRanges(i)
+		if i == 0 && sp.Out != 0 || out.Start >= out.End || out.End-out.Start > MaxSpanSize ||
+			sp.InBits < 0 || in.Start >= in.End || in.End-in.Start > MaxChunkSize || in.End > x.BlobSize ||
+			len(sp.Window) > WindowSize || !validDigest(sp.Digest) ||
+			x.Format == FormatZstd && (sp.InBits%8 != 0 || len(sp.Window) > 0) {
+			return fmt.Errorf("%w: span %d (out %d, in bit %d)", ErrMalformed, i, sp.Out, sp.InBits)
+		}
+		if i > 0 && sp.InBits <= x.Spans[i-1].InBits {
+			return fmt.Errorf("%w: span %d starts before span %d", ErrMalformed, i, i-1)
+		}
+	}
+	return nil
+}
+
+// Range is a half-open interval of byte offsets.
+type Range struct{ Start, End int64 }
+
+// SpanRanges returns the uncompressed bytes span i produces and the compressed
+// bytes it is decoded from. i must be in [0, len(x.Spans)).
+func (x *Index) SpanRanges(i int) (out, in Range) {
+	sp := x.Spans[i]
+	out = Range{sp.Out, x.TarSize}
+	in = Range{sp.InBits / 8, x.BlobSize}
+	if i+1 < len(x.Spans) {
+		out.End = x.Spans[i+1].Out
+		in.End = (x.Spans[i+1].InBits + 7) / 8
+	}
+	return out, in
+}
+
+// FindSpan returns the span that holds uncompressed offset off, or -1.
+func (x *Index) FindSpan(off int64) int {
+	if off < 0 || off >= x.TarSize {
+		return -1
+	}
+	i := sort.Search(len(x.Spans), func(i int) bool { return x.Spans[i].Out > off })
+	return i - 1
 }

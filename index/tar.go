@@ -20,12 +20,28 @@ const xattrPrefix = "SCHILY.xattr."
 // FormatTar chunks of at most chunkSize bytes whose BlobOffsets are offsets
 // in r. layer names the blob r is read from. BuildTar reads r to its end.
 func BuildTar(r io.Reader, layer string, chunkSize int64) (*Index, error) {
+	x := &Index{Layer: layer, Format: FormatTar}
+	if _, err := scanTar(r, x, chunkSize, true); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// scanTar reads the uncompressed tar stream r to its end, appending its
+// entries to x.Entries with chunks located by offsets in r, and returns the
+// number of bytes read. With digests false, chunks carry no digest (a
+// seekable format verifies whole spans instead) and chunkSize is raised to
+// MaxChunkSize, so most files have one chunk.
+func scanTar(r io.Reader, x *Index, chunkSize int64, digests bool) (int64, error) {
 	if chunkSize <= 0 {
 		chunkSize = DefaultTarChunkSize
 	}
+	if !digests {
+		chunkSize = MaxChunkSize
+	}
+	chunkSize = min(chunkSize, MaxChunkSize)
 	cr := &countingReader{r: r}
 	tr := tar.NewReader(cr)
-	x := &Index{Layer: layer, Format: FormatTar}
 	buf := make([]byte, 64<<10)
 	for {
 		hdr, err := tr.Next()
@@ -33,27 +49,27 @@ func BuildTar(r io.Reader, layer string, chunkSize int64) (*Index, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read tar at byte %d: %w: %w", cr.n, ErrMalformed, err)
+			return cr.n, fmt.Errorf("read tar at byte %d: %w: %w", cr.n, ErrMalformed, err)
 		}
 		e, ok, err := entryFromHeader(hdr)
 		if err != nil {
-			return nil, err
+			return cr.n, err
 		}
 		if !ok {
 			continue
 		}
 		if e.Type == TypeReg && e.Size > 0 {
-			if e.Chunks, err = hashChunks(tr, cr, e.Size, chunkSize, buf); err != nil {
-				return nil, fmt.Errorf("read tar entry %q: %w", hdr.Name, err)
+			if e.Chunks, err = locateChunks(tr, cr, e.Size, chunkSize, digests, buf); err != nil {
+				return cr.n, fmt.Errorf("read tar entry %q: %w", hdr.Name, err)
 			}
 		}
 		x.Entries = append(x.Entries, e)
 	}
 	// Drain trailing padding so callers that hash r see every byte.
 	if _, err := io.CopyBuffer(io.Discard, cr, buf); err != nil {
-		return nil, fmt.Errorf("read tar trailer: %w", err)
+		return cr.n, fmt.Errorf("read tar trailer: %w", err)
 	}
-	return x, nil
+	return cr.n, nil
 }
 
 // entryFromHeader converts a tar header; ok is false for headers that carry
@@ -106,16 +122,20 @@ func entryFromHeader(hdr *tar.Header) (e Entry, ok bool, err error) {
 	return e, true, nil
 }
 
-// hashChunks reads size bytes of file content from tr, cutting it into
-// chunks located by the byte count of cr.
-func hashChunks(tr io.Reader, cr *countingReader, size, chunkSize int64, buf []byte) ([]Chunk, error) {
+// locateChunks reads size bytes of file content from tr, cutting it into
+// chunks located by the byte count of cr and, if digests is set, hashed.
+func locateChunks(tr io.Reader, cr *countingReader, size, chunkSize int64, digests bool, buf []byte) ([]Chunk, error) {
 	start := cr.n      // tar.Reader has consumed the header and nothing more
 	var chunks []Chunk // not preallocated: size is untrusted until read
 	h := sha256.New()
 	for off := int64(0); off < size; off += chunkSize {
 		n := min(chunkSize, size-off)
-		h.Reset()
-		if _, err := io.CopyBuffer(h, io.LimitReader(tr, n), buf); err != nil {
+		var sink io.Writer = io.Discard
+		if digests {
+			h.Reset()
+			sink = h
+		}
+		if _, err := io.CopyBuffer(sink, io.LimitReader(tr, n), buf); err != nil {
 			return nil, err
 		}
 		if cr.n != start+off+n {
@@ -123,13 +143,11 @@ func hashChunks(tr io.Reader, cr *countingReader, size, chunkSize int64, buf []b
 			// straight from cr; refuse to index if that ever stops holding.
 			return nil, fmt.Errorf("content of %d bytes read as %d", n, cr.n-start-off)
 		}
-		chunks = append(chunks, Chunk{
-			Offset:     off,
-			Size:       n,
-			BlobOffset: start + off,
-			BlobEnd:    start + off + n,
-			Digest:     digestString(h.Sum(nil)),
-		})
+		c := Chunk{Offset: off, Size: n, BlobOffset: start + off, BlobEnd: start + off + n}
+		if digests {
+			c.Digest = digestString(h.Sum(nil))
+		}
+		chunks = append(chunks, c)
 	}
 	return chunks, nil
 }

@@ -28,6 +28,9 @@ type Image struct {
 	// Layers are the image's layers, base first.
 	Layers  []*Layer
 	fetcher *fetch.Client
+	// remoteOpts reach the image's registry with its credentials and
+	// transport, for the manifest-level calls go-containerregistry makes.
+	remoteOpts []remote.Option
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
@@ -157,12 +160,12 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 			return nil, fmt.Errorf("resolve %s: credentials: %w", r, err)
 		}
 	}
-	desc, err := remote.Get(r,
-		remote.WithContext(ctx),
+	remoteOpts := []remote.Option{
 		remote.WithAuth(auth),
 		remote.WithTransport(o.transport),
-		remote.WithPlatform(o.platform),
-		remote.WithUserAgent(o.userAgent))
+		remote.WithUserAgent(o.userAgent),
+	}
+	desc, err := remote.Get(r, append(remoteOpts, remote.WithContext(ctx), remote.WithPlatform(o.platform))...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
@@ -170,7 +173,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s for %s: %w", r, o.platform, registryError(err))
 	}
-	im := &Image{Ref: r}
+	im := &Image{Ref: r, remoteOpts: remoteOpts}
 	if im.Digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
