@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/lazyroot/lazyroot/fetch"
@@ -28,6 +29,9 @@ type Image struct {
 	// Layers are the image's layers, base first.
 	Layers  []*Layer
 	fetcher *fetch.Client
+	// descriptor describes the image manifest, the subject of artifacts
+	// that refer to the image.
+	descriptor v1.Descriptor
 	// remoteOpts reach the image's registry with its credentials and
 	// transport, for the manifest-level calls go-containerregistry makes.
 	remoteOpts []remote.Option
@@ -176,6 +180,11 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	im := &Image{Ref: r, remoteOpts: remoteOpts}
 	if im.Digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	}
+	if d, err := partial.Descriptor(img); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	} else {
+		im.descriptor = *d
 	}
 	if im.Manifest, err = img.Manifest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
