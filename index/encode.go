@@ -11,14 +11,18 @@ import (
 	"io"
 )
 
-// EncodingVersion is the version Encode writes and Decode accepts.
-const EncodingVersion = 1
+// EncodingVersion is the version Encode writes and Decode accepts. Version
+// 2 added the seekable formats (gzip and zstd spans).
+const EncodingVersion = 2
 
 // encodingMagic starts every encoded index.
 var encodingMagic = [8]byte{'L', 'Z', 'R', 'I', 'D', 'X', 0, '\n'}
 
 // maxEncodedSize bounds the encoded index Decode accepts.
 const maxEncodedSize = 1 << 30
+
+// maxDecodedSize bounds the JSON an encoded index may expand to.
+const maxDecodedSize = 4 << 30
 
 // ErrVersion reports an encoded index written by another version: rebuild it.
 var ErrVersion = errors.New("unsupported index version")
@@ -86,7 +90,7 @@ func Decode(r io.Reader) (*Index, error) {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	x := new(Index)
-	if err := json.NewDecoder(zr).Decode(x); err != nil {
+	if err := json.NewDecoder(io.LimitReader(zr, maxDecodedSize)).Decode(x); err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	if err := x.Validate(); err != nil {
