@@ -1,13 +1,21 @@
 package testutil
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 )
@@ -45,11 +53,38 @@ type Request struct {
 	Blob   string // the digest if Path names a blob (/v2/<name>/blobs/<digest>), else ""
 }
 
+// RegistryOption configures NewRegistry.
+type RegistryOption func(*registryOptions)
+
+type registryOptions struct {
+	referrers bool
+}
+
+// WithReferrers makes the registry answer the OCI 1.1 referrers API
+// (GET /v2/<name>/referrers/<digest>) with an OCI index of the manifests
+// whose subject is <digest>. Without it the registry answers that path 404,
+// as registries without the API do, and clients fall back to the referrers
+// tag schema.
+//
+// Note that go-containerregistry's registry reports a referrer's
+// artifactType as its config media type, even when the manifest has an
+// artifactType of its own, and lists referrers in no particular order.
+func WithReferrers() RegistryOption {
+	return func(o *registryOptions) { o.referrers = true }
+}
+
 // NewRegistry starts a Registry that is closed in t.Cleanup.
-func NewRegistry(t testing.TB) *Registry {
+func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()
+	var o registryOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	r := &Registry{
-		inner: registry.New(registry.Logger(log.New(io.Discard, "", 0))),
+		inner: registry.New(
+			registry.Logger(log.New(io.Discard, "", 0)),
+			registry.WithReferrersSupport(o.referrers),
+		),
 	}
 	r.wrapped = r.inner
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serveHTTP))
@@ -208,3 +243,120 @@ func (w *recordingWriter) Flush() {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *recordingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// DistributionBinary is where Debian's docker-registry package installs the
+// CNCF Distribution registry (version 2.8, without the referrers API).
+const DistributionBinary = "/usr/bin/docker-registry"
+
+// StartDistribution runs a real registry, DistributionBinary, on 127.0.0.1
+// with its storage in a temporary directory, waits until it answers /v2/,
+// and returns its host ("127.0.0.1:PORT"). The process is stopped in
+// t.Cleanup; its log is shown if the test failed. The test is skipped when
+// the binary is not installed. It speaks plain HTTP and needs no
+// credentials.
+func StartDistribution(t testing.TB) string {
+	t.Helper()
+	if _, err := os.Stat(DistributionBinary); err != nil {
+		t.Skipf("real registry not available: %v", err)
+	}
+	dir := t.TempDir()
+	host := freeLoopbackAddr(t)
+	config := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, filepath.Join(dir, "storage"), host)
+	configPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
+		t.Fatalf("distribution config: %v", err)
+	}
+
+	var out lockedBuffer
+	cmd := exec.Command(DistributionBinary, "serve", configPath)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", DistributionBinary, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("%s log:\n%s", DistributionBinary, out.String())
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		if err := ping(ctx, "http://"+host+"/v2/"); err == nil {
+			return host
+		}
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("%s exited: %v\n%s", DistributionBinary, err, out.String())
+		case <-ctx.Done():
+			t.Fatalf("%s did not answer on %s: %v\n%s", DistributionBinary, host, ctx.Err(), out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// freeLoopbackAddr returns a 127.0.0.1 address with a port that was free a
+// moment ago.
+func freeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// ping returns nil when url answers 200.
+func ping(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// lockedBuffer collects a child process's output; safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer // guarded by mu
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

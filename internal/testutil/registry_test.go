@@ -208,6 +208,69 @@ func TestPushIndex(t *testing.T) {
 	}
 }
 
+func TestRegistryReferrers(t *testing.T) {
+	for _, enabled := range []bool{false, true} {
+		t.Run(fmt.Sprint(enabled), func(t *testing.T) {
+			var opts []RegistryOption
+			if enabled {
+				opts = append(opts, WithReferrers())
+			}
+			r := NewRegistry(t, opts...)
+			l, _ := Layer(t, Tar(t, sampleEntries()), Gzip)
+			img := Image(t, []v1.Layer{l}, nil)
+			r.Push(t, "app:latest", img)
+			d := must(img.Digest())
+			url := fmt.Sprintf("%s/v2/app/referrers/%s", r.URL(), d)
+			code, body := get(t, url, "")
+			if !enabled {
+				if code != http.StatusNotFound {
+					t.Errorf("referrers without support: %d, want 404", code)
+				}
+				return
+			}
+			if code != http.StatusOK {
+				t.Fatalf("referrers: %d %s", code, body)
+			}
+			im, err := v1.ParseIndexManifest(strings.NewReader(string(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if im.MediaType != "application/vnd.oci.image.index.v1+json" || len(im.Manifests) != 0 {
+				t.Errorf("referrers of an image without any: %+v", im)
+			}
+			reqs := r.Requests()
+			if last := reqs[len(reqs)-1]; last.Path != "/v2/app/referrers/"+d.String() || last.Status != http.StatusOK {
+				t.Errorf("recorded %+v", last)
+			}
+		})
+	}
+}
+
+func TestStartDistribution(t *testing.T) {
+	host := StartDistribution(t)
+	if !strings.HasPrefix(host, "127.0.0.1:") {
+		t.Errorf("host %q", host)
+	}
+	l, _ := Layer(t, Tar(t, sampleEntries()), Gzip)
+	img := Image(t, []v1.Layer{l}, nil)
+	ref := must(name.ParseReference(host+"/lazyroot/app:v1", name.Insecure))
+	if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	pulled, err := remote.Image(ref, remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	if got, want := must(pulled.Digest()), must(img.Digest()); got != want {
+		t.Errorf("pulled %s, pushed %s", got, want)
+	}
+	// Distribution 2.8 has no referrers API.
+	code, _ := get(t, fmt.Sprintf("http://%s/v2/lazyroot/app/referrers/%s", host, must(img.Digest())), "")
+	if code != http.StatusNotFound {
+		t.Errorf("referrers on distribution: %d, want 404", code)
+	}
+}
+
 // must returns v, panicking on err; for calls that cannot fail in these tests.
 func must[T any](v T, err error) T {
 	if err != nil {

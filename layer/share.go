@@ -1,0 +1,417 @@
+package layer
+
+// Sharing layer indexes through the registry.
+//
+// A node that had to build a layer's index (by streaming the whole blob)
+// pushes it back to the image's repository as an OCI artifact whose subject
+// is the image manifest, so other nodes find it with the referrers API
+// instead of streaming the layer again:
+//
+//	image manifest  ◄── subject ──  artifact manifest (artifactType IndexArtifactType)
+//	                                  config: the OCI empty descriptor ("{}")
+//	                                  layers: one blob per indexed layer,
+//	                                          mediaType IndexMediaType,
+//	                                          annotated AnnotationLayer: <layer digest>
+//
+// Listing uses go-containerregistry's remote.Referrers: it asks the OCI 1.1
+// referrers API (GET /v2/<name>/referrers/<digest>) and, when the registry
+// does not answer it with an OCI index (404, 400, 406, or another content
+// type), reads the referrers tag schema instead: the OCI index tagged
+// sha256-<hex of the subject digest>. Pushing uses remote.Pusher.Put, which
+// after the manifest PUT probes the referrers API itself and, when that does
+// not answer 200, adds the artifact to the fallback tag's index (creating
+// it when absent). So a registry with the API (go-containerregistry's with
+// WithReferrersSupport, Distribution 3, most hosted registries) keeps the
+// list itself, and one without it (Distribution 2.8, Debian's
+// docker-registry) gets the tag.
+//
+// Concurrency: the fallback tag update is a read-modify-write without
+// conditional requests (go-containerregistry v0.22.1's commitSubjectReferrers
+// has a TODO about it). Two nodes pushing artifacts for one image at the same
+// moment to a registry without the referrers API may both read the old tag,
+// and the later PUT then drops the other artifact from the list (in a test
+// with two truly simultaneous pushers this happened about a third of the
+// time). The dropped artifact stays in the registry but is not found. The
+// last writer's artifact is always listed, and nodes that start one image
+// together index the same layers, so the usual cost is nothing; at worst a
+// later node rebuilds some layer's index and pushes it again. It never
+// yields wrong data. With the referrers API the registry keeps the list and
+// there is no such race. Deleting an artifact does not remove it from the
+// fallback tag either; FindIndexes skips listed manifests the registry no
+// longer has.
+//
+// Trust: FindIndexes checks that every blob it returns has the size and
+// digest its artifact's descriptor gives, and that the artifact names this
+// image as its subject. It does not decode the indexes: an index pushed by
+// anyone with push access to the repository is only as good as its content,
+// which index.Decode validates and the per-chunk digests of a Stack check.
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+)
+
+const (
+	// IndexArtifactType is the artifactType of the artifact that carries an
+	// image's layer indexes; its subject is the image manifest.
+	IndexArtifactType = "application/vnd.lazyroot.index.v1"
+	// IndexMediaType is the media type of one layer's encoded index (the
+	// bytes index.Encode writes) inside that artifact.
+	IndexMediaType = "application/vnd.lazyroot.layer.index.v1"
+	// AnnotationLayer annotates each index blob with the digest of the layer
+	// it indexes.
+	AnnotationLayer = "dev.lazyroot.layer.digest"
+	// AnnotationCreated is the OCI annotation with the time the artifact was
+	// pushed (RFC 3339, UTC); FindIndexes prefers the newest artifact.
+	AnnotationCreated = "org.opencontainers.image.created"
+)
+
+const (
+	// MaxIndexBlobSize bounds one encoded index pushed or fetched.
+	MaxIndexBlobSize = 256 << 20
+	// maxArtifactManifestSize bounds an artifact manifest FindIndexes reads.
+	maxArtifactManifestSize = 4 << 20
+	// maxArtifacts bounds the artifacts FindIndexes reads for one image.
+	maxArtifacts = 64
+	// shareJobs bounds the blob uploads and downloads in flight.
+	shareJobs = 4
+)
+
+// emptyJSON is the OCI empty config blob, "{}".
+var emptyJSON = []byte("{}")
+
+// PushIndexes pushes to img's repository an artifact whose subject is img's
+// manifest and whose layers are the encoded indexes, one per layer digest of
+// img (base first), each annotated with AnnotationLayer. Its config is the
+// OCI empty descriptor and its artifactType IndexArtifactType; it carries
+// AnnotationCreated. The artifact is pushed by digest, which it returns; no
+// tag is set besides the referrers fallback tag go-containerregistry
+// maintains on registries without the referrers API (see the top of this
+// file for the race that update has).
+//
+// img must come from Resolve. Every key of encoded must be the digest of one
+// of img's layers, and no index may exceed MaxIndexBlobSize.
+func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v1.Hash, error) {
+	fail := func(err error) (v1.Hash, error) {
+		return v1.Hash{}, fmt.Errorf("push indexes of %s: %w", img.Ref, err)
+	}
+	subject, err := img.subject()
+	if err != nil {
+		return fail(err)
+	}
+	if len(encoded) == 0 {
+		return fail(errors.New("no index to push"))
+	}
+	inImage := map[v1.Hash]bool{}
+	for _, l := range img.Layers {
+		inImage[l.Descriptor.Digest] = true
+	}
+	for d, b := range encoded {
+		if !inImage[d] {
+			return fail(fmt.Errorf("%s is not a layer of the image", d))
+		}
+		if len(b) == 0 || len(b) > MaxIndexBlobSize {
+			return fail(fmt.Errorf("index of layer %s: %d bytes", d, len(b)))
+		}
+	}
+	blobs := []v1.Layer{static.NewLayer(emptyJSON, types.OCIEmptyJSON)}
+	var layers []v1.Descriptor
+	for _, l := range img.Layers { // base first; an image may repeat a layer
+		d := l.Descriptor.Digest
+		b, ok := encoded[d]
+		if !ok || !inImage[d] {
+			continue
+		}
+		inImage[d] = false
+		blob := static.NewLayer(b, IndexMediaType)
+		desc, err := descriptorOf(blob)
+		if err != nil {
+			return fail(err)
+		}
+		desc.Annotations = map[string]string{AnnotationLayer: d.String()}
+		layers = append(layers, desc)
+		blobs = append(blobs, blob)
+	}
+	config, err := descriptorOf(blobs[0])
+	if err != nil {
+		return fail(err)
+	}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  IndexArtifactType,
+		Config:        config,
+		Layers:        layers,
+		Subject:       &subject,
+		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return fail(err)
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return fail(err)
+	}
+
+	repo := img.Ref.Context()
+	pusher, err := remote.NewPusher(img.remoteOptions(ctx)...)
+	if err != nil {
+		return fail(err)
+	}
+	// The first upload, alone, sets up the pusher's connection to the
+	// repository (ping, token) with ctx rather than a group context that
+	// ends with the group.
+	if err := pusher.Upload(ctx, repo, blobs[0]); err != nil {
+		return fail(registryError(err))
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(shareJobs)
+	for _, b := range blobs[1:] {
+		g.Go(func() error { return pusher.Upload(gctx, repo, b) })
+	}
+	if err := g.Wait(); err != nil {
+		return fail(registryError(err))
+	}
+	// Put, unlike Push, always sends the manifest, so the fallback tag is
+	// updated even when an identical artifact was pushed before.
+	if err := pusher.Put(ctx, repo.Digest(h.String()), rawManifest(raw)); err != nil {
+		return fail(registryError(err))
+	}
+	return h, nil
+}
+
+// FindIndexes lists the artifacts that refer to img's manifest with
+// artifactType IndexArtifactType and returns, for each layer digest in want
+// that one of them holds, the encoded index. It returns an empty map and no
+// error when there is none: no referrers, or a registry without the referrers
+// API and no fallback tag.
+//
+// When several artifacts hold one layer, the one with the newest
+// AnnotationCreated wins (artifacts without it lose; ties go to the one
+// listed last). At most 64 artifacts are read. Artifacts listed but gone from
+// the registry, not of this artifactType, not naming img as their subject,
+// or with a manifest over 4 MiB are skipped, as are index blobs over
+// MaxIndexBlobSize.
+//
+// Every blob is fetched by digest from img's repository and checked against
+// its descriptor: a blob of another size or digest fails the call with an
+// error wrapping ErrDigest. Registry errors (access denied, 5xx) fail it too,
+// wrapped with the image's name. On error the map is nil.
+func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][]byte, error) {
+	found := map[v1.Hash][]byte{}
+	fail := func(err error) (map[v1.Hash][]byte, error) {
+		return nil, fmt.Errorf("find indexes of %s: %w", img.Ref, registryError(err))
+	}
+	if _, err := img.subject(); err != nil {
+		return fail(err)
+	}
+	if len(want) == 0 {
+		return found, nil
+	}
+	repo := img.Ref.Context()
+	puller, err := remote.NewPuller(img.remoteOptions(ctx)...)
+	if err != nil {
+		return fail(err)
+	}
+	listing, err := remote.Referrers(repo.Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
+	if err != nil {
+		return fail(fmt.Errorf("list referrers: %w", err))
+	}
+	list, err := listing.IndexManifest()
+	if err != nil {
+		return fail(fmt.Errorf("list referrers: %w", err))
+	}
+
+	type artifact struct {
+		pos     int // in the listing
+		created time.Time
+		layers  []v1.Descriptor
+	}
+	var candidates []artifact
+	for i, d := range list.Manifests {
+		// Some registries (go-containerregistry's own) report the config
+		// media type as the artifactType; the manifest says for sure.
+		switch d.ArtifactType {
+		case IndexArtifactType, "", string(types.OCIEmptyJSON):
+		default:
+			continue
+		}
+		if (d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
+			continue
+		}
+		candidates = append(candidates, artifact{pos: i, created: createdAt(d.Annotations)})
+	}
+	newestFirst := func(a, b artifact) int {
+		if c := b.created.Compare(a.created); c != 0 {
+			return c
+		}
+		return b.pos - a.pos
+	}
+	slices.SortStableFunc(candidates, newestFirst)
+	candidates = candidates[:min(len(candidates), maxArtifacts)]
+
+	var artifacts []artifact
+	for _, c := range candidates {
+		d := list.Manifests[c.pos]
+		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
+		if isNotFound(err) {
+			continue // listed in a stale fallback tag
+		} else if err != nil {
+			return fail(fmt.Errorf("artifact %s: %w", d.Digest, err))
+		}
+		if len(desc.Manifest) > maxArtifactManifestSize {
+			continue
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+		if err != nil || m.ArtifactType != IndexArtifactType || m.Subject == nil || m.Subject.Digest != img.Digest {
+			continue
+		}
+		artifacts = append(artifacts, artifact{pos: c.pos, created: createdAt(m.Annotations), layers: m.Layers})
+	}
+	slices.SortStableFunc(artifacts, newestFirst)
+
+	wanted := map[v1.Hash]bool{}
+	for _, d := range want {
+		wanted[d] = true
+	}
+	chosen := map[v1.Hash]v1.Descriptor{}
+	for _, a := range artifacts {
+		for _, b := range a.layers {
+			l, err := v1.NewHash(b.Annotations[AnnotationLayer])
+			if err != nil || !wanted[l] || b.MediaType != IndexMediaType || b.Size <= 0 || b.Size > MaxIndexBlobSize {
+				continue
+			}
+			if _, ok := chosen[l]; !ok {
+				chosen[l] = b
+			}
+		}
+	}
+
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(shareJobs)
+	for l, b := range chosen {
+		g.Go(func() error {
+			p, err := fetchIndexBlob(gctx, puller, img, b)
+			if isNotFound(err) {
+				return nil
+			} else if err != nil {
+				return fmt.Errorf("index of layer %s: %w", l, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			found[l] = p
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fail(err)
+	}
+	return found, nil
+}
+
+// fetchIndexBlob reads the blob d describes from img's repository and checks
+// its size and digest.
+func fetchIndexBlob(ctx context.Context, puller *remote.Puller, img *Image, d v1.Descriptor) ([]byte, error) {
+	l, err := puller.Layer(ctx, img.Ref.Context().Digest(d.Digest.String()))
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	// Read at most d.Size bytes and check them here. go-containerregistry
+	// checks the digest too when the body ends, but with an error of an
+	// internal type; a body of the right length is judged by our check.
+	p, err := io.ReadAll(io.LimitReader(rc, d.Size))
+	if int64(len(p)) != d.Size {
+		var ne net.Error
+		if err != nil && (errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne) || ctx.Err() != nil) {
+			return nil, fmt.Errorf("blob %s: %w", d.Digest, err) // cut off, not short
+		}
+		return nil, fmt.Errorf("blob %s: %w: %d bytes, want %d", d.Digest, ErrDigest, len(p), d.Size)
+	}
+	h, err := v1.Hasher(d.Digest.Algorithm)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	h.Write(p)
+	if got := hex.EncodeToString(h.Sum(nil)); got != d.Digest.Hex {
+		return nil, fmt.Errorf("blob %s: %w: got %s:%s", d.Digest, ErrDigest, d.Digest.Algorithm, got)
+	}
+	return p, nil
+}
+
+// subject is the descriptor of img's manifest, as an artifact's subject.
+func (im *Image) subject() (v1.Descriptor, error) {
+	d := im.descriptor
+	if d.Digest == (v1.Hash{}) || d.Digest != im.Digest || d.Size <= 0 || d.MediaType == "" {
+		return v1.Descriptor{}, errors.New("image has no manifest descriptor (not from Resolve)")
+	}
+	return v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest}, nil
+}
+
+// remoteOptions are the image's registry options bound to ctx.
+func (im *Image) remoteOptions(ctx context.Context) []remote.Option {
+	return append(slices.Clip(im.remoteOpts), remote.WithContext(ctx))
+}
+
+// descriptorOf describes blob (digest, size and media type).
+func descriptorOf(blob v1.Layer) (v1.Descriptor, error) {
+	d, err := blob.Digest()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	n, err := blob.Size()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	mt, err := blob.MediaType()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return v1.Descriptor{MediaType: mt, Size: n, Digest: d}, nil
+}
+
+// createdAt parses AnnotationCreated; zero if absent or malformed.
+func createdAt(annotations map[string]string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, annotations[AnnotationCreated])
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// isNotFound reports a registry's 404.
+func isNotFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
+}
+
+// rawManifest is an OCI image manifest's bytes, as remote.Put takes them.
+type rawManifest []byte
+
+func (m rawManifest) RawManifest() ([]byte, error)        { return m, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+var _ remote.Taggable = rawManifest(nil)

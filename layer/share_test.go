@@ -1,0 +1,621 @@
+package layer_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// shareFixture is an image of three layers pushed to a registry and
+// resolved, with a real encoded index for each layer.
+type shareFixture struct {
+	host    string
+	img     *layer.Image
+	layers  []v1.Hash          // layer digests, base first
+	encoded map[v1.Hash][]byte // index.Encode's bytes by layer digest
+}
+
+// newShareFixture builds the image, pushes it to host as repoTag with push
+// (which returns the full reference) and resolves it.
+func newShareFixture(t *testing.T, host, repoTag string, push func(string, v1.Image) string) *shareFixture {
+	t.Helper()
+	f := &shareFixture{host: host, encoded: map[v1.Hash][]byte{}}
+	var ls []v1.Layer
+	var tars [][]byte
+	for i, format := range []testutil.Format{testutil.Gzip, testutil.Uncompressed, testutil.Gzip} {
+		tb := testutil.Tar(t, []testutil.Entry{
+			{Name: "etc", Type: tar.TypeDir},
+			{Name: fmt.Sprintf("etc/layer%d", i), Content: bytes.Repeat([]byte{byte('a' + i)}, 1000*(i+1))},
+		})
+		l, _ := testutil.Layer(t, tb, format)
+		ls = append(ls, l)
+		tars = append(tars, tb)
+	}
+	ref := push(repoTag, testutil.Image(t, ls, nil))
+	img, err := layer.Resolve(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.img = img
+	for i, l := range img.Layers {
+		d := l.Descriptor.Digest
+		f.layers = append(f.layers, d)
+		x, err := index.BuildTar(bytes.NewReader(tars[i]), d.String(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := x.Encode(&b); err != nil {
+			t.Fatal(err)
+		}
+		f.encoded[d] = b.Bytes()
+	}
+	return f
+}
+
+// pick returns the encoded indexes of the layers at positions i.
+func (f *shareFixture) pick(i ...int) map[v1.Hash][]byte {
+	out := map[v1.Hash][]byte{}
+	for _, j := range i {
+		out[f.layers[j]] = f.encoded[f.layers[j]]
+	}
+	return out
+}
+
+// find calls FindIndexes for every layer and a digest no layer has.
+func (f *shareFixture) find(t *testing.T) map[v1.Hash][]byte {
+	t.Helper()
+	unknown, _, _ := v1.SHA256(strings.NewReader("no such layer"))
+	got, err := layer.FindIndexes(t.Context(), f.img, append(slices.Clone(f.layers), unknown))
+	if err != nil {
+		t.Fatalf("FindIndexes: %v", err)
+	}
+	if got == nil {
+		t.Fatal("FindIndexes returned a nil map")
+	}
+	if _, ok := got[unknown]; ok {
+		t.Error("FindIndexes found an index for an unknown layer")
+	}
+	return got
+}
+
+func (f *shareFixture) repo(t *testing.T) name.Repository {
+	t.Helper()
+	return f.img.Ref.Context()
+}
+
+// fallbackTag is the referrers tag schema's tag for the image.
+func (f *shareFixture) fallbackTag() string {
+	return "sha256-" + f.img.Digest.Hex
+}
+
+// checkSame reports any difference between the indexes found and want.
+func checkSame(t *testing.T, got, want map[v1.Hash][]byte) {
+	t.Helper()
+	for d, w := range want {
+		if g, ok := got[d]; !ok {
+			t.Errorf("layer %s: no index found", d)
+		} else if !bytes.Equal(g, w) {
+			t.Errorf("layer %s: found %d bytes that differ from the %d pushed", d, len(g), len(w))
+		}
+	}
+	for d := range got {
+		if _, ok := want[d]; !ok {
+			t.Errorf("layer %s: found an index that was not pushed", d)
+		}
+	}
+}
+
+// checkArtifact fetches the artifact manifest and checks its shape.
+func checkArtifact(t *testing.T, f *shareFixture, digest v1.Hash, layers ...int) {
+	t.Helper()
+	desc, err := remote.Get(f.repo(t).Digest(digest.String()), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatalf("get artifact: %v", err)
+	}
+	if desc.MediaType != types.OCIManifestSchema1 {
+		t.Errorf("artifact media type %q", desc.MediaType)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	emptyDigest, _, _ := v1.SHA256(strings.NewReader("{}"))
+	if m.ArtifactType != layer.IndexArtifactType {
+		t.Errorf("artifactType %q", m.ArtifactType)
+	}
+	if m.Config.MediaType != types.OCIEmptyJSON || m.Config.Digest != emptyDigest || m.Config.Size != 2 {
+		t.Errorf("config %+v, want the empty descriptor", m.Config)
+	}
+	if m.Subject == nil || m.Subject.Digest != f.img.Digest || m.Subject.MediaType != types.OCIManifestSchema1 || m.Subject.Size <= 0 {
+		t.Errorf("subject %+v, want the image manifest %s", m.Subject, f.img.Digest)
+	}
+	if ts, err := time.Parse(time.RFC3339Nano, m.Annotations[layer.AnnotationCreated]); err != nil || time.Since(ts) > time.Hour {
+		t.Errorf("created annotation %q: %v", m.Annotations[layer.AnnotationCreated], err)
+	}
+	if len(m.Layers) != len(layers) {
+		t.Fatalf("%d layers, want %d", len(m.Layers), len(layers))
+	}
+	for i, j := range layers {
+		l := m.Layers[i]
+		if l.MediaType != layer.IndexMediaType || l.Annotations[layer.AnnotationLayer] != f.layers[j].String() || l.Size != int64(len(f.encoded[f.layers[j]])) {
+			t.Errorf("artifact layer %d: %+v, want the index of image layer %d", i, l, j)
+		}
+	}
+}
+
+// headTag reports whether tag exists in the fixture's repository.
+func headTag(t *testing.T, f *shareFixture, tag string) bool {
+	t.Helper()
+	_, err := remote.Head(f.repo(t).Tag(tag), remote.WithContext(t.Context()))
+	var te *transport.Error
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &te) && te.StatusCode == http.StatusNotFound:
+		return false
+	default:
+		t.Fatalf("HEAD %s: %v", tag, err)
+		return false
+	}
+}
+
+func TestShareIndexes(t *testing.T) {
+	for _, api := range []bool{true, false} {
+		t.Run(fmt.Sprintf("referrersAPI=%v", api), func(t *testing.T) {
+			t.Parallel()
+			var opts []testutil.RegistryOption
+			if api {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			reg := testutil.NewRegistry(t, opts...)
+			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+
+			// Nothing shared yet: an empty map and no error.
+			if got := f.find(t); len(got) != 0 {
+				t.Fatalf("before any push: found %d indexes", len(got))
+			}
+
+			// An artifact of another type that looks like ours otherwise
+			// refers to the image too; it must be ignored.
+			pushForeignArtifact(t, f)
+
+			reg.Reset()
+			first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1))
+			if err != nil {
+				t.Fatalf("PushIndexes: %v", err)
+			}
+			checkArtifact(t, f, first, 0, 1)
+			for _, q := range reg.Requests() {
+				if q.Method == http.MethodPut && strings.Contains(q.Path, "/manifests/") &&
+					!strings.HasSuffix(q.Path, "/manifests/"+first.String()) && !strings.HasSuffix(q.Path, "/manifests/"+f.fallbackTag()) {
+					t.Errorf("PushIndexes put a manifest at %s", q.Path)
+				}
+			}
+
+			reg.Reset()
+			checkSame(t, f.find(t), f.pick(0, 1))
+			referrersPath := fmt.Sprintf("/v2/share/referrers/%s", f.img.Digest)
+			var referrersStatus int
+			for _, q := range reg.Requests() {
+				if q.Method == http.MethodGet && q.Path == referrersPath {
+					referrersStatus = q.Status
+				}
+			}
+			hasTag := headTag(t, f, f.fallbackTag())
+			if api {
+				// The API answered; no fallback tag was written.
+				if referrersStatus != http.StatusOK {
+					t.Errorf("GET %s answered %d, want 200", referrersPath, referrersStatus)
+				}
+				if hasTag {
+					t.Errorf("fallback tag %s exists on a registry with the referrers API", f.fallbackTag())
+				}
+			} else {
+				if referrersStatus != http.StatusNotFound {
+					t.Errorf("GET %s answered %d, want 404", referrersPath, referrersStatus)
+				}
+				if !hasTag {
+					t.Fatalf("fallback tag %s missing", f.fallbackTag())
+				}
+				checkFallbackLists(t, f, first)
+			}
+
+			// A second artifact adds layer 2 and a newer index of layer 0:
+			// both artifacts' layers are found, the newest wins for layer 0.
+			newer := bytes.Clone(f.encoded[f.layers[0]])
+			newer = append(newer, "newer"...)
+			second, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer, f.layers[2]: f.encoded[f.layers[2]]})
+			if err != nil {
+				t.Fatalf("second PushIndexes: %v", err)
+			}
+			if second == first {
+				t.Fatal("second artifact has the first one's digest")
+			}
+			want := f.pick(1, 2)
+			want[f.layers[0]] = newer
+			checkSame(t, f.find(t), want)
+			if !api {
+				checkFallbackLists(t, f, first, second)
+			}
+
+			// Asking for some layers returns only those.
+			got, err := layer.FindIndexes(t.Context(), f.img, f.layers[1:2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkSame(t, got, f.pick(1))
+			// Asking for none asks the registry nothing.
+			reg.Reset()
+			if got, err := layer.FindIndexes(t.Context(), f.img, nil); err != nil || got == nil || len(got) != 0 {
+				t.Errorf("FindIndexes(nil) = %v, %v", got, err)
+			}
+			if n := len(reg.Requests()); n != 0 {
+				t.Errorf("FindIndexes(nil) sent %d requests", n)
+			}
+		})
+	}
+}
+
+// checkFallbackLists checks that the referrers fallback tag's index lists
+// the artifacts (and maybe others) with our artifactType.
+func checkFallbackLists(t *testing.T, f *shareFixture, artifacts ...v1.Hash) {
+	t.Helper()
+	idx, err := remote.Index(f.repo(t).Tag(f.fallbackTag()), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatalf("fallback tag: %v", err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.MediaType != types.OCIImageIndex {
+		t.Errorf("fallback tag media type %q", im.MediaType)
+	}
+	for _, a := range artifacts {
+		i := slices.IndexFunc(im.Manifests, func(d v1.Descriptor) bool { return d.Digest == a })
+		if i < 0 {
+			t.Errorf("fallback tag does not list artifact %s: %+v", a, im.Manifests)
+		} else if im.Manifests[i].ArtifactType != layer.IndexArtifactType {
+			t.Errorf("fallback tag lists %s with artifactType %q", a, im.Manifests[i].ArtifactType)
+		}
+	}
+}
+
+// pushForeignArtifact pushes an artifact that refers to f's image with an
+// index-like layer for f's layer 0, but another artifactType.
+func pushForeignArtifact(t *testing.T, f *shareFixture) {
+	t.Helper()
+	blob := static.NewLayer([]byte("not ours"), layer.IndexMediaType)
+	img, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer:       blob,
+		Annotations: map[string]string{layer.AnnotationLayer: f.layers[0].String()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIEmptyJSON)
+	img = mutate.Annotations(img, map[string]string{layer.AnnotationCreated: time.Now().Add(time.Hour).UTC().Format(time.RFC3339)}).(v1.Image)
+	sub, err := remote.Head(f.repo(t).Digest(f.img.Digest.String()), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.Subject(img, v1.Descriptor{MediaType: sub.MediaType, Size: sub.Size, Digest: sub.Digest}).(v1.Image)
+	// mutate has no artifactType; pushed as is, the artifact's type is its
+	// config media type, the empty type, which the in-process registry also
+	// reports for ours.
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(f.repo(t).Digest(d.String()), img, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push foreign artifact: %v", err)
+	}
+}
+
+// TestShareIndexesDistribution shares indexes through a real Distribution
+// 2.8 registry, which has no referrers API: the fallback tag carries them.
+func TestShareIndexesDistribution(t *testing.T) {
+	t.Parallel()
+	host := testutil.StartDistribution(t)
+	f := newShareFixture(t, host, "lazyroot/share:v1", func(repoTag string, img v1.Image) string {
+		ref, err := name.ParseReference(host+"/"+repoTag, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
+			t.Fatalf("push to distribution: %v", err)
+		}
+		return ref.String()
+	})
+	if got := f.find(t); len(got) != 0 {
+		t.Fatalf("before any push: found %d indexes", len(got))
+	}
+	first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0))
+	if err != nil {
+		t.Fatalf("PushIndexes: %v", err)
+	}
+	checkArtifact(t, f, first, 0)
+	if !headTag(t, f, f.fallbackTag()) {
+		t.Fatalf("fallback tag %s missing", f.fallbackTag())
+	}
+	checkSame(t, f.find(t), f.pick(0))
+	second, err := layer.PushIndexes(t.Context(), f.img, f.pick(1, 2))
+	if err != nil {
+		t.Fatalf("second PushIndexes: %v", err)
+	}
+	checkFallbackLists(t, f, first, second)
+	checkSame(t, f.find(t), f.pick(0, 1, 2))
+}
+
+// TestSharePushesConcurrently pushes two artifacts for one image at once to
+// a registry with the referrers API, which keeps the list itself; both are
+// found. (Without the API the fallback tag update can lose one: see
+// share.go.)
+func TestSharePushesConcurrently(t *testing.T) {
+	t.Parallel()
+	reg := testutil.NewRegistry(t, testutil.WithReferrers())
+	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, part := range []map[v1.Hash][]byte{f.pick(0), f.pick(1, 2)} {
+		wg.Go(func() { _, errs[i] = layer.PushIndexes(t.Context(), f.img, part) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	checkSame(t, f.find(t), f.encoded)
+}
+
+func TestPushIndexesRefuses(t *testing.T) {
+	t.Parallel()
+	reg := testutil.NewRegistry(t)
+	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+	other, _, _ := v1.SHA256(strings.NewReader("another layer"))
+	for name, encoded := range map[string]map[v1.Hash][]byte{
+		"nothing":       {},
+		"foreign layer": {other: []byte("x")},
+		"empty index":   {f.layers[0]: nil},
+	} {
+		reg.Reset()
+		if d, err := layer.PushIndexes(t.Context(), f.img, encoded); err == nil {
+			t.Errorf("%s: pushed %s", name, d)
+		} else if !strings.Contains(err.Error(), f.img.Ref.String()) {
+			t.Errorf("%s: error %q does not name the image", name, err)
+		}
+		if n := len(reg.Requests()); n != 0 {
+			t.Errorf("%s: %d requests sent", name, n)
+		}
+	}
+	if _, err := layer.PushIndexes(t.Context(), &layer.Image{Ref: f.img.Ref, Digest: f.img.Digest}, f.pick(0)); err == nil {
+		t.Error("pushed for an image that Resolve did not make")
+	}
+}
+
+func TestFindIndexesRegistryErrors(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		want   string
+	}{
+		{http.StatusInternalServerError, "500"},
+		{http.StatusForbidden, "access denied"},
+	} {
+		t.Run(fmt.Sprint(tc.status), func(t *testing.T) {
+			t.Parallel()
+			reg := testutil.NewRegistry(t, testutil.WithReferrers())
+			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0)); err != nil {
+				t.Fatal(err)
+			}
+			reg.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.Contains(r.URL.Path, "/referrers/") {
+						http.Error(w, "no", tc.status)
+						return
+					}
+					next.ServeHTTP(w, r)
+				})
+			})
+			got, err := layer.FindIndexes(t.Context(), f.img, f.layers)
+			if err == nil {
+				t.Fatalf("FindIndexes = %d indexes, no error", len(got))
+			}
+			if got != nil {
+				t.Errorf("FindIndexes returned %d indexes with its error", len(got))
+			}
+			if msg := err.Error(); !strings.Contains(msg, f.img.Ref.String()) || !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q does not name the image and %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+// TestFindIndexesRefusesBadBlobs serves index blobs whose bytes do not match
+// their descriptor.
+func TestFindIndexesRefusesBadBlobs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		tamper func([]byte) []byte
+	}{
+		{"flipped byte", func(p []byte) []byte { p = bytes.Clone(p); p[len(p)/2] ^= 1; return p }},
+		{"truncated", func(p []byte) []byte { return p[:len(p)-1] }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reg := testutil.NewRegistry(t)
+			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1)); err != nil {
+				t.Fatal(err)
+			}
+			good := f.encoded[f.layers[1]]
+			blob, _, _ := v1.SHA256(bytes.NewReader(good))
+			reg.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+blob.String()) {
+						w.Header().Set("Content-Type", "application/octet-stream")
+						w.Write(tc.tamper(good))
+						return
+					}
+					next.ServeHTTP(w, r)
+				})
+			})
+			got, err := layer.FindIndexes(t.Context(), f.img, f.layers)
+			if !errors.Is(err, layer.ErrDigest) {
+				t.Fatalf("FindIndexes = %d indexes, %v; want ErrDigest", len(got), err)
+			}
+			if got != nil {
+				t.Errorf("FindIndexes returned %d indexes with its error", len(got))
+			}
+			// Served honestly again, the same artifact is found whole.
+			reg.Wrap(nil)
+			checkSame(t, f.find(t), f.pick(0, 1))
+		})
+	}
+}
+
+// TestFindIndexesSkipsDeletedArtifact: deleting an artifact leaves it in the
+// fallback tag; FindIndexes skips it and finds the others.
+func TestFindIndexesSkipsDeletedArtifact(t *testing.T) {
+	t.Parallel()
+	reg := testutil.NewRegistry(t)
+	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+	gone, err := layer.PushIndexes(t.Context(), f.img, f.pick(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Delete(f.repo(t).Digest(gone.String()), remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	checkFallbackLists(t, f, gone)
+	checkSame(t, f.find(t), f.pick(1))
+}
+
+// TestFindIndexesIgnoresOtherSubjects: an artifact for another image, listed
+// in this image's fallback tag by someone, is not taken.
+func TestFindIndexesIgnoresOtherSubjects(t *testing.T) {
+	t.Parallel()
+	reg := testutil.NewRegistry(t)
+	push := func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) }
+	f := newShareFixture(t, reg.Host, "share:v1", push)
+	// Another image in the same repository, with the same layers plus one.
+	l, _ := testutil.Layer(t, testutil.Tar(t, []testutil.Entry{{Name: "other", Content: []byte("other")}}), testutil.Gzip)
+	var ls []v1.Layer
+	for _, d := range f.layers {
+		bl, err := remote.Layer(f.repo(t).Digest(d.String()), remote.WithContext(t.Context()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, bl)
+	}
+	otherRef := push("share:other", testutil.Image(t, append(ls, l), nil))
+	other, err := layer.Resolve(t.Context(), otherRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := layer.PushIndexes(t.Context(), other, f.pick(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// List the other image's artifact under f's fallback tag.
+	desc, err := remote.Head(f.repo(t).Digest(art.String()), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	forged = mutate.AppendManifests(forged, mutate.IndexAddendum{
+		Add:        staticManifest{desc: *desc},
+		Descriptor: v1.Descriptor{ArtifactType: layer.IndexArtifactType, MediaType: desc.MediaType},
+	})
+	if err := remote.Put(f.repo(t).Tag(f.fallbackTag()), forged, remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	checkFallbackLists(t, f, art)
+	if got := f.find(t); len(got) != 0 {
+		t.Errorf("found %d indexes of another image's artifact: %v", len(got), slices.Collect(maps.Keys(got)))
+	}
+}
+
+// staticManifest stands for a manifest already in the registry, for
+// mutate.AppendManifests.
+type staticManifest struct{ desc v1.Descriptor }
+
+func (s staticManifest) MediaType() (types.MediaType, error) { return s.desc.MediaType, nil }
+func (s staticManifest) Digest() (v1.Hash, error)            { return s.desc.Digest, nil }
+func (s staticManifest) Size() (int64, error)                { return s.desc.Size, nil }
+
+// TestFindIndexesPrefersNewest: when the listing carries no annotations and
+// lists the older artifact last, the artifacts' own creation times decide.
+func TestFindIndexesPrefersNewest(t *testing.T) {
+	t.Parallel()
+	reg := testutil.NewRegistry(t, testutil.WithReferrers())
+	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+	older, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := append(bytes.Clone(f.encoded[f.layers[0]]), "newer"...)
+	if _, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer}); err != nil {
+		t.Fatal(err)
+	}
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !strings.Contains(r.URL.Path, "/referrers/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			var im v1.IndexManifest
+			if err := json.Unmarshal(rec.Body.Bytes(), &im); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			for i := range im.Manifests {
+				im.Manifests[i].Annotations = nil
+			}
+			slices.SortFunc(im.Manifests, func(a, b v1.Descriptor) int {
+				rank := func(d v1.Descriptor) int {
+					if d.Digest == older {
+						return 1 // last
+					}
+					return 0
+				}
+				return cmp.Compare(rank(a), rank(b))
+			})
+			w.Header().Set("Content-Type", string(types.OCIImageIndex))
+			json.NewEncoder(w).Encode(im)
+		})
+	})
+	want := f.pick(1)
+	want[f.layers[0]] = newer
+	checkSame(t, f.find(t), want)
+}
