@@ -52,7 +52,8 @@ func mountImage(t *testing.T, ref string) (string, *layer.Stack) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{})
+	// Small spans, so seekable layers have many and reads cross them.
+	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{SpanSize: 256 << 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestMountMatchesOracle(t *testing.T) {
 	requireFUSE(t)
 	reg := testutil.NewRegistry(t)
 	cases := map[string][]testutil.Format{}
-	for _, f := range testutil.Formats {
+	for _, f := range append(testutil.Formats, testutil.GzipFormats[1:]...) {
 		cases[string(f)] = []testutil.Format{f, f, f}
 	}
 	cases["mixed"] = []testutil.Format{testutil.EStargz, testutil.Gzip, testutil.ZstdChunked}
@@ -196,10 +197,10 @@ func TestMountMatchesOracle(t *testing.T) {
 func TestRandomReadsAcrossChunks(t *testing.T) {
 	requireFUSE(t)
 	reg := testutil.NewRegistry(t)
-	for _, f := range testutil.Formats {
+	for _, f := range append(testutil.Formats, testutil.GzipFormats[1:]...) {
 		t.Run(string(f), func(t *testing.T) {
 			ref, _ := pushStack(t, reg, "reads/"+strings.ReplaceAll(string(f), ":", "-")+":v1", []testutil.Format{f, f, f})
-			dir, _ := mountImage(t, ref)
+			dir, stack := mountImage(t, ref)
 			want := randomBytes(1, 3<<20+12345)
 			fh, err := os.Open(filepath.Join(dir, "data/big"))
 			if err != nil {
@@ -208,6 +209,20 @@ func TestRandomReadsAcrossChunks(t *testing.T) {
 			defer fh.Close()
 			rng := rand.New(rand.NewPCG(7, 8))
 			offsets := []int64{0, 256<<10 - 1, 256 << 10, 256<<10 + 1, int64(len(want)) - 1, int64(len(want)) - 100}
+			// Every span boundary inside the file, and either side of it.
+			tree, _ := index.Merge(stack.Indexes())
+			node, _ := tree.Lookup("data/big")
+			if l := stack.Layers()[node.Layer]; l.Index.Format.Seekable() {
+				start := node.Chunks[0].BlobOffset
+				for _, sp := range l.Index.Spans {
+					if rel := sp.Out - start; rel > 0 && rel < int64(len(want)) {
+						offsets = append(offsets, rel-1, rel, max(rel-5000, 0))
+					}
+				}
+				if len(offsets) < 20 {
+					t.Fatalf("only %d span boundaries inside the file", len(offsets)-6)
+				}
+			}
 			for range 40 {
 				offsets = append(offsets, rng.Int64N(int64(len(want))))
 			}

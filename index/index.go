@@ -292,3 +292,7 @@ func (x *Index) FindSpan(off int64) int {
 	i := sort.Search(len(x.Spans), func(i int) bool { return x.Spans[i].Out > off })
 	return i - 1
 }
+
+// HasTOC reports whether f is read through a table of contents the layer
+// carries itself.
+func (f Format) HasTOC() bool { return f == FormatEStargz || f == FormatZstdChunked }

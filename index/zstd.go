@@ -24,7 +24,8 @@ const (
 // BuildZstd streams the zstd blob r once and returns its index. A blob of
 // several frames gets FormatZstd with a Span at the first frame boundary at
 // or after every SpanSize bytes of output. A blob whose frames are too large
-// to read one span at a time (a single large frame, typically) fails with
+// to read one span at a time, or that has a single span (a single frame,
+// typically), fails with
 // ErrNotSeekable once r is read to its end, so a caller can keep the tar
 // that o.Tar received and index that. r is always read to its end when the
 // blob is well formed, so a caller can hash it.
@@ -65,8 +66,9 @@ func BuildZstd(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 		return nil, fmt.Errorf("index zstd layer %s: %w: decoded %d bytes, tar scan read %d", layer, ErrMalformed, produced, x.TarSize)
 	}
 	x.Spans, x.BlobSize = spans, fr.total
-	if len(spans) == 0 || spansTooLarge(x) {
-		return nil, fmt.Errorf("index zstd layer %s: %w: its frames are too large to read apart", layer, ErrNotSeekable)
+	if len(spans) < 2 || spansTooLarge(x) {
+		// One span would mean fetching the whole blob for any read.
+		return nil, fmt.Errorf("index zstd layer %s: %w: its frames are too few or too large to read apart", layer, ErrNotSeekable)
 	}
 	if err := x.Validate(); err != nil {
 		return nil, err

@@ -93,7 +93,6 @@ func TestBuildZstd(t *testing.T) {
 		{"frames of 64 KiB", 64 << 10, false, 256 << 10, FormatZstd, 10},
 		{"frames of 1 MiB, default spans", 1 << 20, false, 0, FormatZstd, 2},
 		{"with a skippable frame", 100 << 10, true, 200 << 10, FormatZstd, 5},
-		{"single frame", 0, false, 0, FormatZstd, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			blob := zstdFrames(t, raw, tc.frameSize, tc.skippable)
@@ -124,10 +123,19 @@ func TestBuildZstd(t *testing.T) {
 }
 
 func TestBuildZstdNotSeekable(t *testing.T) {
-	// A single frame larger than a span can be becomes a stored tar.
-	raw := make([]byte, MaxSpanSize+(1<<20))
-	copy(raw, seekableTar(t, 2)) // a valid tar, then zero padding
-	blob := zstdFrames(t, raw, 0, false)
+	raw := seekableTar(t, 4)
+	var tee bytes.Buffer
+	if _, err := BuildZstd(bytes.NewReader(zstdFrames(t, raw, 0, false)), "sha256:"+fmt.Sprintf("%064x", 4), SeekOptions{Tar: &tee}); !errors.Is(err, ErrNotSeekable) || !bytes.Equal(tee.Bytes(), raw) {
+		t.Fatalf("single frame: %v, want ErrNotSeekable and the whole tar", err)
+	}
+}
+
+func TestBuildZstdFrameTooLarge(t *testing.T) {
+	// A frame larger than a span may be makes the blob unseekable, even
+	// when the frames before it were fine.
+	head := seekableTar(t, 2)
+	raw := append(bytes.Clone(head), make([]byte, MaxSpanSize+(1<<20))...) // a valid tar, then zero padding
+	blob := append(zstdFrames(t, head, 0, false), zstdFrames(t, raw[len(head):], 0, false)...)
 	var tee bytes.Buffer
 	_, err := BuildZstd(bytes.NewReader(blob), "sha256:"+fmt.Sprintf("%064x", 2), SeekOptions{Tar: &tee})
 	if !errors.Is(err, ErrNotSeekable) || tee.Len() != len(raw) {

@@ -2,6 +2,8 @@ package layer
 
 import (
 	"context"
+	"fmt"
+	"io"
 
 	"github.com/lazyroot/lazyroot/index"
 )
@@ -9,39 +11,110 @@ import (
 // Report says how a layer is or would be read, without streaming it.
 type Report struct {
 	Layer *Layer
-	// Format of the index: a TOC format, or "tar" for a streamed layer.
+	// Format of the layer's index ("gzip", "zstd", "estargz", ...), or of
+	// the index a mount would build.
 	Format index.Format
-	// How: "lazy (toc)", "lazy (stored index)", "streamed (stored)" or
-	// "streamed on mount".
-	How string
+	// Source says where the index comes from: "toc", "local store",
+	// "registry", "registry (stored)", or "none" when a mount would have
+	// to build it.
+	Source string
+	// Read says how file bytes are read: "lazy", "unpacked copy", or for
+	// a layer without an index what a mount would do.
+	Read string
+	// IndexSize is the encoded size of the index in bytes, 0 if none.
+	IndexSize int64
 	// Entries is the number of index entries, when an index is at hand.
 	Entries int
-	// Err is why a TOC could not be used, if it could not.
+	// Err is why an index at hand could not be used, if one could not.
 	Err error
 }
 
-// Describe reports, for each layer of img, how a mount would read it. It
-// reads TOCs (two range requests a layer) but streams no layer.
-func Describe(ctx context.Context, img *Image, st *Store) []Report {
+// Describe reports, for each layer of img, how a mount with index source
+// src would read it. It reads TOCs (two range requests a layer) and looks
+// up index artifacts in the registry, but streams no layer.
+func Describe(ctx context.Context, img *Image, st *Store, src IndexSource) []Report {
+	if src == "" {
+		src = IndexAny
+	}
+	reg := &registryIndexes{img: img}
 	reports := make([]Report, len(img.Layers))
 	for i, l := range img.Layers {
-		r := Report{Layer: l}
-		if x, err := st.LoadIndex(l.Descriptor.Digest); err == nil {
-			r.Format, r.Entries, r.How = x.Format, len(x.Entries), "lazy (stored index)"
-			if x.Format == index.FormatTar {
-				r.How = "streamed (stored)"
-			}
-		} else if format, want, ok := l.TOC(); ok {
-			x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), l.Descriptor.Digest.String(), format, want)
-			if err != nil {
-				r.How, r.Err = "unreadable toc", err
-			} else {
-				r.Format, r.Entries, r.How = format, len(x.Entries), "lazy (toc)"
-			}
-		} else {
-			r.Format, r.How = index.FormatTar, "streamed on mount"
-		}
-		reports[i] = r
+		reports[i] = describeLayer(ctx, l, st, src, reg)
 	}
 	return reports
+}
+
+func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, reg *registryIndexes) Report {
+	r := Report{Layer: l}
+	d := l.Descriptor.Digest
+	c := l.Compression()
+	if c == "" {
+		r.Read, r.Err = "unsupported", fmt.Errorf("media type %q", l.Descriptor.MediaType)
+		return r
+	}
+	use := func(x *index.Index, source string) Report {
+		r.Format, r.Source, r.Entries, r.IndexSize = x.Format, source, len(x.Entries), encodedSize(x)
+		r.Read = "lazy"
+		if x.Format == index.FormatTar && c != None {
+			r.Read = "unpacked copy"
+		}
+		return r
+	}
+	o := &opener{st: st, src: src, registry: reg, logf: func(string, ...any) {}}
+	_, _, hasTOC := l.TOC()
+	if src != IndexBuild || hasTOC {
+		if ls := o.stored(l, BuiltHere, FromStore); ls != nil {
+			closeBlob(ls)
+			return use(ls.Index, "local store")
+		}
+	}
+	if format, want, ok := l.TOC(); ok {
+		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
+		if err == nil {
+			return use(x, "toc")
+		}
+		r.Err = fmt.Errorf("unreadable toc: %w", err)
+	}
+	if src == IndexAny || src == IndexRegistry {
+		if ls := o.stored(l, FetchedFromRegistry, FromRegistry); ls != nil {
+			closeBlob(ls)
+			return use(ls.Index, "registry (stored)")
+		}
+		ls, err := o.fromRegistry(ctx, l)
+		if ls != nil {
+			return use(ls.Index, "registry")
+		}
+		if err != nil {
+			r.Err = err
+		}
+	}
+	r.Source = "none"
+	switch {
+	case src == IndexRegistry:
+		r.Read = "mount fails (--index-source=registry)"
+	case c == Gzip:
+		r.Format, r.Read = index.FormatGzip, "built on mount, then lazy"
+	case c == Zstd:
+		r.Format, r.Read = index.FormatZstd, "built on mount: lazy if it has many frames, else unpacked"
+	default:
+		r.Format, r.Read = index.FormatTar, "built on mount, then lazy"
+	}
+	return r
+}
+
+func closeBlob(ls *LayerState) {
+	// Only an unpacked copy is a local file to close.
+	if c, ok := ls.blob.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+// encodedSize is the size of x as Encode writes it.
+func encodedSize(x *index.Index) int64 {
+	var cw countWriter
+	cw.w = io.Discard
+	if err := x.Encode(&cw); err != nil {
+		return 0
+	}
+	return cw.n
 }

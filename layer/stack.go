@@ -70,11 +70,23 @@ type StackOptions struct {
 	ReadTimeout time.Duration
 	// Logf, if set, receives notices (an untrusted stored index, say).
 	Logf func(format string, args ...any)
+	// IndexSource says which indexes of layers without a TOC to trust;
+	// the default is IndexAny.
+	IndexSource IndexSource
+	// SpanSize is the uncompressed distance between the seek points of
+	// indexes built now; 0 means index.DefaultSpanSize.
+	SpanSize int64
+	// Publish pushes the indexes this node built to the registry, as an
+	// artifact referring to the image, for other nodes to use. A failed
+	// push is reported through Logf and does not fail Open.
+	Publish bool
 }
 
 // Open finds or builds the index of every layer of img, in parallel. Layers
-// with a trusted TOC are indexed from it; others are streamed once, verified
-// and unpacked into st.
+// with a trusted TOC are indexed from it. Others use a stored index, an
+// index artifact from the registry, or one built by streaming the layer
+// once and verifying it, as opts.IndexSource allows; a layer that cannot be
+// read in pieces is kept unpacked in st.
 func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts StackOptions) (*Stack, error) {
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = 60 * time.Second
@@ -83,11 +95,15 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	if opts.IndexSource == "" {
+		opts.IndexSource = IndexAny
+	}
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
+	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, registry: &registryIndexes{img: img}, logf: logf}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range img.Layers {
 		g.Go(func() error {
-			ls, err := openLayer(gctx, l, st, logf)
+			ls, err := o.open(gctx, l)
 			if err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i, l.Descriptor.Digest, err)
 			}
@@ -99,49 +115,14 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 		s.Close()
 		return nil, err
 	}
+	if opts.Publish && slices.ContainsFunc(s.layers, func(ls *LayerState) bool { return ls.Origin == Built }) {
+		if d, n, err := Publish(ctx, img, s.layers); err != nil {
+			logf("publishing indexes of %s: %v", img.Ref, err)
+		} else if n > 0 {
+			logf("published the indexes of %d layers of %s as %s", n, img.Ref, d)
+		}
+	}
 	return s, nil
-}
-
-func openLayer(ctx context.Context, l *Layer, st *Store, logf func(string, ...any)) (*LayerState, error) {
-	d := l.Descriptor.Digest
-	if l.Compression() == "" {
-		return nil, fmt.Errorf("unsupported media type %q", l.Descriptor.MediaType)
-	}
-	if x, err := st.LoadIndex(d); err == nil {
-		if x.Format != index.FormatTar {
-			return &LayerState{Layer: l, Index: x, Origin: FromStore, blob: l.blob}, nil
-		}
-		if f, err := openUnpacked(st.unpackedPath(d)); err == nil {
-			return &LayerState{Layer: l, Index: x, Origin: FromStore, blob: f}, nil
-		}
-	} else if !isNotExist(err) {
-		logf("ignoring stored index of %s: %v", d, err)
-	}
-	if format, want, ok := l.TOC(); ok {
-		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
-		switch {
-		case err == nil:
-			if err := st.SaveIndex(x); err != nil {
-				logf("keeping index of %s in memory only: %v", d, err)
-			}
-			return &LayerState{Layer: l, Index: x, Origin: FromTOC, blob: l.blob}, nil
-		case errors.Is(err, index.ErrTOCDigest), ctx.Err() != nil:
-			// The manifest and the blob disagree, or we were stopped.
-			return nil, err
-		default:
-			// A TOC this reader cannot use: the verified stream still can.
-			logf("streaming %s instead: %v", d, err)
-		}
-	}
-	x, err := unpack(ctx, l, st)
-	if err != nil {
-		return nil, err
-	}
-	f, err := openUnpacked(st.unpackedPath(d))
-	if err != nil {
-		return nil, err
-	}
-	return &LayerState{Layer: l, Index: x, Origin: Streamed, blob: f}, nil
 }
 
 // unpack streams the layer once, verifies its digest (and diff ID, when the
@@ -186,10 +167,8 @@ func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
 	if werr != nil {
 		return nil, werr
 	}
-	if _, _, hasTOC := l.TOC(); hasTOC || isEStargzTar(x) {
-		x.Entries = slices.DeleteFunc(x.Entries, func(e index.Entry) bool { return index.IsTOCArtifact(e.Name) })
-	}
-	if err := st.SaveIndex(x); err != nil {
+	dropTOCArtifacts(x, l)
+	if err := st.SaveIndex(x, BuiltHere); err != nil {
 		return nil, err
 	}
 	return x, nil
@@ -282,6 +261,9 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 	ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 	defer cancel()
 	l := s.layers[n.Layer]
+	if l.Index.Format.Seekable() {
+		return s.readSpans(ctx, l, n, p, off)
+	}
 	chunks := n.Chunks
 	i := sort.Search(len(chunks), func(i int) bool { return chunks[i].Offset+chunks[i].Size > off })
 	done := 0
@@ -307,6 +289,63 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 		return done, io.EOF
 	}
 	return done, nil
+}
+
+// readSpans serves a read of a file in a seekable layer from the spans of
+// the layer's tar that hold it.
+func (s *Stack) readSpans(ctx context.Context, l *LayerState, n *index.Node, p []byte, off int64) (int, error) {
+	chunks := n.Chunks
+	i := sort.Search(len(chunks), func(i int) bool { return chunks[i].Offset+chunks[i].Size > off })
+	done := 0
+	for i < len(chunks) && done < len(p) {
+		c := &chunks[i]
+		pos := off + int64(done)
+		tarPos := c.BlobOffset + pos - c.Offset
+		si := l.Index.FindSpan(tarPos)
+		if si < 0 {
+			return done, fmt.Errorf("read %s at %d: %w: no span holds tar offset %d", n.Name, pos, index.ErrMalformed, tarPos)
+		}
+		out, _ := l.Index.SpanRanges(si)
+		data, err := s.cache.Get(ctx, cache.NewKey(l.Index.Layer, out.Start, out.End-out.Start), func(ctx context.Context) ([]byte, error) {
+			ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+			defer cancel()
+			return s.readSpan(ctx, l, si)
+		})
+		if err == nil && int64(len(data)) != out.End-out.Start {
+			err = fmt.Errorf("cached span is %d bytes, index says %d: %w", len(data), out.End-out.Start, ErrDigest)
+		}
+		if err != nil {
+			return done, fmt.Errorf("read %s at %d: %w", n.Name, pos, err)
+		}
+		want := min(int64(len(p)-done), c.Offset+c.Size-pos)
+		k := copy(p[done:int64(done)+want], data[tarPos-out.Start:])
+		done += k
+		if pos+int64(k) >= c.Offset+c.Size {
+			i++
+		}
+	}
+	if off+int64(done) >= n.Size {
+		return done, io.EOF
+	}
+	return done, nil
+}
+
+// readSpan fetches span si of a seekable layer and decodes it; the index
+// verifies the compressed bytes first.
+func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
+	out, in := l.Index.SpanRanges(si)
+	src := make([]byte, in.End-in.Start)
+	if _, err := l.blob.ReadAt(ctx, src, in.Start); err != nil && !(errors.Is(err, io.EOF) && in.End == l.blob.Size()) {
+		return nil, err
+	}
+	dst := make([]byte, out.End-out.Start)
+	if err := l.Index.DecodeSpan(si, src, dst); err != nil {
+		if errors.Is(err, index.ErrSpanDigest) {
+			return nil, fmt.Errorf("%w: %w", ErrDigest, err)
+		}
+		return nil, err
+	}
+	return dst, nil
 }
 
 // readChunk fetches, decompresses and verifies one chunk.

@@ -27,19 +27,45 @@ func NewStore(root string) (*Store, error) {
 	return &Store{root: root}, nil
 }
 
-func (s *Store) indexPath(d v1.Hash) string {
-	return filepath.Join(s.root, "index", d.Algorithm+"-"+d.Hex+".idx")
+// Provenance says who built a stored index.
+type Provenance string
+
+// Provenances of stored indexes. They are stored apart, so a node that
+// trusts only its own indexes never mistakes a registry's for one.
+const (
+	// BuiltHere: built on this node from the verified blob or its TOC.
+	BuiltHere Provenance = "built"
+	// FetchedFromRegistry: taken from an index artifact in the registry.
+	FetchedFromRegistry Provenance = "registry"
+)
+
+func (s *Store) indexPath(d v1.Hash, p Provenance) string {
+	name := d.Algorithm + "-" + d.Hex
+	if p == FetchedFromRegistry {
+		name += ".registry"
+	}
+	return filepath.Join(s.root, "index", name+".idx")
+}
+
+// IndexSize returns the size of the stored index of layer d with
+// provenance p, or 0 if there is none.
+func (s *Store) IndexSize(d v1.Hash, p Provenance) int64 {
+	fi, err := os.Stat(s.indexPath(d, p))
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
 
 func (s *Store) unpackedPath(d v1.Hash) string {
 	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
 }
 
-// LoadIndex returns the stored index of layer d. It fails with
-// fs.ErrNotExist when there is none, and with another error when the stored
-// one cannot be trusted (damaged, another version, another layer).
-func (s *Store) LoadIndex(d v1.Hash) (*index.Index, error) {
-	f, err := os.Open(s.indexPath(d))
+// LoadIndex returns the stored index of layer d with provenance p. It fails
+// with fs.ErrNotExist when there is none, and with another error when the
+// stored one cannot be trusted (damaged, another version, another layer).
+func (s *Store) LoadIndex(d v1.Hash, p Provenance) (*index.Index, error) {
+	f, err := os.Open(s.indexPath(d, p))
 	if err != nil {
 		return nil, err
 	}
@@ -54,13 +80,13 @@ func (s *Store) LoadIndex(d v1.Hash) (*index.Index, error) {
 	return x, nil
 }
 
-// SaveIndex stores x under its layer digest.
-func (s *Store) SaveIndex(x *index.Index) error {
+// SaveIndex stores x under its layer digest with provenance p.
+func (s *Store) SaveIndex(x *index.Index, p Provenance) error {
 	d, err := v1.NewHash(x.Layer)
 	if err != nil {
 		return fmt.Errorf("save index: layer %q: %w", x.Layer, err)
 	}
-	return writeFileAtomic(s.indexPath(d), func(w *bufio.Writer) error { return x.Encode(w) })
+	return writeFileAtomic(s.indexPath(d, p), func(w *bufio.Writer) error { return x.Encode(w) })
 }
 
 // writeFileAtomic writes path through a temporary file in the same

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, the demo and the tests need on Debian or Ubuntu:
 # FUSE 3, Debian's registry (docker-registry), busybox-static for images made
-# of real binaries, and make. Go 1.24 or newer must already be installed.
+# of real binaries, gzip and pigz for test layers, and make. Go 1.24 or newer
+# must already be installed.
 set -euo pipefail
 
 need=()
-for pkg in fuse3 docker-registry busybox-static make curl; do
+for pkg in fuse3 docker-registry busybox-static make curl gzip pigz; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 

@@ -11,10 +11,15 @@ import (
 	"github.com/lazyroot/lazyroot/layer"
 )
 
+// indexSourceHelp explains --index-source wherever it is offered.
+const indexSourceHelp = "layer indexes to trust for layers without a TOC: any (stored, then registry, then build), " +
+	"local (only indexes built on this node), registry (stored or registry, never stream a layer), build (always build anew)"
+
 func runInspect(ctx context.Context, stdout io.Writer, args []string) error {
 	var rf registryFlags
 	fset := newFlagSet(stdout, "inspect")
 	root := fset.String("root", defaultRoot, "state directory whose stored indexes to consult")
+	source := fset.String("index-source", "any", indexSourceHelp)
 	rf.register(fset)
 	if err := parseArgs(fset, args, 1, 1); err != nil {
 		return err
@@ -22,6 +27,10 @@ func runInspect(ctx context.Context, stdout io.Writer, args []string) error {
 	opts, err := rf.options()
 	if err != nil {
 		return err
+	}
+	src, err := layer.ParseIndexSource(*source)
+	if err != nil {
+		return fmt.Errorf("%w: --index-source: %v", errUsage, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, rf.resolveTimeout)
 	defer cancel()
@@ -36,18 +45,28 @@ func runInspect(ctx context.Context, stdout io.Writer, args []string) error {
 	fmt.Fprintf(stdout, "image:    %s\ndigest:   %s\nplatform: %s/%s\nsize:     %s in %d layers\n\n",
 		img.Ref, img.Digest, img.Config.OS, img.Config.Architecture, humanize.IBytes(uint64(img.Size())), len(img.Layers))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tDIGEST\tMEDIA TYPE\tSIZE\tFORMAT\tREAD\tENTRIES")
-	for i, r := range layer.Describe(ctx, img, st) {
+	fmt.Fprintln(tw, "#\tDIGEST\tMEDIA TYPE\tSIZE\tFORMAT\tINDEX FROM\tINDEX SIZE\tENTRIES\tREAD")
+	var notes []string
+	for i, r := range layer.Describe(ctx, img, st, src) {
 		d := r.Layer.Descriptor
-		entries := "-"
+		entries, size := "-", "-"
 		if r.Entries > 0 {
 			entries = fmt.Sprint(r.Entries)
 		}
-		how := r.How
-		if r.Err != nil {
-			how += ": " + oneLine(r.Err)
+		if r.IndexSize > 0 {
+			size = humanize.IBytes(uint64(r.IndexSize))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", i, d.Digest.String()[:19], d.MediaType, humanize.IBytes(uint64(d.Size)), r.Format, how, entries)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i, d.Digest.String()[:19], d.MediaType,
+			humanize.IBytes(uint64(d.Size)), r.Format, r.Source, size, entries, r.Read)
+		if r.Err != nil {
+			notes = append(notes, fmt.Sprintf("layer %d: %s", i, oneLine(r.Err)))
+		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintln(stdout, n)
+	}
+	return nil
 }

@@ -29,6 +29,7 @@ func commands() []command {
 		{"umount", "DIR", "unmount a lazyroot mount and stop its server", runUmount},
 		{"inspect", "IMAGE", "show an image's layers and how each would be read", runInspect},
 		{"status", "[DIR]", "show lazyroot mounts and the bytes they fetched", runStatus},
+		{"index", "push IMAGE", "build an image's layer indexes and push them to its registry for other nodes", runIndex},
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -120,7 +121,8 @@ func TestMountChrootUmount(t *testing.T) {
 	dir := mountDir(t)
 
 	if out, errOut, code := lazyroot(t, "inspect", "--root", root, ref); code != 0 ||
-		!strings.Contains(out, "lazy (toc)") || !strings.Contains(out, "streamed on mount") {
+		!regexp.MustCompile(`estargz +toc +[0-9.]+ (B|KiB|MiB) +\d+ +lazy`).MatchString(out) ||
+		!regexp.MustCompile(`gzip +none +- +- +built on mount, then lazy`).MatchString(out) {
 		t.Fatalf("inspect: code %d\n%s%s", code, out, errOut)
 	}
 	if _, errOut, code := lazyroot(t, "mount", "--root", root, ref, dir); code != 0 {

@@ -34,6 +34,9 @@ type mountFlags struct {
 	readTimeout time.Duration
 	debug       bool
 	suid        bool
+	indexSource string
+	publish     bool
+	spanSize    string
 }
 
 func runMount(ctx context.Context, stdout io.Writer, args []string) error {
@@ -44,6 +47,9 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.StringVar(&f.cacheMem, "cache-mem", "512MiB", "memory for verified file chunks")
 	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
 	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
+	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
+	fset.StringVar(&f.spanSize, "span-size", "4MiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
+	fset.BoolVar(&f.publish, "publish-index", false, "push the indexes this node builds to the registry for other nodes (needs push rights)")
 	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
@@ -60,6 +66,12 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 		return err
 	}
 	if _, err := f.options(); err != nil {
+		return err
+	}
+	if _, err := layer.ParseIndexSource(f.indexSource); err != nil {
+		return fmt.Errorf("%w: --index-source: %v", errUsage, err)
+	}
+	if _, err := parseSpanSize(f.spanSize); err != nil {
 		return err
 	}
 	memBytes, err := humanize.ParseBytes(f.cacheMem)
@@ -253,7 +265,17 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	}
 	// Indexing may stream whole layers: it is bounded by the fetcher's
 	// stall timeouts and by signals, not by the resolve timeout.
-	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{ReadTimeout: f.readTimeout, Logf: logger.Printf})
+	src, err := layer.ParseIndexSource(f.indexSource)
+	if err != nil {
+		return nil, err
+	}
+	spanSize, err := parseSpanSize(f.spanSize)
+	if err != nil {
+		return nil, err
+	}
+	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{
+		ReadTimeout: f.readTimeout, Logf: logger.Printf, IndexSource: src, Publish: f.publish, SpanSize: spanSize,
+	})
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%s: %w", img.Ref, err)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"os/exec"
 	"strconv"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
 )
 
 // Format is how a test layer's tar stream is compressed.
@@ -26,10 +28,31 @@ const (
 	ZstdChunked  Format = "zstd:chunked"
 	Uncompressed Format = "uncompressed"
 	Zstd         Format = "zstd"
+	// ZstdFrames is zstd with a frame every 256 KiB of input, as some
+	// encoders write it: seekable at frame boundaries.
+	ZstdFrames Format = "zstd-frames"
 )
 
-// Formats lists every Format, for table tests.
-var Formats = []Format{Gzip, EStargz, ZstdChunked, Uncompressed, Zstd}
+// Plain gzip layers made by different compressors, all tar+gzip: their
+// DEFLATE streams differ in block sizes, levels and member counts.
+const (
+	GzipBest  Format = "gzip-go-9"  // Go's compress/gzip at level 9
+	GzipFast  Format = "gzip-go-1"  // Go's compress/gzip at level 1
+	PGzip     Format = "pgzip"      // klauspost/pgzip, 64 KiB blocks compressed in parallel
+	GzipCmd1  Format = "gzip-cmd-1" // the gzip command, -1
+	GzipCmd9  Format = "gzip-cmd-9" // the gzip command, -9
+	Pigz1     Format = "pigz-1"     // the pigz command, -1
+	Pigz9     Format = "pigz-9"     // the pigz command, -9
+	GzipMulti Format = "gzip-multi" // several gzip members, concatenated
+)
+
+// Formats lists every Format with its own media type or layout, for table
+// tests.
+var Formats = []Format{Gzip, EStargz, ZstdChunked, Uncompressed, Zstd, ZstdFrames}
+
+// GzipFormats lists the gzip compressors; the command ones need the gzip
+// and pigz programs on PATH.
+var GzipFormats = []Format{Gzip, GzipBest, GzipFast, PGzip, GzipCmd1, GzipCmd9, Pigz1, Pigz9, GzipMulti}
 
 // LayerOption configures Layer.
 type LayerOption func(*layerOptions)
@@ -83,8 +106,14 @@ func Layer(t testing.TB, tarball []byte, f Format, opts ...LayerOption) (v1.Laye
 	case Gzip:
 		blob, err = gzipBytes(tarball)
 		mt = types.OCILayer
+	case GzipBest, GzipFast, PGzip, GzipCmd1, GzipCmd9, Pigz1, Pigz9, GzipMulti:
+		blob, err = gzipWith(tarball, f)
+		mt = types.OCILayer
 	case Zstd:
 		blob, err = zstdBytes(tarball)
+		mt = types.OCILayerZStd
+	case ZstdFrames:
+		blob, err = zstdFrameBytes(tarball, 256<<10)
 		mt = types.OCILayerZStd
 	case EStargz:
 		blob, err = estargzBytes(tarball, o, nil, annotations)
@@ -136,6 +165,90 @@ func zstdBytes(p []byte) ([]byte, error) {
 	}
 	defer enc.Close()
 	return enc.EncodeAll(p, nil), nil
+}
+
+// zstdFrameBytes compresses p as one zstd frame per frameSize bytes.
+func zstdFrameBytes(p []byte, frameSize int) ([]byte, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+	var out []byte
+	for off := 0; off < len(p); off += frameSize {
+		out = enc.EncodeAll(p[off:min(off+frameSize, len(p))], out)
+	}
+	if len(p) == 0 {
+		out = enc.EncodeAll(nil, out)
+	}
+	return out, nil
+}
+
+// gzipWith compresses p with the compressor f names.
+func gzipWith(p []byte, f Format) ([]byte, error) {
+	run := func(name string, args ...string) ([]byte, error) {
+		cmd := exec.Command(name, args...)
+		cmd.Stdin = bytes.NewReader(p)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("%s %v: %w: %s", name, args, err, stderr.String())
+		}
+		return out, nil
+	}
+	level := func(l int) ([]byte, error) {
+		var buf bytes.Buffer
+		zw, err := gzip.NewWriterLevel(&buf, l)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := zw.Write(p); err != nil {
+			return nil, err
+		}
+		err = zw.Close()
+		return buf.Bytes(), err
+	}
+	switch f {
+	case GzipBest:
+		return level(gzip.BestCompression)
+	case GzipFast:
+		return level(gzip.BestSpeed)
+	case PGzip:
+		return pgzipBytes(p)
+	case GzipCmd1:
+		return run("gzip", "-1", "-c", "-n")
+	case GzipCmd9:
+		return run("gzip", "-9", "-c", "-n")
+	case Pigz1:
+		return run("pigz", "-1", "-c", "-n")
+	case Pigz9:
+		return run("pigz", "-9", "-c", "-n")
+	case GzipMulti:
+		var out []byte
+		for off := 0; off < len(p) || off == 0; off += 300 << 10 {
+			b, err := gzipBytes(p[off:min(off+300<<10, len(p))])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b...)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("no gzip compressor %q", f)
+}
+
+func pgzipBytes(p []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	zw := pgzip.NewWriter(&buf)
+	if err := zw.SetConcurrency(64<<10, 4); err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(p); err != nil {
+		return nil, err
+	}
+	err := zw.Close()
+	return buf.Bytes(), err
 }
 
 // estargzBytes builds an eStargz blob (gzip when c is nil, else with c) and
@@ -212,9 +325,9 @@ func (l *memLayer) Uncompressed() (io.ReadCloser, error) {
 	switch l.format {
 	case Uncompressed:
 		return io.NopCloser(r), nil
-	case Gzip, EStargz:
-		return gzip.NewReader(r) // multistream: reads every eStargz member
-	case Zstd, ZstdChunked:
+	case Gzip, EStargz, GzipBest, GzipFast, PGzip, GzipCmd1, GzipCmd9, Pigz1, Pigz9, GzipMulti:
+		return gzip.NewReader(r) // multistream: reads every member
+	case Zstd, ZstdChunked, ZstdFrames:
 		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
 		if err != nil {
 			return nil, err

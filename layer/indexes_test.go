@@ -1,0 +1,340 @@
+package layer_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// textBytes returns n bytes of compressible pseudo-random text.
+func textBytes(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	words := []string{"lazy", "root ", "mount", " image\n", "layer", "span ", "gzip", " index"}
+	var b bytes.Buffer
+	for b.Len() < n {
+		b.WriteString(words[rng.IntN(len(words))])
+		b.WriteByte(byte('a' + rng.IntN(26)))
+	}
+	return b.Bytes()[:n]
+}
+
+// spannedImage pushes a one-layer image in format f whose tar spans
+// several 4 MiB seek spans, with a small file near the end.
+func spannedImage(t *testing.T, reg *testutil.Registry, repoTag string, f testutil.Format) (string, map[string][]byte) {
+	t.Helper()
+	l, ann, files := spannedLayer(t, f)
+	return reg.Push(t, repoTag, testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})), files
+}
+
+func spannedLayer(t *testing.T, f testutil.Format) (v1.Layer, map[string]string, map[string][]byte) {
+	t.Helper()
+	files := map[string][]byte{
+		"data/a.txt":     textBytes(1, 5<<20),
+		"data/b.txt":     textBytes(2, 6<<20+123),
+		"data/small.txt": []byte("a small file\n"),
+		"data/empty":     nil,
+	}
+	ents := []testutil.Entry{{Name: "data", Type: tar.TypeDir}}
+	for _, name := range []string{"data/a.txt", "data/b.txt", "data/small.txt", "data/empty"} {
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name]})
+	}
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
+	return l, ann, files
+}
+
+// openStack opens img over a store at root with opts, failing the test on
+// error, and returns the stack and the notices it logged.
+func openStack(t *testing.T, img *layer.Image, root string, opts layer.StackOptions) (*layer.Stack, *notes) {
+	t.Helper()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notes{}
+	opts.Logf = n.logf
+	stack, err := layer.Open(context.Background(), img, st, newCache(t), opts)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	return stack, n
+}
+
+type notes struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (n *notes) logf(format string, args ...any) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.lines = append(n.lines, fmt.Sprintf(format, args...))
+}
+
+func (n *notes) String() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return strings.Join(n.lines, "\n")
+}
+
+// checkFiles reads every file through the stack and compares it.
+func checkFiles(t *testing.T, stack *layer.Stack, files map[string][]byte) {
+	t.Helper()
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range files {
+		n, ok := tree.Lookup(name)
+		if !ok {
+			t.Fatalf("%s missing", name)
+		}
+		got := make([]byte, n.Size)
+		// Read in pieces that cross span boundaries at odd places.
+		for off := 0; off < len(got); off += 777_777 {
+			end := min(off+777_777, len(got))
+			if k, err := stack.ReadAt(context.Background(), n, got[off:end], int64(off)); k != end-off {
+				t.Fatalf("%s at %d: read %d: %v", name, off, k, err)
+			}
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: wrong content", name)
+		}
+	}
+}
+
+// blobGets counts the GETs of blob d at the registry: whole and ranged.
+func blobGets(reg *testutil.Registry, d v1.Hash) (whole, ranged int, bytes int64) {
+	for _, r := range reg.Requests() {
+		if r.Blob != d.String() || r.Method != "GET" {
+			continue
+		}
+		if r.Range == "" {
+			whole++
+		} else {
+			ranged++
+		}
+		bytes += r.Bytes
+	}
+	return
+}
+
+func TestSeekableLayersAreBuiltOnceAndReadLazily(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	for _, tc := range []struct {
+		f      testutil.Format
+		format index.Format
+		origin layer.Origin
+		stored bool // an unpacked copy is kept
+	}{
+		{testutil.Gzip, index.FormatGzip, layer.Built, false},
+		{testutil.PGzip, index.FormatGzip, layer.Built, false},
+		{testutil.GzipMulti, index.FormatGzip, layer.Built, false},
+		{testutil.ZstdFrames, index.FormatZstd, layer.Built, false},
+		{testutil.Uncompressed, index.FormatTar, layer.Built, false},
+		{testutil.Zstd, index.FormatTar, layer.Streamed, true},
+	} {
+		t.Run(string(tc.f), func(t *testing.T) {
+			ref, files := spannedImage(t, reg, "seek:"+strings.ReplaceAll(string(tc.f), ":", "-"), tc.f)
+			img, err := layer.Resolve(context.Background(), ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := t.TempDir()
+			reg.Reset()
+			stack, _ := openStack(t, img, root, layer.StackOptions{})
+			ls := stack.Layers()[0]
+			if ls.Index.Format != tc.format || ls.Origin != tc.origin {
+				t.Fatalf("index %s from %s, want %s from %s", ls.Index.Format, ls.Origin, tc.format, tc.origin)
+			}
+			d := img.Layers[0].Descriptor.Digest
+			if whole, _, _ := blobGets(reg, d); whole != 1 {
+				t.Errorf("building the index streamed the layer %d times", whole)
+			}
+			unpacked, _ := filepath.Glob(filepath.Join(root, "layers", "*.tar"))
+			if (len(unpacked) > 0) != tc.stored {
+				t.Errorf("unpacked copies: %v", unpacked)
+			}
+			checkFiles(t, stack, files)
+
+			// Reading one small file from a fresh cache fetches about one
+			// span, not the layer.
+			if tc.stored {
+				return
+			}
+			reg.Reset()
+			stack, _ = openStack(t, img, root, layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.FromStore {
+				t.Fatalf("second open: index from %s", stack.Layers()[0].Origin)
+			}
+			checkFiles(t, stack, map[string][]byte{"data/small.txt": files["data/small.txt"]})
+			whole, ranged, n := blobGets(reg, d)
+			if whole != 0 || ranged == 0 || n > index.DefaultSpanSize+(1<<20) {
+				t.Errorf("small file read: %d whole and %d ranged GETs, %d bytes", whole, ranged, n)
+			}
+		})
+	}
+}
+
+func TestIndexesSharedThroughTheRegistry(t *testing.T) {
+	for _, referrers := range []bool{false, true} {
+		t.Run(fmt.Sprintf("referrers API %v", referrers), func(t *testing.T) {
+			var opts []testutil.RegistryOption
+			if referrers {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			reg := testutil.NewRegistry(t, opts...)
+			ref, files := spannedImage(t, reg, "shared:v1", testutil.GzipCmd9)
+			img, err := layer.Resolve(context.Background(), ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := img.Layers[0].Descriptor.Digest
+
+			// Node A builds the index and publishes it.
+			stack, notes := openStack(t, img, t.TempDir(), layer.StackOptions{Publish: true})
+			if stack.Layers()[0].Origin != layer.Built || !strings.Contains(notes.String(), "published") {
+				t.Fatalf("node A: index from %s; notes:\n%s", stack.Layers()[0].Origin, notes)
+			}
+
+			// Node B never streams the layer.
+			reg.Reset()
+			rootB := t.TempDir()
+			stack, _ = openStack(t, img, rootB, layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.FromRegistry {
+				t.Fatalf("node B: index from %s", stack.Layers()[0].Origin)
+			}
+			checkFiles(t, stack, map[string][]byte{"data/small.txt": files["data/small.txt"]})
+			if whole, ranged, _ := blobGets(reg, d); whole != 0 || ranged == 0 {
+				t.Errorf("node B: %d whole and %d ranged GETs of the layer", whole, ranged)
+			}
+			checkFiles(t, stack, files)
+
+			// On its next mount node B uses its stored copy.
+			stack, _ = openStack(t, img, rootB, layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.FromRegistry {
+				t.Fatalf("node B again: index from %s", stack.Layers()[0].Origin)
+			}
+
+			// A cautious node builds its own.
+			reg.Reset()
+			stack, _ = openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexLocal})
+			if stack.Layers()[0].Origin != layer.Built {
+				t.Fatalf("--index-source=local: index from %s", stack.Layers()[0].Origin)
+			}
+			if whole, _, _ := blobGets(reg, d); whole != 1 {
+				t.Errorf("--index-source=local streamed the layer %d times", whole)
+			}
+			// And --index-source=build ignores even a stored one.
+			stack, _ = openStack(t, img, rootB, layer.StackOptions{IndexSource: layer.IndexBuild})
+			if stack.Layers()[0].Origin != layer.Built {
+				t.Fatalf("--index-source=build: index from %s", stack.Layers()[0].Origin)
+			}
+		})
+	}
+}
+
+func TestIndexSourceRegistryNeverStreams(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, _ := spannedImage(t, reg, "noindex:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := layer.NewStore(t.TempDir())
+	reg.Reset()
+	_, err = layer.Open(context.Background(), img, st, newCache(t), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	if !errors.Is(err, layer.ErrNoIndex) || !strings.Contains(err.Error(), "--index-source=registry") {
+		t.Fatalf("got %v, want ErrNoIndex naming the option", err)
+	}
+	if whole, _, _ := blobGets(reg, img.Layers[0].Descriptor.Digest); whole != 0 {
+		t.Errorf("streamed the layer %d times", whole)
+	}
+}
+
+func TestBadRegistryIndexesAreRefused(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	l, ann, files := spannedLayer(t, testutil.Gzip)
+	// Each case gets its own image (a distinct config, the same layer), so
+	// its artifact is the only one.
+	push := func(tag string) *layer.Image {
+		im, err := mutate.Config(testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}), v1.Config{Labels: map[string]string{"case": tag}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := layer.Resolve(context.Background(), reg.Push(t, "bad:"+tag, im))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	img := push("base")
+	otherRef, _ := spannedImage(t, reg, "other:v1", testutil.GzipBest)
+	other, err := layer.Resolve(context.Background(), otherRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Good encodings to damage: this layer's index and another layer's.
+	good := encodedIndex(t, img)
+	foreign := encodedIndex(t, other)
+	d := img.Layers[0].Descriptor.Digest
+	for _, tc := range []struct {
+		tag, want string
+		enc       []byte
+	}{
+		{"garbage", "not an index", []byte("definitely not an index")},
+		{"truncated", "truncated", good[:len(good)/2]},
+		{"damaged", "checksum", flipByte(good, len(good)/2)},
+		{"version", "unsupported index version", flipByte(good, 11)},
+		{"foreign", "it indexes", foreign},
+	} {
+		t.Run(tc.tag, func(t *testing.T) {
+			img := push(tc.tag)
+			if _, err := layer.PushIndexes(context.Background(), img, map[v1.Hash][]byte{d: tc.enc}); err != nil {
+				t.Fatal(err)
+			}
+			st, _ := layer.NewStore(t.TempDir())
+			_, err := layer.Open(context.Background(), img, st, newCache(t), layer.StackOptions{IndexSource: layer.IndexRegistry})
+			if !errors.Is(err, layer.ErrNoIndex) || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("--index-source=registry: %v, want a refusal mentioning %q", err, tc.want)
+			}
+			stack, notes := openStack(t, img, t.TempDir(), layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.Built || !strings.Contains(notes.String(), tc.want) {
+				t.Fatalf("--index-source=any: index from %s; notes:\n%s", stack.Layers()[0].Origin, notes)
+			}
+			checkFiles(t, stack, files)
+		})
+	}
+}
+
+// encodedIndex builds img's first layer index on a fresh node and returns
+// its encoding.
+func encodedIndex(t *testing.T, img *layer.Image) []byte {
+	t.Helper()
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexLocal})
+	var buf bytes.Buffer
+	if err := stack.Layers()[0].Index.Encode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func flipByte(b []byte, i int) []byte {
+	b = bytes.Clone(b)
+	b[i] ^= 0x40
+	return b
+}
