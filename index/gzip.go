@@ -1,9 +1,323 @@
 package index
 
-import "errors"
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
 
-// decodeGzipSpan decodes the gzip span sp from src into dst. Placeholder
-// until the seekable gzip decoder lands.
+	"github.com/lazyroot/lazyroot/index/internal/inflate"
+)
+
+// BuildGzip streams the gzip blob r once and returns its index: FormatGzip
+// entries located by offsets in the uncompressed tar, and a Span at the
+// first DEFLATE block header at or after every o.SpanSize bytes of output,
+// with the 32 KiB window a decoder needs to restart there and the digest of
+// the compressed bytes that produce the span. If o.Tar is set it receives
+// the uncompressed stream.
+//
+// A blob whose restart points lie more than MaxSpanSize of output apart (or
+// that decompresses to nothing) is read to its end all the same and gets a
+// FormatTar index with chunk digests, valid for the uncompressed tar that
+// o.Tar received. r is read to its end whenever the blob is well formed, so
+// a caller can hash it; corrupt or truncated blobs fail with ErrMalformed.
+//
+// Decoding runs on its own goroutine, so the tar scan overlaps it.
+func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
+	sp := &gzipSpans{r: r, seekable: true}
+	z := inflate.NewReader(sp, inflate.Options{Every: o.spanSize(), OnPoint: sp.point})
+	p := newOutPipe(o.Tar)
+	go p.produce(z, sp)
+	x := &Index{Layer: layer, Format: FormatGzip}
+	// Chunk digests are only needed if the blob turns out not to be
+	// seekable, but by then the bytes are gone; hashing them on the tar
+	// scan's goroutine costs little next to decoding.
+	n, err := scanTar(p, x, 0, true)
+	perr := p.stop()
+	switch {
+	case perr != nil && (errors.Is(perr, inflate.ErrCorrupt) || perr == io.ErrUnexpectedEOF):
+		return nil, fmt.Errorf("index gzip layer %s: %w: %w", layer, ErrMalformed, perr)
+	case perr != nil:
+		return nil, fmt.Errorf("index gzip layer %s: %w", layer, perr)
+	case p.werr != nil:
+		return nil, fmt.Errorf("index gzip layer %s: %w", layer, p.werr)
+	case err != nil:
+		return nil, fmt.Errorf("index gzip layer %s: %w", layer, err)
+	case n != z.OutputOffset():
+		return nil, fmt.Errorf("index gzip layer %s: %w: decoded %d bytes, tar scan read %d", layer, ErrMalformed, z.OutputOffset(), n)
+	}
+	if err := sp.finish(n); err != nil {
+		return nil, fmt.Errorf("index gzip layer %s: %w", layer, err)
+	}
+	if sp.seekable {
+		x.Spans, x.BlobSize, x.TarSize = sp.spans, sp.total, n
+		for i := range x.Entries {
+			x.Entries[i].Chunks = spanChunks(x.Entries[i].Chunks)
+		}
+	} else {
+		x.Format = FormatTar
+	}
+	if err := x.Validate(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// spanChunks turns contiguous tar chunks with digests into the chunks a
+// seekable index keeps: no digests, up to MaxChunkSize each.
+func spanChunks(cs []Chunk) []Chunk {
+	if len(cs) == 0 {
+		return cs
+	}
+	start, size := cs[0].BlobOffset, cs[len(cs)-1].Offset+cs[len(cs)-1].Size
+	out := cs[:0]
+	for off := int64(0); off < size; off += MaxChunkSize {
+		n := min(MaxChunkSize, size-off)
+		out = append(out, Chunk{Offset: off, Size: n, BlobOffset: start + off, BlobEnd: start + off + n})
+	}
+	return out
+}
+
+// gzipSpans reads the compressed blob for the decoder, keeps the bytes of
+// the current span and cuts a Span at each point the decoder reports. All
+// its methods run on the decoding goroutine, finish after it stopped.
+type gzipSpans struct {
+	r     io.Reader
+	total int64 // bytes read from r
+
+	// While seekable, buf holds the blob bytes from off up to total: the
+	// current span and what the decoder has read ahead.
+	seekable bool
+	off      int64
+	buf      []byte
+	spans    []Span
+}
+
+func (g *gzipSpans) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	g.total += int64(n)
+	if g.seekable && n > 0 {
+		g.buf = append(g.buf, p[:n]...)
+		if len(g.buf) > MaxChunkSize+(1<<20) {
+			g.notSeekable()
+		}
+	}
+	return n, err
+}
+
+// point records a restart point, closing the span before it.
+func (g *gzipSpans) point(p inflate.Point) error {
+	if !g.seekable {
+		return nil
+	}
+	if len(g.spans) > 0 {
+		prev := &g.spans[len(g.spans)-1]
+		if p.Out-prev.Out > MaxSpanSize {
+			g.notSeekable()
+			return nil
+		}
+		start, end := prev.InBits/8, (p.InBits+7)/8
+		if end-start > MaxChunkSize || start < g.off || end > g.total {
+			g.notSeekable()
+			return nil
+		}
+		sum := sha256.Sum256(g.buf[start-g.off : end-g.off])
+		prev.Digest = digestString(sum[:])
+		// The next span starts in the byte that holds its first bit.
+		keep := p.InBits / 8
+		g.buf = append(g.buf[:0], g.buf[keep-g.off:]...)
+		g.off = keep
+	}
+	g.spans = append(g.spans, Span{Out: p.Out, InBits: p.InBits, Window: p.Window})
+	return nil
+}
+
+// progress notes that out bytes were decoded: a point further than
+// MaxSpanSize from the last one makes the blob not seekable.
+func (g *gzipSpans) progress(out int64) {
+	if g.seekable && len(g.spans) > 0 && out-g.spans[len(g.spans)-1].Out > MaxSpanSize {
+		g.notSeekable()
+	}
+}
+
+func (g *gzipSpans) notSeekable() {
+	g.seekable = false
+	g.buf, g.spans = nil, nil
+}
+
+// finish closes the last span once the blob and its tarSize bytes of
+// output were read whole.
+func (g *gzipSpans) finish(tarSize int64) error {
+	if len(g.spans) == 0 || tarSize == 0 {
+		g.notSeekable()
+	}
+	if !g.seekable {
+		return nil
+	}
+	last := &g.spans[len(g.spans)-1]
+	if tarSize-last.Out > MaxSpanSize || g.total-last.InBits/8 > MaxChunkSize {
+		g.notSeekable()
+		return nil
+	}
+	if start := last.InBits / 8; start < g.off || g.off+int64(len(g.buf)) != g.total {
+		return fmt.Errorf("%w: span bytes [%d,%d) not at hand", ErrMalformed, start, g.total)
+	}
+	sum := sha256.Sum256(g.buf[last.InBits/8-g.off:])
+	last.Digest = digestString(sum[:])
+	g.buf = nil
+	return nil
+}
+
+// outPipe carries decoded output from the decoding goroutine to the tar
+// scan in chunks, so that both run at once.
+type outPipe struct {
+	full   chan outChunk // decoded chunks, in order; closed when produce returns
+	free   chan []byte   // buffers to decode into
+	done   chan struct{} // closed by stop
+	exited chan struct{} // closed when produce returned
+	tar    io.Writer
+
+	cur  outChunk // chunk being read
+	off  int
+	err  error // sticky error of Read
+	werr error // error writing to tar
+}
+
+type outChunk struct {
+	b   []byte
+	err error // after b: io.EOF at the end, or the decoder's error
+}
+
+const (
+	outPipeBuffers = 4
+	outPipeChunk   = 1 << 20
+)
+
+func newOutPipe(tar io.Writer) *outPipe {
+	p := &outPipe{
+		full:   make(chan outChunk, outPipeBuffers),
+		free:   make(chan []byte, outPipeBuffers),
+		done:   make(chan struct{}),
+		exited: make(chan struct{}),
+		tar:    tar,
+	}
+	for range outPipeBuffers {
+		p.free <- make([]byte, outPipeChunk)
+	}
+	return p
+}
+
+// produce decodes z into chunks until the stream ends, fails or stop is
+// called.
+func (p *outPipe) produce(z *inflate.Reader, sp *gzipSpans) {
+	defer close(p.exited)
+	defer close(p.full)
+	for {
+		var buf []byte
+		select {
+		case buf = <-p.free:
+		case <-p.done:
+			return
+		}
+		n := 0
+		var err error
+		for n < len(buf) && err == nil {
+			var m int
+			m, err = z.Read(buf[n:])
+			n += m
+		}
+		sp.progress(z.OutputOffset())
+		select {
+		case p.full <- outChunk{buf[:n], err}:
+		case <-p.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Read hands the decoded stream to the tar scan, teeing it to tar.
+func (p *outPipe) Read(b []byte) (int, error) {
+	for p.off == len(p.cur.b) {
+		if p.err != nil {
+			return 0, p.err
+		}
+		if p.cur.err != nil {
+			p.err = p.cur.err
+			if p.err != io.EOF {
+				p.err = errDecode
+			}
+			continue
+		}
+		if p.cur.b != nil {
+			p.free <- p.cur.b[:cap(p.cur.b)]
+		}
+		c, ok := <-p.full
+		if !ok {
+			p.err = errDecode
+			continue
+		}
+		if p.tar != nil && len(c.b) > 0 {
+			if _, err := p.tar.Write(c.b); err != nil {
+				p.werr = fmt.Errorf("write tar: %w", err)
+				p.err = p.werr
+				continue
+			}
+		}
+		p.cur, p.off = c, 0
+	}
+	n := copy(b, p.cur.b[p.off:])
+	p.off += n
+	return n, nil
+}
+
+// errDecode stands in for the decoder's error on the tar scan's side; stop
+// returns the real one.
+var errDecode = errors.New("gzip stream failed")
+
+// stop ends the decoding goroutine and returns the decoder's error, nil if
+// the stream ended well (or decoding was cut short by the tar scan).
+func (p *outPipe) stop() error {
+	close(p.done)
+	var err error
+	for c := range p.full {
+		if c.err != nil && c.err != io.EOF {
+			err = c.err
+		}
+	}
+	<-p.exited
+	if c := p.cur.err; err == nil && c != nil && c != io.EOF {
+		err = c
+	}
+	return err
+}
+
+// spanDecoder is the state decodeGzipSpan reuses across calls.
+type spanDecoder struct {
+	z  inflate.Reader
+	br bytes.Reader
+}
+
+var spanDecoders = sync.Pool{New: func() any { return new(spanDecoder) }}
+
+// decodeGzipSpan decodes the gzip span sp from src, the blob bytes from
+// sp.InBits/8 on, into dst, which must be exactly the span's output.
 func decodeGzipSpan(sp *Span, src, dst []byte) error {
-	return errors.New("gzip spans: not implemented")
+	d := spanDecoders.Get().(*spanDecoder)
+	defer spanDecoders.Put(d)
+	d.br.Reset(src)
+	err := d.z.Resume(&d.br, inflate.Point{InBits: sp.InBits, Out: sp.Out, Window: sp.Window}, inflate.Options{})
+	if err == nil {
+		_, err = io.ReadFull(&d.z, dst)
+	}
+	d.br.Reset(nil)
+	d.z.Reset(nil, inflate.Options{})
+	if err != nil {
+		return fmt.Errorf("%w: gzip span at bit %d: %w", ErrMalformed, sp.InBits, err)
+	}
+	return nil
 }
