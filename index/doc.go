@@ -7,10 +7,17 @@
 // and the sha256 of the chunk's uncompressed bytes, so every chunk read later
 // can be verified before it is served.
 //
-// Indexes come from three places: a scan of an uncompressed tar stream
-// (BuildTar), the table of contents of an eStargz or zstd:chunked blob
-// (ReadTOC), or the versioned, checksummed encoding written by Encode and read
-// back by Decode.
+// Indexes come from a scan of an uncompressed tar stream (BuildTar), the
+// table of contents of an eStargz or zstd:chunked blob (ReadTOC), one pass
+// over a plain gzip or zstd blob (BuildGzip, BuildZstd), or the versioned,
+// checksummed encoding written by Encode and read back by Decode.
+//
+// Plain gzip and multi-frame zstd blobs are seekable: their Spans mark
+// where decoding can restart (a DEFLATE block boundary with the 32 KiB of
+// output before it, or a zstd frame boundary), about every SpanSize bytes of
+// tar. Their chunks are located by offsets in the uncompressed tar, and
+// DecodeSpan checks a span's compressed bytes against its sha256 before it
+// decodes them.
 //
 // Merge applies OCI overlay rules (whiteouts, opaque directories, hardlinks,
 // implicit parents, last entry wins) base layer first and returns a Tree whose

@@ -36,7 +36,7 @@ func pushOne(t *testing.T, reg *testutil.Registry, repoTag, content string, f te
 	return reg.Push(t, repoTag, img), img
 }
 
-func newCache(t *testing.T) *cache.Cache {
+func newCache(t testing.TB) *cache.Cache {
 	t.Helper()
 	c, err := cache.New(cache.Options{MemoryBytes: 16 << 20})
 	if err != nil {
