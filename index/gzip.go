@@ -19,12 +19,15 @@ import (
 // the uncompressed stream.
 //
 // A blob whose restart points lie more than MaxSpanSize of output apart (or
-// that decompresses to nothing) is read to its end all the same and gets a
-// FormatTar index with chunk digests, valid for the uncompressed tar that
-// o.Tar received. r is read to its end whenever the blob is well formed, so
-// a caller can hash it; corrupt or truncated blobs fail with ErrMalformed.
+// that decompresses to nothing) is not seekable. It is read to its end all
+// the same; then, if o.Tar is set, BuildGzip returns a FormatTar index with
+// chunk digests, valid for the uncompressed tar o.Tar received, and else it
+// fails with ErrNotSeekable. (Chunk digests cost a hash of the whole tar, so
+// they are computed only when a FormatTar index can be used.)
 //
-// Decoding runs on its own goroutine, so the tar scan overlaps it.
+// r is read to its end whenever the blob is well formed, so a caller can
+// hash it; corrupt or truncated blobs fail with ErrMalformed. Decoding runs
+// on its own goroutine, so the tar scan overlaps it.
 func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	sp := &gzipSpans{r: r, seekable: true}
 	z := inflate.NewReader(sp, inflate.Options{Every: o.spanSize(), OnPoint: sp.point})
@@ -32,9 +35,10 @@ func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	go p.produce(z, sp)
 	x := &Index{Layer: layer, Format: FormatGzip}
 	// Chunk digests are only needed if the blob turns out not to be
-	// seekable, but by then the bytes are gone; hashing them on the tar
-	// scan's goroutine costs little next to decoding.
-	n, err := scanTar(p, x, 0, true)
+	// seekable, and by then the bytes are gone: hash them if the caller
+	// keeps the tar.
+	digests := o.Tar != nil
+	n, err := scanTar(p, x, 0, digests)
 	perr := p.stop()
 	switch {
 	case perr != nil && (errors.Is(perr, inflate.ErrCorrupt) || perr == io.ErrUnexpectedEOF):
@@ -51,13 +55,18 @@ func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	if err := sp.finish(n); err != nil {
 		return nil, fmt.Errorf("index gzip layer %s: %w", layer, err)
 	}
-	if sp.seekable {
+	switch {
+	case sp.seekable:
 		x.Spans, x.BlobSize, x.TarSize = sp.spans, sp.total, n
-		for i := range x.Entries {
-			x.Entries[i].Chunks = spanChunks(x.Entries[i].Chunks)
+		if digests {
+			for i := range x.Entries {
+				x.Entries[i].Chunks = spanChunks(x.Entries[i].Chunks)
+			}
 		}
-	} else {
+	case digests:
 		x.Format = FormatTar
+	default:
+		return nil, fmt.Errorf("index gzip layer %s: %w: restart points lie more than %d bytes apart", layer, ErrNotSeekable, MaxSpanSize)
 	}
 	if err := x.Validate(); err != nil {
 		return nil, err

@@ -193,6 +193,13 @@ func TestBuildGzip(t *testing.T) {
 			if err := x.Validate(); err != nil {
 				t.Fatal(err)
 			}
+			// Without a tar to write (and so without chunk digests to
+			// compute), the index is the same.
+			if y, err := BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{SpanSize: testSpanSize}); err != nil {
+				t.Fatal(err)
+			} else if !reflect.DeepEqual(x, y) {
+				t.Fatal("the index differs when built without SeekOptions.Tar")
+			}
 			if min := len(tarData) / (2 * testSpanSize); len(x.Spans) < min {
 				t.Fatalf("%d spans, want at least %d", len(x.Spans), min)
 			}
@@ -461,6 +468,12 @@ func TestBuildGzipNotSeekable(t *testing.T) {
 		t.Fatal("index differs from BuildTar's of the tar")
 	}
 
+	// Without a tar to keep, the index would be of no use.
+	_, err = BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{SpanSize: testSpanSize})
+	if !errors.Is(err, ErrNotSeekable) {
+		t.Fatalf("without SeekOptions.Tar: error %v, want ErrNotSeekable", err)
+	}
+
 	// The same kind of stream, small enough, is seekable with a single span.
 	blob, tarData = bigBlockGzip(t, 3<<20)
 	x, err = BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{SpanSize: testSpanSize})
@@ -477,12 +490,16 @@ func TestBuildGzipNotSeekable(t *testing.T) {
 }
 
 func TestBuildGzipEmptyTar(t *testing.T) {
-	x, err := BuildGzip(bytes.NewReader(stdGzip(6)(t, nil)), "sha256:layer", SeekOptions{})
+	blob := stdGzip(6)(t, nil)
+	x, err := BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{Tar: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if x.Format != FormatTar || len(x.Entries) != 0 {
 		t.Fatalf("format %s, %d entries", x.Format, len(x.Entries))
+	}
+	if _, err := BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{}); !errors.Is(err, ErrNotSeekable) {
+		t.Fatalf("without SeekOptions.Tar: error %v, want ErrNotSeekable", err)
 	}
 }
 
