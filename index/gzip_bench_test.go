@@ -25,11 +25,25 @@ const benchTarSize = 200 << 20
 // /usr/share and /usr/bin, and the tar's size, building and caching both
 // under os.TempDir()/lazyroot-bench on first use. It skips the benchmark
 // without the gzip command.
+//
+// $LAZYROOT_BENCH_GZIP names another gzip blob to use instead.
 func benchBlob(b *testing.B) (string, int64) {
 	b.Helper()
 	gz, err := exec.LookPath("gzip")
 	if err != nil {
 		b.Skipf("no gzip command: %v", err)
+	}
+	if path := os.Getenv("LAZYROOT_BENCH_GZIP"); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		n, err := inflate.NewReader(f, inflate.Options{}).WriteTo(io.Discard)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return path, n
 	}
 	dir := filepath.Join(os.TempDir(), "lazyroot-bench")
 	tarPath := filepath.Join(dir, "usr.tar")
@@ -117,10 +131,15 @@ func benchBlob(b *testing.B) (string, int64) {
 	return blobPath, st.Size()
 }
 
-func openBench(b *testing.B, path string) (*os.File, io.Reader) {
+// openBench opens the blob, buffered for decoders that read it a byte at a
+// time (BuildGzip reads large blocks and needs no buffer).
+func openBench(b *testing.B, path string, buffered bool) (*os.File, io.Reader) {
 	f, err := os.Open(path)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if !buffered {
+		return f, f
 	}
 	return f, bufio.NewReaderSize(f, 1<<20)
 }
@@ -134,7 +153,7 @@ func BenchmarkBuildGzip(b *testing.B) {
 		b.SetBytes(tarSize)
 		var x *Index
 		for b.Loop() {
-			f, r := openBench(b, path)
+			f, r := openBench(b, path, false)
 			var err error
 			x, err = BuildGzip(r, "sha256:bench", SeekOptions{})
 			f.Close()
@@ -172,7 +191,7 @@ func BenchmarkBuildGzip(b *testing.B) {
 	b.Run("inflate", func(b *testing.B) { // BuildGzip's decoder alone
 		b.SetBytes(tarSize)
 		for b.Loop() {
-			f, r := openBench(b, path)
+			f, r := openBench(b, path, false)
 			_, err := inflate.NewReader(r, inflate.Options{}).WriteTo(io.Discard)
 			f.Close()
 			if err != nil {
@@ -183,7 +202,7 @@ func BenchmarkBuildGzip(b *testing.B) {
 	b.Run("klauspost", func(b *testing.B) {
 		b.SetBytes(tarSize)
 		for b.Loop() {
-			f, r := openBench(b, path)
+			f, r := openBench(b, path, true)
 			zr, err := kgzip.NewReader(r)
 			if err != nil {
 				b.Fatal(err)
@@ -198,7 +217,7 @@ func BenchmarkBuildGzip(b *testing.B) {
 	b.Run("stdlib", func(b *testing.B) {
 		b.SetBytes(tarSize)
 		for b.Loop() {
-			f, r := openBench(b, path)
+			f, r := openBench(b, path, true)
 			zr, err := stdgzip.NewReader(r)
 			if err != nil {
 				b.Fatal(err)

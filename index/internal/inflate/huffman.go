@@ -102,11 +102,16 @@ func (z *Reader) fast() {
 			}
 			e = lit[bits&litMask]
 
-			// Copy the match. Stores of 8 bytes may write up to 7 bytes
+			// Copy the match. Stores of 8 bytes may write up to 13 bytes
 			// past its end, into the slack after the output area.
 			src := w - dd
 			switch {
 			case dd >= 8:
+				if length <= 16 {
+					binary.LittleEndian.PutUint64(out[w:], binary.LittleEndian.Uint64(out[src:]))
+					binary.LittleEndian.PutUint64(out[w+8:], binary.LittleEndian.Uint64(out[src+8:]))
+					break
+				}
 				if dd >= length && length > 32 {
 					copy(out[w:w+length], out[src:src+length])
 					break

@@ -13,7 +13,7 @@ const WindowSize = 32 << 10
 // Buffer sizes. The output buffer holds WindowSize bytes of history, then
 // outArea bytes decoded between two calls that slide it, then outSlack bytes
 // a match started before the area's end may write, including the 8-byte
-// stores of the match copy that overshoot the match by up to 7 bytes.
+// stores of the match copy that overshoot the match by up to 13 bytes.
 const (
 	inSize   = 128 << 10
 	inKeep   = 8 // bytes kept before the read position when refilling in

@@ -1,5 +1,7 @@
 package inflate
 
+import "math/bits"
+
 // A decoding table maps the next bits of the stream (least significant bit
 // first) to an entry. The first 1<<primary entries are indexed by the next
 // primary bits; codes longer than primary go through a link entry to a
@@ -115,12 +117,7 @@ func init() {
 
 // reverseBits returns the n low bits of v in reverse order.
 func reverseBits(v uint32, n uint) uint32 {
-	var r uint32
-	for range n {
-		r = r<<1 | v&1
-		v >>= 1
-	}
-	return r
+	return bits.Reverse32(v) >> (32 - n)
 }
 
 // buildTable fills tab with the decoding table of the canonical Huffman code
