@@ -81,8 +81,12 @@ func TestLayerRoundTrip(t *testing.T) {
 		ZstdChunked:  types.OCILayerZStd,
 		Uncompressed: types.OCIUncompressedLayer,
 		Zstd:         types.OCILayerZStd,
+		ZstdFrames:   types.OCILayerZStd,
 	}
-	for _, f := range Formats {
+	for _, f := range GzipFormats[1:] {
+		wantMediaType[f] = types.OCILayer
+	}
+	for _, f := range append(Formats, GzipFormats[1:]...) {
 		t.Run(string(f), func(t *testing.T) {
 			l, ann := Layer(t, tarball, f, WithChunkSize(64<<10))
 			blob := readAll(t, l.Compressed)
@@ -91,7 +95,9 @@ func TestLayerRoundTrip(t *testing.T) {
 				t.Errorf("media type %s, want %s", mt, wantMediaType[f])
 			}
 			switch f {
-			case Gzip, Zstd, Uncompressed:
+			case EStargz, ZstdChunked:
+				checkEStargz(t, f, blob, ann, big)
+			default:
 				if len(ann) != 0 {
 					t.Errorf("annotations %v, want none", ann)
 				}
@@ -101,8 +107,6 @@ func TestLayerRoundTrip(t *testing.T) {
 				if got := readAll(t, l.Uncompressed); !bytes.Equal(got, tarball) {
 					t.Errorf("Uncompressed differs from the tar")
 				}
-			case EStargz, ZstdChunked:
-				checkEStargz(t, f, blob, ann, big)
 			}
 		})
 	}
@@ -191,7 +195,7 @@ func checkEStargz(t *testing.T, f Format, blob []byte, ann map[string]string, bi
 func decompress(t *testing.T, f Format, blob []byte) []byte {
 	t.Helper()
 	switch f {
-	case Gzip:
+	case Gzip, GzipBest, GzipFast, PGzip, GzipCmd1, GzipCmd9, Pigz1, Pigz9, GzipMulti:
 		zr, err := gzip.NewReader(bytes.NewReader(blob))
 		if err != nil {
 			t.Fatal(err)
@@ -201,7 +205,7 @@ func decompress(t *testing.T, f Format, blob []byte) []byte {
 			t.Fatal(err)
 		}
 		return p
-	case Zstd:
+	case Zstd, ZstdFrames:
 		d, err := zstd.NewReader(nil)
 		if err != nil {
 			t.Fatal(err)
