@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -344,4 +345,56 @@ func flipByte(b []byte, i int) []byte {
 	b = bytes.Clone(b)
 	b[i] ^= 0x40
 	return b
+}
+
+func TestDamagedStoredIndexesAreRebuilt(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "stored:v1", testutil.Gzip)
+	otherRef, _ := spannedImage(t, reg, "stored-other:v1", testutil.GzipFast)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := layer.Resolve(context.Background(), otherRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := img.Layers[0].Descriptor.Digest
+	foreign := encodedIndex(t, other)
+	for _, tc := range []struct {
+		name, want string
+		damage     func([]byte) []byte
+	}{
+		{"truncated", "truncated", func(b []byte) []byte { return b[:len(b)-40] }},
+		{"damaged", "checksum", func(b []byte) []byte { return flipByte(b, len(b)/3) }},
+		{"older version", "unsupported index version 1", func(b []byte) []byte { c := bytes.Clone(b); c[11] = 1; return c }},
+		{"another layer's", "it indexes", func([]byte) []byte { return foreign }},
+		{"empty", "header", func([]byte) []byte { return nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			openStack(t, img, root, layer.StackOptions{})
+			path := filepath.Join(root, "index", d.Algorithm+"-"+d.Hex+".idx")
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, tc.damage(b), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			reg.Reset()
+			stack, notes := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
+			if stack.Layers()[0].Origin != layer.Built || !strings.Contains(notes.String(), tc.want) {
+				t.Fatalf("index from %s; notes:\n%s", stack.Layers()[0].Origin, notes)
+			}
+			if whole, _, _ := blobGets(reg, d); whole != 1 {
+				t.Errorf("rebuilding streamed the layer %d times", whole)
+			}
+			checkFiles(t, stack, files)
+			// The rebuilt index replaced the bad file.
+			if _, notes := openStack(t, img, root, layer.StackOptions{}); notes.String() != "" {
+				t.Errorf("the rebuilt index was not stored: %s", notes)
+			}
+		})
+	}
 }
