@@ -19,10 +19,15 @@ const EncodingVersion = 2
 var encodingMagic = [8]byte{'L', 'Z', 'R', 'I', 'D', 'X', 0, '\n'}
 
 // maxEncodedSize bounds the encoded index Decode accepts.
-const maxEncodedSize = 1 << 30
+const maxEncodedSize = 256 << 20
 
-// maxDecodedSize bounds the JSON an encoded index may expand to.
-const maxDecodedSize = 4 << 30
+// maxExpansion and maxDecodedSize bound the JSON an encoded index may
+// expand to: honest indexes compress a few times, a crafted one could
+// expand a thousandfold.
+const (
+	maxExpansion   = 64
+	maxDecodedSize = 1 << 30
+)
 
 // ErrVersion reports an encoded index written by another version: rebuild it.
 var ErrVersion = errors.New("unsupported index version")
@@ -74,9 +79,13 @@ func Decode(r io.Reader) (*Index, error) {
 	if n > maxEncodedSize {
 		return nil, fmt.Errorf("decode index: %w: payload of %d bytes", ErrMalformed, n)
 	}
-	body := make([]byte, n+sha256.Size)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, fmt.Errorf("decode index: %w: truncated: %w", ErrChecksum, err)
+	// Read what is there rather than allocate what the header claims.
+	body, err := io.ReadAll(io.LimitReader(r, int64(n)+sha256.Size))
+	if err != nil {
+		return nil, fmt.Errorf("decode index: %w", err)
+	}
+	if uint64(len(body)) != n+sha256.Size {
+		return nil, fmt.Errorf("decode index: %w: truncated at %d of %d bytes", ErrChecksum, len(body), n+sha256.Size)
 	}
 	payload, sum := body[:n], body[n:]
 	h := sha256.New()
@@ -90,7 +99,8 @@ func Decode(r io.Reader) (*Index, error) {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	x := new(Index)
-	if err := json.NewDecoder(io.LimitReader(zr, maxDecodedSize)).Decode(x); err != nil {
+	limit := min(maxDecodedSize, int64(n)*maxExpansion+(1<<20))
+	if err := json.NewDecoder(io.LimitReader(zr, limit)).Decode(x); err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	if err := x.Validate(); err != nil {

@@ -2,6 +2,7 @@ package index
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -63,40 +64,27 @@ func (x *Index) DecodeSpan(i int, src, dst []byte) error {
 // the index gives for them.
 var ErrSpanDigest = errors.New("span digest mismatch")
 
-// spanHasher hashes the compressed bytes of each span while a builder reads
-// the blob. It keeps the bytes of the current span until the next seek
-// point is known, because spans share the byte that holds a boundary bit.
-type spanHasher struct {
-	r     io.Reader
-	off   int64  // blob offset of buf[0]
-	buf   []byte // blob bytes from off up to what has been read
-	total int64  // bytes read from r
-}
-
-func (h *spanHasher) Read(p []byte) (int, error) {
-	n, err := h.r.Read(p)
-	h.buf = append(h.buf, p[:n]...)
-	h.total += int64(n)
-	if int64(len(h.buf)) > MaxChunkSize+(64<<10) {
-		return n, fmt.Errorf("%w: more than %d compressed bytes without a seek point", ErrNotSeekable, MaxChunkSize)
-	}
-	return n, err
-}
-
-// cut returns the digest of blob bytes [start, end) and forgets the bytes
-// before keep. Every byte of [start, end) must have been read and kept.
-func (h *spanHasher) cut(start, end, keep int64) (string, error) {
-	if start < h.off || end > h.off+int64(len(h.buf)) || start > end {
-		return "", fmt.Errorf("%w: span bytes [%d,%d) not at hand", ErrMalformed, start, end)
-	}
-	sum := sha256.Sum256(h.buf[start-h.off : end-h.off])
-	if drop := keep - h.off; drop > 0 {
-		h.buf = append(h.buf[:0], h.buf[drop:]...)
-		h.off = keep
-	}
-	return digestString(sum[:]), nil
-}
-
 // ErrNotSeekable reports a blob whose restart points lie too far apart to
 // be read through spans; it has to be read whole.
 var ErrNotSeekable = errors.New("not seekable")
+
+// SpanKey names what span i decodes to: a sha256 over everything that
+// determines those bytes (the compressed bytes' digest, where decoding
+// starts, the window it starts with, and how much it produces). Two spans
+// with one key decode to the same bytes, whichever index they came from, so
+// a cache keyed by it cannot be poisoned by a forged index.
+func (x *Index) SpanKey(i int) string {
+	sp := &x.Spans[i]
+	out, _ := x.SpanRanges(i)
+	h := sha256.New()
+	var nums [24]byte
+	binary.BigEndian.PutUint64(nums[0:], uint64(sp.InBits))
+	binary.BigEndian.PutUint64(nums[8:], uint64(out.End-out.Start))
+	binary.BigEndian.PutUint64(nums[16:], uint64(len(sp.Window)))
+	h.Write([]byte(x.Format))
+	h.Write([]byte{0})
+	h.Write([]byte(sp.Digest))
+	h.Write(nums[:])
+	h.Write(sp.Window)
+	return digestString(h.Sum(nil))
+}

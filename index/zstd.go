@@ -30,9 +30,9 @@ const (
 // that o.Tar received and index that. r is always read to its end when the
 // blob is well formed, so a caller can hash it.
 func BuildZstd(r io.Reader, layer string, o SeekOptions) (*Index, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	dec, err := newZstdDecoder(MaxSpanSize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("index zstd layer %s: %w", layer, err)
 	}
 	defer dec.Close()
 	fr := &frameReader{br: bufio.NewReaderSize(r, 1<<20), h: sha256.New()}
@@ -56,7 +56,8 @@ func BuildZstd(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	}
 	spans, produced, err := decodeFrames(fr, dec, out, o.spanSize())
 	pw.CloseWithError(err)
-	if serr := <-scanned; err == nil && serr != nil {
+	if serr := <-scanned; serr != nil && !errors.Is(serr, err) {
+		// The tar scan failed first: decoding then failed to write to it.
 		err = serr
 	}
 	if err != nil {
@@ -268,9 +269,9 @@ func (f *frameReader) Read(p []byte) (int, error) {
 			f.yield(p[:n])
 			if err != nil && f.remaining > 0 {
 				if errors.Is(err, io.EOF) {
-					err = io.ErrUnexpectedEOF
+					return n, fmt.Errorf("zstd frame near byte %d: %w: %w", f.total, ErrMalformed, io.ErrUnexpectedEOF)
 				}
-				return n, fmt.Errorf("zstd frame near byte %d: %w: %w", f.total, ErrMalformed, err)
+				return n, err // the blob's reader failed: not the blob's fault
 			}
 			return n, nil
 		}
@@ -296,12 +297,28 @@ func (f *frameReader) yield(p []byte) {
 	f.total += int64(len(p))
 }
 
+// zstdMaxWindow is the largest frame window lazyroot decodes: what
+// "zstd --long=28" writes. Builder and span reader use the same limit, so
+// a blob that indexes also reads.
+const zstdMaxWindow = 256 << 20
+
+// newZstdDecoder returns a synchronous decoder that accepts windows up to
+// zstdMaxWindow and, for DecodeAll, never writes past the capacity of the
+// buffer it is given.
+func newZstdDecoder(maxOut uint64) (*zstd.Decoder, error) {
+	return zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow),
+		zstd.WithDecoderMaxMemory(max(maxOut, zstdMaxWindow)),
+		zstd.WithDecodeAllCapLimit(true))
+}
+
 // decodeZstdSpan decodes the whole frames in src into dst, which they must
 // fill exactly.
 func decodeZstdSpan(src, dst []byte) error {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(len(dst))+1))
+	dec, err := newZstdDecoder(uint64(len(dst)))
 	if err != nil {
-		return err
+		return fmt.Errorf("zstd decoder: %w", err)
 	}
 	defer dec.Close()
 	out, err := dec.DecodeAll(src, dst[:0:len(dst)])

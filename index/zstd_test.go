@@ -37,6 +37,28 @@ func zstdFrames(t *testing.T, raw []byte, frameSize int, skippable bool) []byte 
 	return out
 }
 
+// zstdStreamFrames compresses raw with a streaming encoder, one frame per
+// frameSize bytes: frames that declare a window (not single-segment), as
+// streaming encoders and the zstd command write them.
+func zstdStreamFrames(t *testing.T, raw []byte, frameSize int) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	enc, err := zstd.NewWriter(&out, zstd.WithWindowSize(8<<20), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(raw); off += frameSize {
+		enc.Reset(&out)
+		if _, err := enc.Write(raw[off:min(off+frameSize, len(raw))]); err != nil {
+			t.Fatal(err)
+		}
+		if err := enc.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out.Bytes()
+}
+
 // seekableTar is a tar with files of awkward sizes for span tests.
 func seekableTar(t *testing.T, seed uint64) []byte {
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -89,13 +111,18 @@ func TestBuildZstd(t *testing.T) {
 		spanSize  int64
 		want      Format
 		minSpans  int
+		stream    bool
 	}{
-		{"frames of 64 KiB", 64 << 10, false, 256 << 10, FormatZstd, 10},
-		{"frames of 1 MiB, default spans", 1 << 20, false, 0, FormatZstd, 2},
-		{"with a skippable frame", 100 << 10, true, 200 << 10, FormatZstd, 5},
+		{"streamed frames with an 8 MiB window", 512 << 10, false, 1 << 20, FormatZstd, 4, true},
+		{"frames of 64 KiB", 64 << 10, false, 256 << 10, FormatZstd, 10, false},
+		{"frames of 1 MiB, default spans", 1 << 20, false, 0, FormatZstd, 2, false},
+		{"with a skippable frame", 100 << 10, true, 200 << 10, FormatZstd, 5, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			blob := zstdFrames(t, raw, tc.frameSize, tc.skippable)
+			if tc.stream {
+				blob = zstdStreamFrames(t, raw, tc.frameSize)
+			}
 			var tee bytes.Buffer
 			x, err := BuildZstd(bytes.NewReader(blob), "sha256:"+fmt.Sprintf("%064x", 1), SeekOptions{SpanSize: tc.spanSize, Tar: &tee})
 			if err != nil {

@@ -398,3 +398,75 @@ func TestDamagedStoredIndexesAreRebuilt(t *testing.T) {
 		})
 	}
 }
+
+func TestForgedIndexCannotPoisonASharedCache(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	l, ann, files := spannedLayer(t, testutil.Gzip)
+	push := func(tag string) *layer.Image {
+		im, err := mutate.Config(testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}), v1.Config{Labels: map[string]string{"image": tag}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := layer.Resolve(context.Background(), reg.Push(t, "poison:"+tag, im))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img
+	}
+	evil, victim := push("evil"), push("victim")
+	// An index of the shared layer whose windows were forged: its span
+	// digests still match the real compressed bytes.
+	x, err := index.Decode(bytes.NewReader(encodedIndex(t, evil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range x.Spans {
+		for j := range x.Spans[i].Window {
+			x.Spans[i].Window[j] = 'X'
+		}
+	}
+	var forged bytes.Buffer
+	if err := x.Encode(&forged); err != nil {
+		t.Fatal(err)
+	}
+	d := evil.Layers[0].Descriptor.Digest
+	if _, err := layer.PushIndexes(context.Background(), evil, map[v1.Hash][]byte{d: forged.Bytes()}); err != nil {
+		t.Fatal(err)
+	}
+
+	c := newCache(t)
+	read := func(img *layer.Image, src layer.IndexSource) (map[string][]byte, layer.Origin) {
+		st, _ := layer.NewStore(t.TempDir())
+		stack, err := layer.Open(context.Background(), img, st, c, layer.StackOptions{IndexSource: src, SpanSize: testSpan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stack.Close()
+		tree, _ := index.Merge(stack.Indexes())
+		got := map[string][]byte{}
+		for name := range files {
+			n, _ := tree.Lookup(name)
+			buf := make([]byte, n.Size)
+			stack.ReadAt(context.Background(), n, buf, 0)
+			got[name] = buf
+		}
+		return got, stack.Layers()[0].Origin
+	}
+	// The forged index is used for the image it was pushed for (that is
+	// the documented risk of --index-source=any)...
+	bad, origin := read(evil, layer.IndexAny)
+	if origin != layer.FromRegistry || bytes.Equal(bad["data/b.txt"], files["data/b.txt"]) {
+		t.Fatalf("the forged index was not used (origin %s); the test proves nothing", origin)
+	}
+	// ...but a node that builds its own index, sharing the cache, reads
+	// the true bytes.
+	good, origin := read(victim, layer.IndexLocal)
+	if origin != layer.Built {
+		t.Fatalf("victim: index from %s", origin)
+	}
+	for name, want := range files {
+		if !bytes.Equal(good[name], want) {
+			t.Errorf("%s: the victim was served bytes decoded with the forged index", name)
+		}
+	}
+}

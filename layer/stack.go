@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -54,6 +55,20 @@ type LayerState struct {
 	// Origin says where the index came from.
 	Origin Origin
 	blob   blobReader
+
+	spanKeysOnce sync.Once
+	spanKeys     []string // Index.SpanKey of every span; set once by spanKeysOnce
+}
+
+// spanKey returns the cache key name of span i.
+func (l *LayerState) spanKey(i int) string {
+	l.spanKeysOnce.Do(func() {
+		l.spanKeys = make([]string, len(l.Index.Spans))
+		for j := range l.spanKeys {
+			l.spanKeys[j] = l.Index.SpanKey(j)
+		}
+	})
+	return l.spanKeys[i]
 }
 
 // Stack is an image's layers opened for reading, base first.
@@ -306,7 +321,10 @@ func (s *Stack) readSpans(ctx context.Context, l *LayerState, n *index.Node, p [
 			return done, fmt.Errorf("read %s at %d: %w: no span holds tar offset %d", n.Name, pos, index.ErrMalformed, tarPos)
 		}
 		out, _ := l.Index.SpanRanges(si)
-		data, err := s.cache.Get(ctx, cache.NewKey(l.Index.Layer, out.Start, out.End-out.Start), func(ctx context.Context) ([]byte, error) {
+		// Keyed by what determines the decoded bytes, not by the layer
+		// digest alone: indexes of one layer from different sources share
+		// entries only when they decode alike.
+		data, err := s.cache.Get(ctx, cache.NewKey(l.spanKey(si), 0, out.End-out.Start), func(ctx context.Context) ([]byte, error) {
 			ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 			defer cancel()
 			return s.readSpan(ctx, l, si)

@@ -47,16 +47,6 @@ func (s *Store) indexPath(d v1.Hash, p Provenance) string {
 	return filepath.Join(s.root, "index", name+".idx")
 }
 
-// IndexSize returns the size of the stored index of layer d with
-// provenance p, or 0 if there is none.
-func (s *Store) IndexSize(d v1.Hash, p Provenance) int64 {
-	fi, err := os.Stat(s.indexPath(d, p))
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
-
 func (s *Store) unpackedPath(d v1.Hash) string {
 	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
 }
