@@ -66,7 +66,7 @@ func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	case digests:
 		x.Format = FormatTar
 	default:
-		return nil, fmt.Errorf("index gzip layer %s: %w: restart points lie more than %d bytes apart", layer, ErrNotSeekable, MaxSpanSize)
+		return nil, fmt.Errorf("index gzip layer %s: %w: it decodes to nothing, or its restart points lie more than %d bytes apart", layer, ErrNotSeekable, MaxSpanSize)
 	}
 	if err := x.Validate(); err != nil {
 		return nil, err

@@ -257,7 +257,7 @@ func (x *Index) validateSpans() error {
 		out, in := x.SpanRanges(i)
 		if i == 0 && sp.Out != 0 || out.Start >= out.End || out.End-out.Start > MaxSpanSize ||
 			sp.InBits < 0 || in.Start >= in.End || in.End-in.Start > MaxChunkSize || in.End > x.BlobSize ||
-			len(sp.Window) > WindowSize || !validDigest(sp.Digest) ||
+			len(sp.Window) > WindowSize || int64(len(sp.Window)) > sp.Out || !validDigest(sp.Digest) ||
 			x.Format == FormatZstd && (sp.InBits%8 != 0 || len(sp.Window) > 0) {
 			return fmt.Errorf("%w: span %d (out %d, in bit %d)", ErrMalformed, i, sp.Out, sp.InBits)
 		}

@@ -60,7 +60,7 @@ func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, re
 		}
 		return r
 	}
-	o := &opener{st: st, src: src, registry: reg, logf: func(string, ...any) {}}
+	o := &opener{st: st, src: src, registry: reg, logf: func(string, ...any) {}, readOnly: true}
 	_, _, hasTOC := l.TOC()
 	if src != IndexBuild || hasTOC {
 		if ls := o.stored(l, BuiltHere, FromStore); ls != nil {

@@ -90,6 +90,7 @@ type opener struct {
 	spanSize int64
 	registry *registryIndexes
 	logf     func(string, ...any)
+	readOnly bool // store nothing (inspect)
 }
 
 func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
@@ -155,14 +156,17 @@ func (o *opener) stored(l *Layer, p Provenance, origin Origin) *LayerState {
 		o.logf("ignoring stored index of %s: %v", d, err)
 		return nil
 	}
-	if x.Format != index.FormatTar || l.Compression() == None {
-		return &LayerState{Layer: l, Index: x, Origin: origin, blob: l.blob}
+	if x.Format == index.FormatTar {
+		// A tar index addresses an unpacked copy when there is one
+		// (compressed layers, and mislabelled ones), else the blob itself.
+		if f, err := openUnpacked(o.st.unpackedPath(d)); err == nil {
+			return &LayerState{Layer: l, Index: x, Origin: origin, blob: f}
+		}
+		if l.Compression() != None {
+			return nil // the unpacked copy is gone: stream the layer again
+		}
 	}
-	f, err := openUnpacked(o.st.unpackedPath(d))
-	if err != nil {
-		return nil // the unpacked layer is gone: stream it again
-	}
-	return &LayerState{Layer: l, Index: x, Origin: origin, blob: f}
+	return &LayerState{Layer: l, Index: x, Origin: origin, blob: l.blob}
 }
 
 // fitsLayer checks that x can address l's blob: it names l, its format
@@ -208,7 +212,9 @@ func (o *opener) fromRegistry(ctx context.Context, l *Layer) (*LayerState, error
 	if err != nil {
 		return nil, fmt.Errorf("registry index of %s refused: %w", d, err)
 	}
-	if err := o.st.SaveIndex(x, FetchedFromRegistry); err != nil {
+	if o.readOnly {
+		// nothing to store
+	} else if err := o.st.SaveIndex(x, FetchedFromRegistry); err != nil {
 		o.logf("keeping registry index of %s in memory only: %v", d, err)
 	}
 	return &LayerState{Layer: l, Index: x, Origin: FromRegistry, blob: l.blob}, nil
@@ -220,6 +226,12 @@ func (o *opener) fromRegistry(ctx context.Context, l *Layer) (*LayerState, error
 func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 	d := l.Descriptor.Digest
 	c := l.Compression()
+	if got, err := sniffCompression(ctx, l); err != nil {
+		return nil, err
+	} else if got != c {
+		o.logf("layer %s is labelled %s but holds %s: keeping an unpacked copy", d, c, got)
+		return o.unpack(ctx, l)
+	}
 	var (
 		x   *index.Index
 		err error
@@ -255,6 +267,23 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 		return &LayerState{Layer: l, Index: x, Origin: Streamed, blob: f}, nil
 	}
 	return &LayerState{Layer: l, Index: x, Origin: Built, blob: l.blob}, nil
+}
+
+// sniffCompression reads the first bytes of l's blob and says how it is
+// really compressed.
+func sniffCompression(ctx context.Context, l *Layer) (Compression, error) {
+	var magic [4]byte
+	n, err := l.blob.ReadAt(ctx, magic[:], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read the start of the layer: %w", err)
+	}
+	switch {
+	case bytes.HasPrefix(magic[:n], []byte{0x1f, 0x8b}):
+		return Gzip, nil
+	case bytes.Equal(magic[:n], []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return Zstd, nil
+	}
+	return None, nil
 }
 
 // streamIndex streams l's blob through build and returns the index only
@@ -367,13 +396,14 @@ func (v *verifier) check(want v1.Hash) error {
 	return checkDigest(want, v.h.Sum(nil), v.n, v.size)
 }
 
-// Publish pushes the indexes of layers that other nodes can use (see
-// Shareable) as one artifact referring to img, and returns its digest and
-// the number of indexes in it (0, and no push, when there are none).
+// Publish pushes the indexes this node built of layers that other nodes
+// can use (see Publishable) as one artifact referring to img, and returns
+// its digest and the number of indexes in it (0, and no push, when there
+// are none).
 func Publish(ctx context.Context, img *Image, layers []*LayerState) (v1.Hash, int, error) {
 	encoded := map[v1.Hash][]byte{}
 	for _, ls := range layers {
-		if !Shareable(ls) {
+		if !Publishable(ls) {
 			continue
 		}
 		var buf bytes.Buffer
@@ -389,11 +419,15 @@ func Publish(ctx context.Context, img *Image, layers []*LayerState) (v1.Hash, in
 	return d, len(encoded), err
 }
 
-// Shareable reports whether ls's index is worth sharing through the
-// registry: it is a seek index, or direct offsets into an uncompressed
-// blob. TOC indexes come with their layers, and an unpacked copy's index
-// is of no use to another node.
-func Shareable(ls *LayerState) bool {
+// Publishable reports whether this node may share ls's index through the
+// registry: the node built it (an index taken from the registry is never
+// pushed again under this node's name), and it is a seek index or direct
+// offsets into an uncompressed blob. TOC indexes come with their layers,
+// and an unpacked copy's index is of no use to another node.
+func Publishable(ls *LayerState) bool {
+	if ls.Origin != Built && ls.Origin != FromStore {
+		return false
+	}
 	switch ls.Index.Format {
 	case index.FormatGzip, index.FormatZstd:
 		return true

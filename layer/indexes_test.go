@@ -15,6 +15,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
@@ -468,5 +469,42 @@ func TestForgedIndexCannotPoisonASharedCache(t *testing.T) {
 		if !bytes.Equal(good[name], want) {
 			t.Errorf("%s: the victim was served bytes decoded with the forged index", name)
 		}
+	}
+}
+
+func TestMislabelledLayersStillMount(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	for _, tc := range []struct {
+		f     testutil.Format
+		label types.MediaType
+	}{
+		{testutil.Uncompressed, types.OCILayer},
+		{testutil.Gzip, types.OCIUncompressedLayer},
+		{testutil.Zstd, types.OCILayer},
+		{testutil.Gzip, types.OCILayerZStd},
+	} {
+		t.Run(fmt.Sprintf("%s as %s", tc.f, tc.label), func(t *testing.T) {
+			l, _, files := spannedLayer(t, tc.f)
+			im, err := mutate.Append(testutil.Image(t, nil, nil), mutate.Addendum{Layer: l, MediaType: tc.label})
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := layer.Resolve(context.Background(), reg.Push(t, "mislabelled:"+strings.NewReplacer("/", "-", "+", "-").Replace(string(tc.f)+string(tc.label)), im))
+			if err != nil {
+				t.Fatal(err)
+			}
+			root := t.TempDir()
+			stack, notes := openStack(t, img, root, layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.Streamed || !strings.Contains(notes.String(), "labelled") {
+				t.Fatalf("index from %s; notes:\n%s", stack.Layers()[0].Origin, notes)
+			}
+			checkFiles(t, stack, files)
+			// The next mount reuses the stored copy.
+			stack, _ = openStack(t, img, root, layer.StackOptions{})
+			if stack.Layers()[0].Origin != layer.FromStore {
+				t.Fatalf("second open: index from %s", stack.Layers()[0].Origin)
+			}
+			checkFiles(t, stack, files)
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -34,7 +35,7 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 	var rf registryFlags
 	fset := newFlagSet(stdout, "index")
 	root := fset.String("root", defaultRoot, "state directory: indexes are stored here too")
-	source := fset.String("index-source", "local", "indexes to push: local (stored ones built on this node, else build), build (always build anew), any (also re-push registry ones)")
+	source := fset.String("index-source", "local", "indexes to push: local (stored ones built on this node, else build), build (always build anew), any (also take registry ones; only indexes built here are pushed)")
 	fset.Usage = func() {
 		fmt.Fprintf(stdout, "Usage: lazyroot index push [OPTIONS] IMAGE\n\n"+
 			"Build the indexes of IMAGE's plain gzip, zstd and uncompressed layers (streaming each once)\n"+
@@ -74,28 +75,33 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 		return err
 	}
 	defer c.Close()
-	logger := log.New(io.Discard, "", 0)
+	logger := log.New(os.Stderr, "lazyroot: ", 0)
 	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{IndexSource: src, Logf: logger.Printf, SpanSize: spanSize})
 	if err != nil {
 		return fmt.Errorf("%s: %w", img.Ref, err)
 	}
 	defer stack.Close()
+	d, n, err := layer.Publish(ctx, img, stack.Layers())
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tDIGEST\tFORMAT\tINDEX FROM\tPUSHED")
+	fmt.Fprintln(tw, "#\tDIGEST\tFORMAT\tINDEX FROM\tSHARED")
 	for i, l := range stack.Layers() {
-		pushed := "no: "
+		shared := "no: "
 		switch {
-		case layer.Shareable(l):
-			pushed = "yes"
+		case layer.Publishable(l):
+			shared = "yes"
+			if err != nil {
+				shared = "push failed"
+			}
+		case l.Origin == layer.FromRegistry:
+			shared += "taken from the registry"
 		case l.Origin == layer.FromTOC || l.Index.Format.HasTOC():
-			pushed += "the layer carries its own TOC"
+			shared += "the layer carries its own TOC"
 		default:
-			pushed += "not seekable, nodes stream it"
+			shared += "not seekable, nodes stream it"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i, l.Layer.Descriptor.Digest.String()[:19], l.Index.Format, l.Origin, pushed)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i, l.Layer.Descriptor.Digest.String()[:19], l.Index.Format, l.Origin, shared)
 	}
 	tw.Flush()
-	d, n, err := layer.Publish(ctx, img, stack.Layers())
 	if err != nil {
 		return fmt.Errorf("push indexes of %s: %w", img.Ref, err)
 	}
