@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -313,14 +314,26 @@ func newZstdDecoder(maxOut uint64) (*zstd.Decoder, error) {
 		zstd.WithDecodeAllCapLimit(true))
 }
 
+// zstdSpanDecoders holds idle span decoders: a decoder's tables are costly
+// to build for every span read. Only scratch space is pooled; no decoder
+// carries state from one span to the next (DecodeAll starts afresh).
+var zstdSpanDecoders = sync.Pool{New: func() any {
+	dec, err := newZstdDecoder(MaxSpanSize)
+	if err != nil {
+		return err
+	}
+	return dec
+}}
+
 // decodeZstdSpan decodes the whole frames in src into dst, which they must
 // fill exactly.
 func decodeZstdSpan(src, dst []byte) error {
-	dec, err := newZstdDecoder(uint64(len(dst)))
-	if err != nil {
-		return fmt.Errorf("zstd decoder: %w", err)
+	v := zstdSpanDecoders.Get()
+	dec, ok := v.(*zstd.Decoder)
+	if !ok {
+		return fmt.Errorf("zstd decoder: %v", v)
 	}
-	defer dec.Close()
+	defer zstdSpanDecoders.Put(dec)
 	out, err := dec.DecodeAll(src, dst[:0:len(dst)])
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)
