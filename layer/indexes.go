@@ -64,7 +64,10 @@ var ErrNoIndex = errors.New("no usable index")
 // registryIndexes looks up an image's index artifacts once, on first need,
 // for every layer that may want one.
 type registryIndexes struct {
-	img   *Image
+	img *Image
+	// need reports whether a layer may want a registry index; FindIndexes
+	// fetches only those.
+	need  func(*Layer) bool
 	once  sync.Once
 	found map[v1.Hash][]byte // written once under once
 	err   error              // written once under once
@@ -74,7 +77,7 @@ func (r *registryIndexes) get(ctx context.Context, d v1.Hash) ([]byte, error) {
 	r.once.Do(func() {
 		var want []v1.Hash
 		for _, l := range r.img.Layers {
-			if _, _, ok := l.TOC(); !ok {
+			if _, _, ok := l.TOC(); !ok && (r.need == nil || r.need(l)) {
 				want = append(want, l.Descriptor.Digest)
 			}
 		}
@@ -139,6 +142,13 @@ func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 		}
 	}
 	return o.build(ctx, l)
+}
+
+// mayNeedRegistry reports whether l may end up asking the registry for an
+// index: it has no TOC and no stored index.
+func (o *opener) mayNeedRegistry(l *Layer) bool {
+	d := l.Descriptor.Digest
+	return !o.st.hasIndex(d, BuiltHere) && !o.st.hasIndex(d, FetchedFromRegistry)
 }
 
 // stored returns the layer opened with its stored index of provenance p,

@@ -114,7 +114,8 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 		opts.IndexSource = IndexAny
 	}
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
-	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, registry: &registryIndexes{img: img}, logf: logf}
+	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf}
+	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range img.Layers {
 		g.Go(func() error {

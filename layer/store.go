@@ -47,6 +47,13 @@ func (s *Store) indexPath(d v1.Hash, p Provenance) string {
 	return filepath.Join(s.root, "index", name+".idx")
 }
 
+// hasIndex reports whether an index of layer d with provenance p is stored
+// (whether or not it will prove usable).
+func (s *Store) hasIndex(d v1.Hash, p Provenance) bool {
+	_, err := os.Stat(s.indexPath(d, p))
+	return err == nil
+}
+
 func (s *Store) unpackedPath(d v1.Hash) string {
 	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
 }
