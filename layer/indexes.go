@@ -190,7 +190,7 @@ func fitsLayer(x *index.Index, l *Layer) error {
 	c := l.Compression()
 	switch x.Format {
 	case index.FormatGzip, index.FormatZstd:
-		if (x.Format == index.FormatGzip) != (c == Gzip) || (x.Format == index.FormatZstd) != (c == Zstd) {
+		if want := map[index.Format]Compression{index.FormatGzip: Gzip, index.FormatZstd: Zstd}[x.Format]; c != want {
 			return fmt.Errorf("%w: a %s index for a %s layer", index.ErrMalformed, x.Format, c)
 		}
 		if x.BlobSize != l.Descriptor.Size {
