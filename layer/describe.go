@@ -18,7 +18,7 @@ type Report struct {
 	// "registry", "registry (stored)", or "none" when a mount would have
 	// to build it.
 	Source string
-	// Read says how file bytes are read: "lazy", "unpacked copy", or for
+	// Read says how file bytes are read: "lazy", from an unpacked copy, or for
 	// a layer without an index what a mount would do.
 	Read string
 	// IndexSize is the encoded size of the index in bytes, 0 if none.
@@ -56,7 +56,7 @@ func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, re
 		r.Format, r.Source, r.Entries, r.IndexSize = x.Format, source, len(x.Entries), encodedSize(x)
 		r.Read = "lazy"
 		if x.Format == index.FormatTar && c != None {
-			r.Read = "unpacked copy"
+			r.Read = "streamed once (cannot be read in pieces), unpacked copy"
 		}
 		return r
 	}
