@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sync/singleflight"
@@ -13,6 +14,15 @@ import (
 // Options.MemoryBytes is 0: 512 MiB.
 const DefaultMemoryBytes int64 = 512 << 20
 
+// Write-behind limits: at most diskWriters disk writes of one Cache run
+// at once (each holds a reservation in the shared quota while it runs),
+// and at most maxPendingWriteBytes of fills wait for them; a fill that
+// would pass that is not written.
+const (
+	diskWriters          = 2
+	maxPendingWriteBytes = 256 << 20
+)
+
 // ErrClosed is returned by Cache.Get after Close.
 var ErrClosed = errors.New("cache closed")
 
@@ -21,14 +31,25 @@ type Options struct {
 	// MemoryBytes bounds the memory tier in bytes; 0 means
 	// DefaultMemoryBytes. Negative values are an error.
 	MemoryBytes int64
+	// Dir is the directory of the disk tier, shared with every other
+	// process using it; empty means no disk tier.
+	Dir string
+	// DiskBytes is the disk tier's quota in bytes; 0 means
+	// DefaultDiskBytes. Negative values are an error.
+	DiskBytes int64
+	// Logf, if set, receives warnings (at most one a minute of each kind)
+	// about failed disk writes and damaged disk entries.
+	Logf func(format string, args ...any)
 }
 
-// Stats are counters of a Cache since New.
+// Stats are counters of a Cache since New. The Disk counters stay zero
+// without a disk tier.
 type Stats struct {
 	// MemoryHits counts Gets answered by the memory tier.
 	MemoryHits uint64
 	// Misses counts Gets the memory tier could not answer; each either
-	// joined a fill already running or started one.
+	// joined a lookup already running or started one. A lookup asks the
+	// disk tier and then, if it misses, fills.
 	Misses uint64
 	// Fills counts calls of a fill function.
 	Fills uint64
@@ -37,13 +58,38 @@ type Stats struct {
 	// MemoryBytes is the cost the memory tier holds now (value bytes plus
 	// a small per-entry overhead); approximate while puts are in flight.
 	MemoryBytes int64
+
+	// DiskHits and DiskMisses count lookups in the disk tier (one per
+	// lookup, however many Gets wait for it). DiskMisses includes
+	// DiskCorrupt.
+	DiskHits   uint64
+	DiskMisses uint64
+	// DiskCorrupt counts disk entries found damaged and removed.
+	DiskCorrupt uint64
+	// DiskEvictions counts disk entries this Cache evicted for room.
+	DiskEvictions uint64
+	// DiskWriteErrors counts fills that could not be written to disk
+	// (full disk, I/O error, larger than the quota).
+	DiskWriteErrors uint64
+	// DiskWritesSkipped counts fills not written to disk because too many
+	// bytes were already waiting to be written.
+	DiskWritesSkipped uint64
+	// DiskBytes and DiskEntries are what the disk tier holds, across every
+	// process sharing its directory, as last recorded (not counting
+	// writes in progress).
+	DiskBytes   int64
+	DiskEntries int64
 }
 
 // Cache is the read-through front of lazyroot's chunk cache: it answers
-// from its tiers (today the memory tier only) and, on a miss, runs one
-// fill per key however many callers wait for it.
+// from its tiers (memory, then disk if configured) and, on a miss, runs
+// one fill per key however many callers wait for it.
+//
+// Lock order: Cache.wmu, then nothing; the tiers' locks are never taken
+// while wmu is held.
 type Cache struct {
 	mem    *Memory
+	disk   *Disk // nil without a disk tier
 	flight singleflight.Group
 
 	closed     atomic.Bool
@@ -51,9 +97,20 @@ type Cache struct {
 	misses     atomic.Uint64
 	fills      atomic.Uint64
 	fillErrors atomic.Uint64
+	skipped    atomic.Uint64
+
+	// Write-behind to the disk tier.
+	wmu          sync.Mutex
+	wdone        sync.Cond      // on wmu; broadcast when a write lands
+	pending      map[Key][]byte // protected by wmu: fills being written
+	pendingBytes int64          // protected by wmu
+	wclosed      bool           // protected by wmu: no new writes
+	wslots       chan struct{}  // a token per disk write running
+	pendingLimit int64          // maxPendingWriteBytes; set in New (tests lower it)
 }
 
-// New returns a Cache configured by opts.
+// New returns a Cache configured by opts. With opts.Dir set it opens the
+// disk tier there (see OpenDisk).
 func New(opts Options) (*Cache, error) {
 	memBytes := opts.MemoryBytes
 	switch {
@@ -62,21 +119,35 @@ func New(opts Options) (*Cache, error) {
 	case memBytes == 0:
 		memBytes = DefaultMemoryBytes
 	}
+	if opts.DiskBytes < 0 {
+		return nil, fmt.Errorf("new cache: disk bytes %d is negative", opts.DiskBytes)
+	}
 	mem, err := NewMemory(memBytes)
 	if err != nil {
 		return nil, fmt.Errorf("new cache: %w", err)
 	}
-	return &Cache{mem: mem}, nil
+	c := &Cache{mem: mem, pending: make(map[Key][]byte), wslots: make(chan struct{}, diskWriters), pendingLimit: maxPendingWriteBytes}
+	c.wdone.L = &c.wmu
+	if opts.Dir != "" {
+		if c.disk, err = OpenDisk(opts.Dir, opts.DiskBytes, opts.Logf); err != nil {
+			mem.Close()
+			return nil, fmt.Errorf("new cache: %w", err)
+		}
+	}
+	return c, nil
 }
 
 // Get returns the bytes for key. The returned slice is shared and must not
 // be modified.
 //
-// On a miss Get calls fill once for all concurrent callers of the same key
-// (the first caller's fill runs; the others' are not called), stores a
-// successful result and returns it to every waiter. A fill error is
-// returned unchanged to every waiter and nothing is stored, so the next
-// Get fills again.
+// On a memory miss Get looks the key up once for all concurrent callers of
+// the same key: in the disk tier (a hit is also put in memory), and
+// failing that by calling fill (the first caller's fill runs; the others'
+// are not called). A successful fill is put in memory and returned to
+// every waiter at once; its disk write happens afterwards on its own
+// goroutine (see Flush). A fill error is returned unchanged to every
+// waiter and nothing is stored, so the next Get fills again. Disk errors
+// are never returned: the disk tier only ever misses.
 //
 // The fill runs on its own goroutine with
 // context.WithoutCancel(first caller's ctx): it keeps the context's values
@@ -105,6 +176,15 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 		if b, ok := c.mem.Get(key); ok {
 			return b, nil
 		}
+		if c.disk != nil {
+			if b, ok := c.pendingWrite(key); ok {
+				return b, nil
+			}
+			if b, ok := c.disk.Get(key); ok {
+				c.mem.Put(key, b)
+				return b, nil
+			}
+		}
 		c.fills.Add(1)
 		b, err := fill(fillCtx)
 		if err != nil {
@@ -112,8 +192,13 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 			return nil, err
 		}
 		// Put makes b visible before the flight ends, so a caller that
-		// misses after this point finds b in memory instead of filling.
+		// misses after this point finds b in memory instead of filling;
+		// should memory not keep it, the pending write holds it until it
+		// is on disk.
 		c.mem.Put(key, b)
+		if c.disk != nil {
+			c.writeBehind(key, b)
+		}
 		return b, nil
 	})
 	select {
@@ -127,22 +212,91 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 	}
 }
 
-// Stats returns the counters so far. Counters are read one by one, so
-// they need not be mutually consistent while Gets run.
-func (c *Cache) Stats() Stats {
-	return Stats{
-		MemoryHits:  c.memoryHits.Load(),
-		Misses:      c.misses.Load(),
-		Fills:       c.fills.Load(),
-		FillErrors:  c.fillErrors.Load(),
-		MemoryBytes: c.mem.heldBytes(),
+// writeBehind starts writing a fill's result to the disk tier, unless the
+// Cache is closing, the key is already being written, or too many bytes
+// already wait.
+func (c *Cache) writeBehind(key Key, b []byte) {
+	c.wmu.Lock()
+	if c.wclosed {
+		c.wmu.Unlock()
+		return
+	}
+	if _, ok := c.pending[key]; ok {
+		c.wmu.Unlock()
+		return
+	}
+	if c.pendingBytes+int64(len(b)) > c.pendingLimit && len(c.pending) > 0 {
+		c.wmu.Unlock()
+		c.skipped.Add(1)
+		return
+	}
+	c.pending[key] = b
+	c.pendingBytes += int64(len(b))
+	c.wmu.Unlock()
+	go func() {
+		c.wslots <- struct{}{}
+		c.disk.Put(key, b) // errors are counted and logged by the Disk
+		<-c.wslots
+		c.wmu.Lock()
+		delete(c.pending, key)
+		c.pendingBytes -= int64(len(b))
+		c.wdone.Broadcast()
+		c.wmu.Unlock()
+	}()
+}
+
+// pendingWrite returns a fill's result still on its way to disk.
+func (c *Cache) pendingWrite(key Key) ([]byte, bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b, ok := c.pending[key]
+	return b, ok
+}
+
+// Flush waits until no fill is waiting to be written to the disk tier:
+// every write started before it (and any started while it waits) has
+// landed or failed. Without a disk tier it returns at once.
+func (c *Cache) Flush() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(c.pending) > 0 {
+		c.wdone.Wait()
 	}
 }
 
-// Close releases the tiers. Gets and fills still running finish safely;
-// their results are no longer stored. Later Gets return ErrClosed. Close
-// is idempotent.
+// Stats returns the counters so far. Counters are read one by one, so
+// they need not be mutually consistent while Gets run.
+func (c *Cache) Stats() Stats {
+	s := Stats{
+		MemoryHits:        c.memoryHits.Load(),
+		Misses:            c.misses.Load(),
+		Fills:             c.fills.Load(),
+		FillErrors:        c.fillErrors.Load(),
+		MemoryBytes:       c.mem.heldBytes(),
+		DiskWritesSkipped: c.skipped.Load(),
+	}
+	if c.disk != nil {
+		d := c.disk.stats()
+		s.DiskHits, s.DiskMisses, s.DiskCorrupt = d.hits, d.misses, d.corrupt
+		s.DiskEvictions, s.DiskWriteErrors = d.evictions, d.writeErrors
+		s.DiskBytes, s.DiskEntries = d.bytes, d.entries
+	}
+	return s
+}
+
+// Close releases the tiers. It waits for disk writes already started to
+// land; Gets and fills still running finish safely, but their results are
+// no longer stored. Later Gets return ErrClosed. Close is idempotent.
 func (c *Cache) Close() {
 	c.closed.Store(true)
+	c.wmu.Lock()
+	c.wclosed = true
+	for len(c.pending) > 0 {
+		c.wdone.Wait()
+	}
+	c.wmu.Unlock()
 	c.mem.Close()
+	if c.disk != nil {
+		c.disk.Close()
+	}
 }

@@ -1,16 +1,26 @@
 // Package cache holds the chunk bytes that lazyroot has fetched,
 // decompressed and verified, so that a file read served once is served
-// again without touching the network.
+// again without touching the network, by this mount, by other mounts on
+// the node, and after a restart.
 //
 // # What it owns
 //
 // [Cache] is the read-through front that the layer reader calls:
 // [Cache.Get] returns cached bytes for a [Key] or runs the caller's fill
 // function once, however many readers ask for the same key at the same
-// time, and stores what it returns. Behind the front sit tiers; today
-// there is one, [Memory], a bytes-bounded in-memory tier built on
-// ristretto. A disk tier will slot in between the memory tier and the
-// fill without changing the front.
+// time, and stores what it returns. Behind the front sit two tiers:
+//
+//   - [Memory], a bytes-bounded in-memory tier built on ristretto, private
+//     to the process;
+//   - [Disk] (when Options.Dir is set), a directory of entry files with a
+//     hard byte quota and least-recently-used eviction, shared by every
+//     process on the node that opens the same directory and kept across
+//     restarts. lazyroot puts it at STATE_ROOT/cache.
+//
+// A Get looks in memory, then on disk (a disk hit is put in memory too),
+// then fills; a fill's result goes to memory at once and to disk just
+// after (see Write-behind). [OpenDisk], [Disk.Usage] and [Disk.Prune]
+// also serve maintenance commands that run without a Cache.
 //
 // The package knows keys and bytes only: nothing about registries, tar or
 // compression, and it imports no other lazyroot package.
@@ -24,28 +34,133 @@
 //     handed to every waiter and nothing is kept, so the next Get fills
 //     again. Callers verify bytes before returning them from fill; the
 //     cache never stores anything it was not handed as good.
+//   - Nothing damaged is served from disk: every entry file carries a
+//     CRC-32C over its key and data, its lengths and its key, all checked
+//     on each read. A file that fails (bad checksum, wrong length or key,
+//     unreadable, not a regular file) is removed, counted in
+//     Stats.DiskCorrupt and reported as a miss, so the fill runs again.
+//   - Entries appear whole or not at all: a writer fills a temp file in
+//     the entry's directory and renames it into place.
 //   - Stored byte slices are shared, not copied: the slice given to
 //     [Memory.Put] (or returned by a fill) is the slice later Gets return.
 //     Neither the producer nor any reader may modify it afterwards.
 //   - The memory tier holds at most its configured number of bytes (value
 //     lengths plus a small per-entry overhead). An entry may be refused or
 //     evicted at any time to keep that bound; a miss is always safe.
+//   - The disk tier's files (entries and temp files; not the lock file or
+//     directories) never hold more than the quota, across all processes
+//     sharing the directory, provided they all use the same quota (each
+//     enforces its own on its writes). This is stricter than "at most one
+//     chunk over": space is reserved before a byte is written.
+//   - Disk errors never fail a Get. A write that fails (full disk, EDQUOT,
+//     I/O error, no room) removes its temp file and leaves the entry
+//     absent; it is counted in Stats.DiskWriteErrors and logged through
+//     Options.Logf at most once a minute.
+//
+// # Disk layout
+//
+//	DIR/lock                       lock file; its first 32 bytes are the usage record
+//	DIR/ab/abcdef…(64 hex)         an entry: hex SHA-256 of the key, sharded by its first byte
+//	DIR/ab/.tmp-SIZE-RANDOM        a write in progress that reserved SIZE bytes
+//
+// An entry file is a 20-byte header (magic, CRC-32C of the rest of the
+// file, key length, data length), the key, then the data. The usage
+// record holds the bytes and count of committed entries and the bytes
+// reserved by writes in progress, with its own CRC.
+//
+// An entry's mtime is its LRU clock: set when written, refreshed by a hit
+// when more than a minute old (so hits cost no extra syscall most of the
+// time). Eviction removes the oldest mtimes first. Hits in the memory
+// tier do not refresh the disk entry.
+//
+// # Cross-process protocol
+//
+// Every change to the set of files, and to the usage record, happens
+// under an exclusive flock(2) on DIR/lock: creating a temp file, renaming
+// it into place, removing a temp file, evicting, pruning, removing a bad
+// entry, and scanning. Reading an entry, refreshing its mtime and writing
+// a temp file's bytes take no lock. A put goes:
+//
+//  1. Outside the lock: return if the entry exists (same key, same bytes).
+//  2. Under the lock (reserve): read the usage record; if committed plus
+//     reserved plus this entry's size would pass the quota, scan the
+//     directory and remove entries, oldest mtime first, until it would fit
+//     under 90% of the quota (or nothing evictable is left; the put then
+//     fails if it still does not fit). Create the temp file, named with the
+//     size it reserves, take a flock on it, add its size to "reserved" in
+//     the record.
+//  3. Outside the lock: write header, key and data into the temp file.
+//  4. Under the lock (commit): rename the temp file over the entry's name
+//     (or remove it if the write failed) and move its size from reserved
+//     to committed (less the size of any file the rename replaced). Then
+//     close it, dropping its flock.
+//
+// So under the lock, the files present add up to no more than committed
+// plus reserved, which never passes the quota.
+//
+// A scan (at OpenDisk, at every eviction, in Usage and Prune, and whenever
+// the record is missing or damaged) recomputes the record from the files:
+// entries by their sizes, temp files by the size in their names if their
+// writer is alive. A writer holds its temp file's flock from creation to
+// rename or removal, both under the directory lock, so a temp file whose
+// flock the scanner can take belongs to a writer that died: the scan
+// removes it. A crash can only leave the record counting too much
+// (a reservation or a removed file still counted), never too little, so
+// the quota holds until the next scan corrects it. Readers may see a file
+// vanish (miss) or keep reading one removed under them (the open
+// descriptor still reads the old, complete bytes); they never see a
+// partial file, except after a power loss (entries are not fsynced), and
+// the checksum catches that.
+//
+// A damaged entry is removed under the lock only if the name still refers
+// to the file that was read (same device and inode), so a sound entry
+// written meanwhile by another process is not removed.
+//
+// flock locks belong to the open file description, so the directory must
+// be on a local filesystem (NFS emulates flock with per-process locks).
+//
+// # Lock order
+//
+// Outermost first; no lock is taken while a later one is held, except as
+// listed:
+//
+//  1. Cache.wmu (write-behind state) - nothing else is taken under it.
+//  2. Disk.life (RWMutex: read-held by every Disk operation, write-held by
+//     Disk.Close).
+//  3. Disk.mu (this process's turn at the lock file's descriptor: flock
+//     does not exclude two goroutines using one descriptor).
+//  4. flock on DIR/lock (node-wide).
+//  5. flock on a temp file (leaf; held by its writer only).
+//
+// Memory.mu is separate: Cache never holds it with any of the above.
 //
 // # Concurrency
 //
-// All methods of [Cache] and [Memory] are safe for concurrent use.
-// A fill runs on its own goroutine with a context derived from the first
-// caller's context by [context.WithoutCancel]: one waiter giving up (its
-// context ends, and it returns ctx.Err()) does not cancel the fill for the
-// others. The cache puts no deadline on a fill, so the fill itself must
-// bound its waits. A fill that panics crashes the process, as any
-// unrecovered panic does.
+// All methods of [Cache], [Memory] and [Disk] are safe for concurrent use.
+// A fill (with its disk lookup before it) runs on its own goroutine with a
+// context derived from the first caller's context by
+// [context.WithoutCancel]: one waiter giving up (its context ends, and it
+// returns ctx.Err()) does not cancel the fill for the others. The cache
+// puts no deadline on a fill, so the fill itself must bound its waits. A
+// fill that panics crashes the process, as any unrecovered panic does.
 //
 // After [Memory.Put] returns, a Get of the same key hits unless the entry
 // was refused or evicted to honour the bound; Cache relies on this so that
 // a reader arriving just after a fill finishes does not fill again.
 //
-// Close releases the memory tier. It may race with Gets and fills still
-// running: afterwards the memory tier misses and drops puts, and
-// [Cache.Get] returns [ErrClosed].
+// # Write-behind
+//
+// A fill's result is returned to its waiters without waiting for the
+// disk: the fill's goroutine puts it in memory and hands it to a write
+// goroutine, at most two of which write at a time per Cache (so one Cache
+// holds at most two reservations in the quota). Until the write lands, the
+// bytes are also kept in a pending set that Get consults, so a key whose
+// memory entry was refused is not filled twice. At most 256 MiB may wait;
+// fills beyond that are not written (Stats.DiskWritesSkipped).
+// [Cache.Flush] waits until nothing is pending; tests use it to know a
+// write landed.
+//
+// Close waits for pending disk writes, then releases both tiers. It may
+// race with Gets and fills still running: afterwards the tiers miss and
+// drop puts, and [Cache.Get] returns [ErrClosed].
 package cache
