@@ -29,6 +29,7 @@ func commands() []command {
 		{"umount", "DIR", "unmount a lazyroot mount and stop its server", runUmount},
 		{"inspect", "IMAGE", "show an image's layers and how each would be read", runInspect},
 		{"status", "[DIR]", "show lazyroot mounts and the bytes they fetched", runStatus},
+		{"cache", "stats|prune", "show or free the node's chunk cache", runCache},
 		{"index", "push IMAGE", "build an image's layer indexes and push them to its registry for other nodes", runIndex},
 	}
 }
@@ -70,7 +71,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nUsage: lazyroot COMMAND [OPTIONS] ARGS")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %-10s %s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(w, "  %-8s %-12s %s\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'lazyroot COMMAND --help' for a command's options.")
 }

@@ -31,6 +31,7 @@ type mountFlags struct {
 	foreground  bool
 	readyFD     int
 	cacheMem    string
+	cacheSize   string
 	readTimeout time.Duration
 	debug       bool
 	suid        bool
@@ -45,6 +46,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.StringVar(&f.root, "root", defaultRoot, "state directory: indexes, unpacked layers, mount records, logs")
 	fset.BoolVar(&f.foreground, "foreground", false, "serve in this process until unmounted or signalled, logging to stderr")
 	fset.StringVar(&f.cacheMem, "cache-mem", "512MiB", "memory for verified file chunks")
+	fset.StringVar(&f.cacheSize, "cache-size", "10GiB", "disk quota of the chunk cache under --root, shared by every mount on the node (0 turns it off)")
 	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
 	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
 	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
@@ -77,6 +79,9 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	memBytes, err := humanize.ParseBytes(f.cacheMem)
 	if err != nil || memBytes == 0 {
 		return fmt.Errorf("%w: --cache-mem %q: want a size such as 512MiB", errUsage, f.cacheMem)
+	}
+	if _, err := humanize.ParseBytes(f.cacheSize); err != nil {
+		return fmt.Errorf("%w: --cache-size %q: want a size such as 10GiB, or 0", errUsage, f.cacheSize)
 	}
 	if err := checkMountpoint(dir); err != nil {
 		return err
@@ -259,7 +264,15 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.New(cache.Options{MemoryBytes: memBytes})
+	diskBytes, err := humanize.ParseBytes(f.cacheSize)
+	if err != nil {
+		return nil, err
+	}
+	copts := cache.Options{MemoryBytes: memBytes, Logf: logger.Printf}
+	if diskBytes > 0 {
+		copts.Dir, copts.DiskBytes = filepath.Join(f.root, "cache"), int64(diskBytes)
+	}
+	c, err := cache.New(copts)
 	if err != nil {
 		return nil, err
 	}
@@ -304,6 +317,9 @@ type mountStatus struct {
 	CacheHits      uint64        `json:"cacheHits"`
 	CacheMisses    uint64        `json:"cacheMisses"`
 	CacheHeldBytes int64         `json:"cacheHeldBytes"`
+	DiskHits       uint64        `json:"diskHits"`
+	CacheFills     uint64        `json:"cacheFills"`
+	DiskBytes      int64         `json:"diskBytes"`
 }
 
 type layerStatus struct {
@@ -321,6 +337,7 @@ func (m *mounted) status(rec mountRecord) mountStatus {
 		mountRecord: rec, ImageBytes: m.img.Size(), FetchedBytes: fs.Bytes, FetchRequests: fs.Requests,
 		Inodes: m.tree.Inodes, FileBytes: m.tree.Bytes,
 		CacheHits: cs.MemoryHits, CacheMisses: cs.Misses, CacheHeldBytes: cs.MemoryBytes,
+		DiskHits: cs.DiskHits, DiskBytes: cs.DiskBytes, CacheFills: cs.Fills,
 	}
 	for _, l := range m.stack.Layers() {
 		d := l.Layer.Descriptor

@@ -51,9 +51,11 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 		if st.ImageBytes > 0 {
 			pct = 100 * float64(st.FetchedBytes) / float64(st.ImageBytes)
 		}
-		fmt.Fprintf(stdout, "%s: %s\n  digest %s, server pid %d\n  %d inodes, %s in files\n  fetched %s of %s image (%.1f%%) in %d requests\n",
+		fmt.Fprintf(stdout, "%s: %s\n  digest %s, server pid %d\n  %d inodes, %s in files\n  fetched %s of %s image (%.1f%%) in %d requests\n"+
+			"  cache: %d memory hits, %d disk hits, %d chunks fetched\n",
 			st.Dir, st.Image, st.Digest, st.PID, st.Inodes, humanize.IBytes(uint64(st.FileBytes)),
-			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests)
+			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests,
+			st.CacheHits, st.DiskHits, st.CacheFills)
 	}
 	return nil
 }
