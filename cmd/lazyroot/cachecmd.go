@@ -115,4 +115,3 @@ func runCachePrune(stdout io.Writer, args []string) error {
 	fmt.Fprintf(stdout, "removed %d chunks, %s, in %s\n", entries, humanize.IBytes(uint64(n)), time.Since(start).Round(time.Millisecond))
 	return nil
 }
-
