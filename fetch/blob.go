@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net/http"
+	"sync"
+	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -25,13 +27,16 @@ var _ Blob = (*RemoteBlob)(nil)
 var errClosed = errors.New("read after close")
 
 // RemoteBlob is a blob in a registry repository, read with HTTP Range
-// requests. It is safe for concurrent use.
+// requests from the registry's mirrors and the registry itself. It is safe
+// for concurrent use.
 type RemoteBlob struct {
-	client *Client
-	http   *http.Client // authenticated for the blob's repository
-	url    string
-	digest v1.Hash
-	size   int64
+	client    *Client
+	repo      name.Repository
+	endpoints []*endpoint // mirrors first, the registry (or its server) last
+	digest    v1.Hash
+	size      int64
+	counters  *blobCounters // shared by every RemoteBlob of this digest
+	flightID  string        // names the repository in flight keys
 }
 
 // Size returns the blob size from its descriptor.
@@ -40,10 +45,17 @@ func (b *RemoteBlob) Size() int64 { return b.size }
 // Digest returns the blob digest from its descriptor.
 func (b *RemoteBlob) Digest() v1.Hash { return b.digest }
 
+// Stats returns the requests sent and body bytes read for this blob's
+// digest by the Client, through any RemoteBlob of it.
+func (b *RemoteBlob) Stats() BlobStats {
+	return BlobStats{Requests: b.counters.requests.Load(), Bytes: b.counters.bytes.Load()}
+}
+
 // ReadAt reads len(p) bytes at off with one Range request, retried on
 // temporary failures; a retry asks only for the bytes still missing. Reads
 // past the end are clamped to Size and return io.EOF; off >= Size returns
-// io.EOF without a request. The bytes are not verified.
+// io.EOF without a request. Concurrent calls for the same bytes of the same
+// blob share one request. The bytes are not verified.
 func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, b.fail(off, off+int64(len(p)), errors.New("negative offset"))
@@ -59,27 +71,12 @@ func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 	if err := ctx.Err(); err != nil {
 		return 0, b.fail(off, end, err)
 	}
-	var (
-		got      int64
-		last     error
-		failures int // consecutive failed attempts without progress
-	)
-	for got < want {
-		if last != nil {
-			if err := b.client.wait(ctx, failures, last); err != nil {
-				return int(got), b.fail(off+got, end, err)
-			}
-			failures++
-			b.client.stats.retries.Add(1)
-		}
-		n, err := b.readOnce(ctx, p[got:want], off+got)
-		got += int64(n)
-		if err != nil {
-			if n > 0 {
-				failures = 0
-			}
-			last = err
-		}
+	key := flightKey{repo: b.flightID, digest: b.digest, off: off, end: end}
+	n, err := b.client.shared(ctx, key, p[:want], func(p []byte) (int, error) {
+		return b.fetch(ctx, p, off)
+	})
+	if err != nil {
+		return n, b.fail(off+int64(n), end, err)
 	}
 	if want < int64(len(p)) {
 		return int(want), io.EOF
@@ -87,22 +84,107 @@ func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 	return int(want), nil
 }
 
-// readOnce is one attempt to fill p with the bytes at off.
-func (b *RemoteBlob) readOnce(ctx context.Context, p []byte, off int64) (int, error) {
-	bd, err := b.send(ctx, off, off+int64(len(p)), true)
-	if err != nil {
-		return 0, err
+// tries is what one read learned about the endpoints.
+type tries struct {
+	failed []bool // mirrors that failed during this read, by index
+	round  int    // pauses made so far
+}
+
+func (b *RemoteBlob) newTries() *tries {
+	return &tries{failed: make([]bool, len(b.endpoints))}
+}
+
+// fetch fills p with the bytes at off, moving on from failing mirrors and
+// retrying the last endpoint with backoff. It returns how many bytes it
+// got and, if not all, a *failure.
+func (b *RemoteBlob) fetch(ctx context.Context, p []byte, off int64) (int, error) {
+	c := b.client
+	st := b.newTries()
+	var (
+		got      int
+		last     error
+		failures int  // consecutive failed attempts without progress
+		fellBack bool // last was a mirror failing: go on without a pause
+	)
+	for got < len(p) {
+		if last != nil {
+			if !fellBack {
+				if err := c.wait(ctx, failures, last); err != nil {
+					return got, err
+				}
+				failures++
+				st.round++
+				c.stats.retries.Add(1)
+			} else if ctx.Err() != nil {
+				return got, ctxFailure(ctx, last)
+			}
+		}
+		bd, i, err := b.open(ctx, st, off+int64(got), off+int64(len(p)), true)
+		if err != nil {
+			last, fellBack = err, false
+			continue
+		}
+		n, err := io.ReadFull(bd, p[got:])
+		bd.Close()
+		got += n
+		if err == nil {
+			break
+		}
+		if n > 0 {
+			failures = 0
+		}
+		last, fellBack = err, b.mirrorFailed(ctx, st, i, err)
 	}
-	defer bd.Close()
-	return io.ReadFull(bd, p)
+	return got, nil
+}
+
+// mirrorFailed notes that endpoint i failed with err while a body was
+// read. It reports whether i is a mirror, so the next endpoint can take
+// over without a pause.
+func (b *RemoteBlob) mirrorFailed(ctx context.Context, st *tries, i int, err error) bool {
+	if i == len(b.endpoints)-1 || ctx.Err() != nil {
+		return false
+	}
+	st.failed[i] = true
+	b.client.penalize(b.endpoints[i], b.digest, err)
+	b.client.stats.fallbacks.Add(1)
+	return true
+}
+
+// open returns a body for [off, end) from the first endpoint that answers
+// well, and the endpoint's index. Mirrors that failed during this read are
+// skipped, and so, before the first pause, are mirrors that misbehaved
+// lately; a mirror that fails now is passed over for the next endpoint.
+// The last endpoint is always tried; its failure is the result.
+func (b *RemoteBlob) open(ctx context.Context, st *tries, off, end int64, ranged bool) (*body, int, error) {
+	c := b.client
+	lastIdx := len(b.endpoints) - 1
+	for i, e := range b.endpoints {
+		last := i == lastIdx
+		if !last && (st.failed[i] || st.round == 0 && c.penalized(e, b.digest)) {
+			continue
+		}
+		bd, err := b.sendTo(ctx, e, off, end, ranged, last)
+		if err == nil {
+			return bd, i, nil
+		}
+		if last || ctx.Err() != nil {
+			return nil, i, err
+		}
+		st.failed[i] = true
+		c.penalize(e, b.digest, err)
+		c.stats.fallbacks.Add(1)
+	}
+	panic("unreachable: the last endpoint always answers")
 }
 
 // Open streams the whole blob, starting with one GET without Range. If the
 // connection breaks part way, the stream resumes with a Range request for
-// the rest, within the retry limit. The caller verifies the digest. ctx
-// governs the whole stream; Close releases it.
+// the rest, within the retry limit (from the next endpoint, when a mirror
+// broke). The caller verifies the digest. ctx governs the whole stream;
+// Close releases it.
 func (b *RemoteBlob) Open(ctx context.Context) (io.ReadCloser, error) {
-	s := &stream{blob: b, ctx: ctx}
+	s := &stream{blob: b, ctx: ctx, st: b.newTries()}
 	if err := ctx.Err(); err != nil {
 		return nil, b.fail(0, b.size, err)
 	}
@@ -123,9 +205,12 @@ func (b *RemoteBlob) fail(off, end int64, err error) *Error {
 type stream struct {
 	blob     *RemoteBlob
 	ctx      context.Context
+	st       *tries
 	off      int64 // bytes delivered so far
 	body     *body // current response positioned at off; nil between attempts
+	bodyIdx  int   // the endpoint body comes from
 	last     error // failure of the previous attempt; nil if it did not fail
+	fellBack bool  // last was a mirror failing: go on without a pause
 	failures int   // consecutive failed attempts without progress
 	err      error // sticky: io.EOF, the final *Error, or errClosed
 }
@@ -140,21 +225,27 @@ func (s *stream) connect() error {
 	}
 	for s.body == nil {
 		if s.last != nil {
-			if err := b.client.wait(s.ctx, s.failures, s.last); err != nil {
-				s.err = b.fail(s.off, b.size, err)
+			if !s.fellBack {
+				if err := b.client.wait(s.ctx, s.failures, s.last); err != nil {
+					s.err = b.fail(s.off, b.size, err)
+					return s.err
+				}
+				s.failures++
+				s.st.round++
+				b.client.stats.retries.Add(1)
+			} else if s.ctx.Err() != nil {
+				s.err = b.fail(s.off, b.size, ctxFailure(s.ctx, s.last))
 				return s.err
 			}
-			s.failures++
-			b.client.stats.retries.Add(1)
 		}
 		// The first request takes the whole blob; a resumed one asks for
 		// the rest only.
-		bd, err := b.send(s.ctx, s.off, b.size, s.off > 0)
+		bd, i, err := b.open(s.ctx, s.st, s.off, b.size, s.off > 0)
 		if err != nil {
-			s.last = err
+			s.last, s.fellBack = err, false
 			continue
 		}
-		s.body = bd
+		s.body, s.bodyIdx = bd, i
 	}
 	return nil
 }
@@ -185,7 +276,7 @@ func (s *stream) Read(p []byte) (int, error) {
 			s.err = io.EOF
 			return n, io.EOF
 		}
-		s.last = err
+		s.last, s.fellBack = err, s.blob.mirrorFailed(s.ctx, s.st, s.bodyIdx, err)
 		if n > 0 {
 			return n, nil
 		}
@@ -202,4 +293,77 @@ func (s *stream) Close() error {
 		s.err = errClosed
 	}
 	return nil
+}
+
+// flightKey names the bytes [off, end) of a blob in a repository.
+type flightKey struct {
+	repo     string
+	digest   v1.Hash
+	off, end int64
+}
+
+// flight is a read that other reads of the same bytes wait for.
+type flight struct {
+	done    chan struct{} // closed when the fields below are set
+	buf     []byte        // the leader's buffer; stable until followers copied
+	n       int
+	err     error
+	gone    bool      // the leader's context ended
+	dl      time.Time // the leader's deadline; zero if none
+	readers sync.WaitGroup
+	joined  int // followers so far; protected by Client.flightMu
+}
+
+// shared runs fetch into p unless a read of the same bytes is in flight,
+// in which case it waits for that read and copies its bytes. The leader
+// reads into its own p and returns only after every follower copied. A
+// follower whose leader gave up because of the leader's own context (or
+// deadline) while the follower's still allows more tries again.
+func (c *Client) shared(ctx context.Context, key flightKey, p []byte, fetch func([]byte) (int, error)) (int, error) {
+	for {
+		c.flightMu.Lock()
+		f := c.flights[key]
+		if f == nil {
+			f = &flight{done: make(chan struct{}), buf: p}
+			c.flights[key] = f
+			c.flightMu.Unlock()
+			n, err := fetch(p)
+			f.n, f.err, f.gone = n, err, ctx.Err() != nil
+			f.dl, _ = ctx.Deadline()
+			c.flightMu.Lock()
+			delete(c.flights, key)
+			c.flightMu.Unlock()
+			close(f.done)
+			f.readers.Wait()
+			return n, err
+		}
+		f.readers.Add(1)
+		f.joined++
+		c.flightMu.Unlock()
+		select {
+		case <-f.done:
+			n := copy(p, f.buf[:f.n])
+			err := f.err
+			f.readers.Done()
+			if err != nil && ctx.Err() == nil && (f.gone || asFailure(err).pastDeadline && laterDeadline(ctx, f.dl)) {
+				continue
+			}
+			if err == nil {
+				c.stats.deduplicated.Add(1)
+			}
+			return n, err
+		case <-ctx.Done():
+			f.readers.Done()
+			return 0, &failure{err: ctx.Err()}
+		}
+	}
+}
+
+// laterDeadline reports whether ctx allows more time than deadline dl.
+func laterDeadline(ctx context.Context, dl time.Time) bool {
+	if dl.IsZero() {
+		return false
+	}
+	mine, ok := ctx.Deadline()
+	return !ok || mine.After(dl)
 }

@@ -1,57 +1,131 @@
 // Package fetch gives random access to blobs in a remote OCI or Docker
-// registry with HTTP Range requests.
+// registry, and in its mirrors, with HTTP Range requests.
 //
 // # What it owns
 //
 // fetch knows HTTP and registries and nothing about tar, compression or
 // indexes. It owns:
 //
-//   - the blob URL ({scheme}://{registry}/v2/{repository}/blobs/{digest});
+//   - the blob URL ({scheme}://{host}{root}/{repository}/blobs/{digest},
+//     with ?ns={registry} on a mirror, as containerd sends it);
+//   - the endpoints of a registry: mirrors and a server override read from a
+//     containerd-style hosts directory ([WithHostsDir], [LoadHosts]), with
+//     their TLS settings (ca, client, skip_verify), headers, proxies and
+//     dial timeouts;
 //   - the authentication handshake (go-containerregistry's transport with
-//     pull scope), done once per repository and cached in the [Client];
+//     pull scope), done once per endpoint and repository and cached in the
+//     [Client], and done again when a registry answers 401;
 //   - Range requests and the checks on their answers (status,
 //     Content-Range, Content-Length, body length);
 //   - retries with exponential backoff and jitter, Retry-After, and
-//     per-attempt timeouts;
-//   - following redirects to blob storage without sending registry
-//     credentials there;
-//   - byte and request counters ([Stats]).
+//     per-attempt timeouts; falling through from a failing mirror to the
+//     next endpoint, and skipping a misbehaving mirror for a while;
+//   - following redirects to blob storage without sending credentials
+//     there, and reusing the storage URL for later reads of the blob;
+//   - a bound on the requests in flight per host ([WithMaxConnsPerHost]);
+//   - sharing one request among concurrent reads of the same bytes;
+//   - byte and request counters, in total, per host and per blob ([Stats],
+//     [RemoteBlob.Stats]).
+//
+// # Endpoints and mirrors
+//
+// For a registry HOST[:PORT] the first existing directory of
+// DIR/HOST_PORT_, DIR/HOST[:PORT] and DIR/_default (Docker Hub: DIR/docker.io)
+// is read. Its hosts.toml lists mirrors as [host."URL"] sections, tried in
+// file order, and optionally the registry's own address as server; the
+// server (by default the registry) comes last. Only endpoints with the
+// "pull" capability serve blobs. hosts.toml is read by [Client.Blob], so
+// a changed file applies to blobs opened afterwards. The file is read by a
+// small TOML reader that rejects, with a line number, the TOML it does not
+// know (multi-line strings, floats, dates, inline tables, arrays of
+// tables).
+//
+// A mirror that fails (no connection, an error status, a bad or broken
+// answer, a handshake that fails) passes the read to the next endpoint
+// without a pause and is skipped for 30 seconds; one that only lacks the
+// blob (404) is skipped for that blob. After a pause for a failing server,
+// skipped mirrors are tried again. A mirror that answers a partial Range
+// request with 200 (a cold pull-through cache about to stream the whole
+// blob) fails at once: its body is closed unread, so a small read never
+// becomes a whole download. Only the last endpoint may do that; its
+// leading bytes are then skipped.
+//
+// The registry named in the image reference gets the credentials as
+// go-containerregistry gives them. An endpoint on another host gets
+// credentials only once it has asked for them (401 with WWW-Authenticate),
+// through its own handshake; with [WithKeychain] they are resolved for
+// that host, with [WithAuth] they are the one authenticator.
+//
+// # Redirects
+//
+// Registries usually redirect a blob GET to a signed storage URL. fetch
+// follows redirects itself: a hop to another host than the endpoint's goes
+// without credentials (and without hosts.toml headers), and the final
+// storage URL is kept per blob and endpoint for [WithRedirectMaxAge]
+// (default 5 minutes), or until shortly before the expiry the URL states
+// (X-Amz-Date/X-Amz-Expires, X-Goog-Date/X-Goog-Expires, Expires, se),
+// whichever comes first. Later reads go straight to storage. When storage
+// refuses the URL (400, 401, 403, 404, 410) the registry is asked again at
+// once; other storage failures drop the URL and are retried through the
+// registry.
 //
 // # Invariants
 //
 //   - The size of a blob comes from its descriptor. fetch never sends a HEAD
 //     request and never asks the registry how big a blob is.
-//   - [Client.Blob] authenticates but sends no request for the blob itself.
+//   - [Client.Blob] sends no request for the blob itself. When the
+//     registry is the only endpoint it authenticates there, so bad
+//     credentials show at once; with mirrors, each endpoint authenticates
+//     when first used (so a node that reaches only its mirror works).
 //   - [RemoteBlob.ReadAt] sends only closed ranges (bytes=a-b), clamped to
 //     the blob size. It returns bytes only when the server said they are
 //     exactly the bytes asked for: a 206 whose Content-Range matches the
-//     request, or a 200 (the server ignored Range) from which the leading
-//     bytes were skipped. A short body is a temporary failure and is
-//     retried from where it stopped; ReadAt never returns fewer bytes than
-//     asked without an error.
+//     request, or a 200 from the last endpoint from which the leading
+//     bytes were skipped. A short body is a temporary failure and the rest
+//     is asked for (from the next endpoint, if a mirror broke off);
+//     ReadAt never returns fewer bytes than asked without an error.
 //   - fetch does not verify digests. [RemoteBlob.Open] streams the whole blob
 //     and the caller checks its digest; bytes from ReadAt are checked by the
 //     caller against whatever digest its format provides.
 //   - Every wait has a bound: each HTTP attempt gives up when no response
 //     or no body bytes arrive within the request timeout, the number of
-//     retries is bounded, and no backoff sleep reaches past the context
-//     deadline (fetch gives up at once instead).
+//     retries is bounded, no backoff sleep reaches past the context
+//     deadline (fetch gives up at once instead), and waiting for a
+//     connection slot ends with the context.
+//   - Credentials never reach a storage host a registry redirects to, nor
+//     a mirror that did not ask for them.
 //
 // # Errors
 //
 // Failed reads return an [*Error] that names the digest and byte range,
 // carries the HTTP status when there was one and says whether a retry may
-// help. A missing blob wraps [ErrNotFound] and refused credentials wrap
-// [ErrUnauthorized]; neither is retried. When the context ends, the error
-// wraps the context's error.
+// help. When mirrors failed too, the error is the last endpoint's. A
+// missing blob wraps [ErrNotFound] and refused credentials wrap
+// [ErrUnauthorized]; neither is retried (a 401 is answered with one new
+// handshake first). When the context ends, the error wraps the context's
+// error.
 //
 // # Concurrency
 //
 // A [Client] and the [RemoteBlob] values it returns are safe for concurrent
-// use; ReadAt calls on one blob run in parallel, each with its own HTTP
-// requests. The authentication handshake for a repository runs once, even
-// when many goroutines ask for blobs of it at the same time, and outlives
-// the context of the caller that started it only up to its own timeouts.
+// use; ReadAt calls on one blob run in parallel. Calls that ask for the
+// same bytes of the same blob in the same repository while a request for
+// them is in flight wait for it and copy its bytes; if the call that
+// started the request is canceled first, the others carry on with a
+// request of their own. At most [WithMaxConnsPerHost] requests per host
+// are in flight; a request holds its slot until its body is closed, so a
+// stream from Open holds one for as long as it is open. The
+// authentication handshake for an endpoint and repository runs once, even
+// when many goroutines ask for it at the same time, and outlives the
+// context of the caller that started it only up to its own timeouts.
 // Counters are atomic. The reader returned by Open, like any io.Reader, is
-// for one goroutine at a time.
+// for one goroutine at a time. Sharing one Client among every image of a
+// node makes the per-host bound and the sharing of requests node-wide.
+//
+// # Proxies
+//
+// The default transport takes its proxy from HTTPS_PROXY, HTTP_PROXY and
+// NO_PROXY (as net/http reads them, once per process); hosts.toml's proxy
+// overrides them for one endpoint. A transport given with [WithTransport]
+// decides for itself.
 package fetch

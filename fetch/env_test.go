@@ -2,10 +2,13 @@ package fetch
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,9 +76,11 @@ func newTestLayer(t *testing.T, size int64) testLayer {
 
 // envConfig says how to build a testEnv.
 type envConfig struct {
-	layer *testLayer   // nil: a fresh random layer
-	mw    middleware   // nil: none
-	auth  *authn.Basic // nil: no authentication; else required on every request
+	layer  *testLayer   // nil: a fresh random layer
+	mw     middleware   // nil: none
+	auth   *authn.Basic // nil: no authentication; else required on every request
+	tls    bool         // serve HTTPS with httptest's own certificate
+	listen string       // address to listen on; "" for a loopback port
 }
 
 func newEnv(t *testing.T, cfg envConfig) *testEnv {
@@ -94,11 +99,25 @@ func newEnv(t *testing.T, cfg envConfig) *testEnv {
 		h = requireBasic(cfg.auth, h)
 	}
 	h = env.countBlobGets(h)
-	env.srv = httptest.NewServer(h)
+	env.srv = httptest.NewUnstartedServer(guardHead(h))
+	env.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if cfg.listen != "" {
+		l, err := net.Listen("tcp", cfg.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.srv.Listener.Close()
+		env.srv.Listener = l
+	}
+	if cfg.tls {
+		env.srv.StartTLS()
+	} else {
+		env.srv.Start()
+	}
 	t.Cleanup(env.srv.Close)
 
-	host := strings.TrimPrefix(env.srv.URL, "http://")
-	ref, err := name.ParseReference(host + "/lazyroot/test:latest")
+	host := env.srv.Listener.Addr().String()
+	ref, err := name.ParseReference(host+"/lazyroot/test:latest", name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,6 +125,9 @@ func newEnv(t *testing.T, cfg envConfig) *testEnv {
 	var opts []remote.Option
 	if cfg.auth != nil {
 		opts = append(opts, remote.WithAuth(cfg.auth))
+	}
+	if cfg.tls {
+		opts = append(opts, remote.WithTransport(env.srv.Client().Transport))
 	}
 	if err := remote.Write(ref, cfg.layer.img, opts...); err != nil {
 		t.Fatal(err)
@@ -123,10 +145,43 @@ func (env *testEnv) countBlobGets(next http.Handler) http.Handler {
 	})
 }
 
-// client returns a Client for env with test-friendly defaults before opts.
+// headsFromUs counts HEAD requests sent by fetch to any test server. fetch
+// must never send one; TestMain fails the run if it did.
+var headsFromUs atomic.Int64
+
+// guardHead counts HEAD requests that carry our User-Agent (the test
+// setup's own pushes, by go-containerregistry, send HEADs of their own).
+func guardHead(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && strings.HasPrefix(r.UserAgent(), "lazyroot") {
+			headsFromUs.Add(1)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// newServer starts an httptest server for h with the HEAD guard.
+func newServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(guardHead(h))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if n := headsFromUs.Load(); n != 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: fetch sent %d HEAD requests\n", n)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// client returns a Client for env with test-friendly defaults before opts:
+// no hosts directory unless opts name one.
 func (env *testEnv) client(t *testing.T, opts ...Option) *Client {
 	t.Helper()
-	c, err := New(append([]Option{WithRequestTimeout(10 * time.Second)}, opts...)...)
+	c, err := New(append([]Option{WithRequestTimeout(10 * time.Second), WithHostsDir("")}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,6 +281,34 @@ func (tw *truncWriter) Write(p []byte) (int, error) {
 	n, err := tw.ResponseWriter.Write(p)
 	tw.written += int64(n)
 	return n, err
+}
+
+// resetFault drops the connection without an answer.
+func resetFault(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetLinger(0) // a reset, not an orderly close
+	}
+	conn.Close()
+}
+
+// delayFault holds a blob GET for d before the registry answers.
+func delayFault(d time.Duration) fault {
+	return func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		next.ServeHTTP(w, r)
+	}
 }
 
 // stallFault sends nothing until the client gives up (or a long while).

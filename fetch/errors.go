@@ -63,6 +63,9 @@ type failure struct {
 	temporary  bool          // another attempt may succeed
 	retryAfter time.Duration // server asked to wait this long first
 	err        error         // cause; may be nil when status says it all
+	// pastDeadline: given up early because the next retry would end
+	// after the context's deadline.
+	pastDeadline bool
 }
 
 func (f *failure) Error() string {

@@ -11,9 +11,12 @@ import (
 )
 
 const (
-	defaultRequestTimeout = 30 * time.Second
-	defaultRetries        = 4
-	defaultUserAgent      = "lazyroot"
+	defaultRequestTimeout  = 30 * time.Second
+	defaultRetries         = 4
+	defaultUserAgent       = "lazyroot"
+	defaultMaxConnsPerHost = 8
+	defaultRedirectMaxAge  = 5 * time.Minute
+	defaultMirrorPenalty   = 30 * time.Second
 )
 
 // Option configures a [Client]. Options are checked by [New]; an invalid
@@ -29,6 +32,10 @@ type options struct {
 	requestTimeout time.Duration
 	retries        int
 	userAgent      string
+	maxConns       int           // requests in flight per host
+	hostsDir       string        // "" for none
+	redirectMaxAge time.Duration // longest reuse of a storage URL
+	penalty        time.Duration // how long a misbehaving mirror is skipped
 }
 
 // makeOptions applies opts over the defaults and fills in what is left.
@@ -37,6 +44,10 @@ func makeOptions(opts ...Option) (*options, error) {
 		requestTimeout: defaultRequestTimeout,
 		retries:        defaultRetries,
 		userAgent:      defaultUserAgent,
+		maxConns:       defaultMaxConnsPerHost,
+		hostsDir:       DefaultHostsDir,
+		redirectMaxAge: defaultRedirectMaxAge,
+		penalty:        defaultMirrorPenalty,
 	}
 	for _, opt := range opts {
 		if opt == nil {
@@ -50,18 +61,24 @@ func makeOptions(opts ...Option) (*options, error) {
 		o.auth = authn.Anonymous
 	}
 	if o.transport == nil {
-		o.transport = defaultTransport()
+		o.transport = defaultTransport(o.maxConns)
 	}
 	return o, nil
 }
 
-// defaultTransport returns a private copy of http.DefaultTransport, so that
-// settings made on one Client never reach another.
-func defaultTransport() http.RoundTripper {
-	if t, ok := http.DefaultTransport.(*http.Transport); ok {
-		return t.Clone()
+// defaultTransport returns a private copy of http.DefaultTransport (so
+// settings made for one Client never reach another) that keeps enough idle
+// connections for maxConns requests per host. Like http.DefaultTransport,
+// it takes its proxy from HTTPS_PROXY, HTTP_PROXY and NO_PROXY.
+func defaultTransport(maxConns int) *http.Transport {
+	t, ok := http.DefaultTransport.(*http.Transport)
+	if ok {
+		t = t.Clone()
+	} else {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
 	}
-	return &http.Transport{Proxy: http.ProxyFromEnvironment, ForceAttemptHTTP2: true}
+	t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, maxConns)
+	return t
 }
 
 // WithAuth sets the credentials used for every registry. The default is
@@ -89,7 +106,10 @@ func WithKeychain(k authn.Keychain) Option {
 }
 
 // WithTransport sets the base HTTP transport that authentication is layered
-// on. The default is a clone of http.DefaultTransport.
+// on. The default is a clone of http.DefaultTransport, which honours
+// HTTPS_PROXY, HTTP_PROXY and NO_PROXY. Endpoints that hosts.toml gives
+// TLS, proxy or dial settings of their own use a clone of rt with those
+// settings when rt is an *http.Transport, else a clone of the default.
 func WithTransport(rt http.RoundTripper) Option {
 	return func(o *options) error {
 		if rt == nil {
@@ -137,6 +157,47 @@ func WithUserAgent(s string) Option {
 			return fmt.Errorf("user agent %q: control characters", s)
 		}
 		o.userAgent = s
+		return nil
+	}
+}
+
+// WithMaxConnsPerHost bounds the blob requests in flight to any one host
+// (registry, mirror or storage host a registry redirects to) to n. A read
+// that finds no free slot waits for one as long as its context allows.
+// The default is 8.
+func WithMaxConnsPerHost(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("max conns per host %d: must be at least 1", n)
+		}
+		o.maxConns = n
+		return nil
+	}
+}
+
+// WithHostsDir reads registry mirror and TLS settings from dir, laid out as
+// containerd's hosts directory: dir/HOST[:PORT]/hosts.toml, with
+// dir/_default as the fallback (see [LoadHosts]). The default is
+// [DefaultHostsDir]; "" turns mirrors off. A missing directory is not an
+// error.
+func WithHostsDir(dir string) Option {
+	return func(o *options) error {
+		o.hostsDir = dir
+		return nil
+	}
+}
+
+// WithRedirectMaxAge bounds how long the storage URL a registry redirected
+// a blob to is reused without asking the registry again. It is reused no
+// longer than its own expiry (X-Amz-Expires and similar query parameters)
+// allows, and is dropped at once when storage refuses it. The default is
+// 5 minutes; 0 turns the reuse off.
+func WithRedirectMaxAge(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("redirect max age %s: must not be negative", d)
+		}
+		o.redirectMaxAge = d
 		return nil
 	}
 }

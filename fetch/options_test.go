@@ -17,9 +17,19 @@ func TestNewOptions(t *testing.T) {
 		check   func(*options) bool
 	}{
 		{name: "defaults", check: func(o *options) bool {
+			t, ok := o.transport.(*http.Transport)
 			return o.auth == authn.Anonymous && o.requestTimeout == defaultRequestTimeout &&
-				o.retries == defaultRetries && o.userAgent == defaultUserAgent && o.transport != http.DefaultTransport
+				o.retries == defaultRetries && o.userAgent == defaultUserAgent && ok && t != http.DefaultTransport &&
+				t.Proxy != nil && t.MaxIdleConnsPerHost >= defaultMaxConnsPerHost &&
+				o.maxConns == defaultMaxConnsPerHost && o.hostsDir == DefaultHostsDir &&
+				o.redirectMaxAge == defaultRedirectMaxAge && o.penalty == defaultMirrorPenalty
 		}},
+		{name: "max conns", opts: []Option{WithMaxConnsPerHost(2)}, check: func(o *options) bool { return o.maxConns == 2 }},
+		{name: "hosts dir", opts: []Option{WithHostsDir("/x")}, check: func(o *options) bool { return o.hostsDir == "/x" }},
+		{name: "no hosts dir", opts: []Option{WithHostsDir("")}, check: func(o *options) bool { return o.hostsDir == "" }},
+		{name: "no redirect reuse", opts: []Option{WithRedirectMaxAge(0)}, check: func(o *options) bool { return o.redirectMaxAge == 0 }},
+		{name: "zero max conns", opts: []Option{WithMaxConnsPerHost(0)}, wantErr: true},
+		{name: "negative redirect max age", opts: []Option{WithRedirectMaxAge(-time.Second)}, wantErr: true},
 		{name: "transport", opts: []Option{WithTransport(custom)}, check: func(o *options) bool { return o.transport == custom }},
 		{name: "timeout", opts: []Option{WithRequestTimeout(time.Second)}, check: func(o *options) bool { return o.requestTimeout == time.Second }},
 		{name: "no retries", opts: []Option{WithRetries(0)}, check: func(o *options) bool { return o.retries == 0 }},

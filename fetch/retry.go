@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -64,7 +62,7 @@ func (c *Client) wait(ctx context.Context, failures int, last error) error {
 		if f.err != nil {
 			err = fmt.Errorf("%w: %w", err, f.err)
 		}
-		return &failure{status: f.status, temporary: true, err: err}
+		return &failure{status: f.status, temporary: true, pastDeadline: true, err: err}
 	}
 	t := time.NewTimer(delay)
 	defer t.Stop()
@@ -247,11 +245,4 @@ func clean(s string) string {
 		s += "..."
 	}
 	return s
-}
-
-// readDetail reads the start of an error body and counts its bytes.
-func readDetail(r io.Reader, count *atomic.Int64) error {
-	b, _ := io.ReadAll(io.LimitReader(r, maxDetail))
-	count.Add(int64(len(b)))
-	return errorDetail(b)
 }

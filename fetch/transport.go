@@ -1,0 +1,137 @@
+package fetch
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+)
+
+// endpointTransport returns the transport for an endpoint with TLS, proxy
+// or dial settings of its own: a clone of the base transport (or of the
+// default one, when the base is not an *http.Transport) with the settings
+// applied. Transports are shared by endpoints with the same settings and
+// the same certificate file contents, so connections are reused.
+func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
+	tc := &tls.Config{InsecureSkipVerify: e.SkipVerify} //nolint:gosec // asked for in hosts.toml
+	h := sha256.New()
+	fmt.Fprintf(h, "skip=%v proxy=%v dial=%v\n", e.SkipVerify, e.Proxy, e.DialTimeout)
+	if len(e.CAs) > 0 {
+		pool, err := x509.SystemCertPool()
+		if err != nil || pool == nil {
+			pool = x509.NewCertPool()
+		}
+		for _, f := range e.CAs {
+			pem, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("ca: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("ca %s: no PEM certificates", f)
+			}
+			fmt.Fprintf(h, "ca %q %x\n", f, sha256.Sum256(pem))
+		}
+		tc.RootCAs = pool
+	}
+	for _, pair := range e.ClientCerts {
+		certPEM, err := os.ReadFile(pair[0])
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		keyPEM := certPEM
+		if pair[1] != "" {
+			if keyPEM, err = os.ReadFile(pair[1]); err != nil {
+				return nil, fmt.Errorf("client key: %w", err)
+			}
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate %s: %w", pair[0], err)
+		}
+		tc.Certificates = append(tc.Certificates, cert)
+		fmt.Fprintf(h, "client %q %x %x\n", pair[0], sha256.Sum256(certPEM), sha256.Sum256(keyPEM))
+	}
+	key := hex.EncodeToString(h.Sum(nil))
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if rt, ok := c.transports[key]; ok {
+		return rt, nil
+	}
+	var t *http.Transport
+	if bt, ok := c.opts.transport.(*http.Transport); ok {
+		t = bt.Clone()
+	} else {
+		t = defaultTransport(c.opts.maxConns)
+	}
+	if t.TLSClientConfig != nil {
+		merged := t.TLSClientConfig.Clone()
+		merged.InsecureSkipVerify = merged.InsecureSkipVerify || tc.InsecureSkipVerify
+		if tc.RootCAs != nil {
+			merged.RootCAs = tc.RootCAs
+		}
+		merged.Certificates = append(merged.Certificates, tc.Certificates...)
+		tc = merged
+	}
+	t.TLSClientConfig = tc
+	if e.Proxy != nil {
+		t.Proxy = http.ProxyURL(e.Proxy)
+	}
+	if d := e.DialTimeout; d > 0 {
+		dial := t.DialContext
+		if dial == nil {
+			dial = (&net.Dialer{}).DialContext
+		}
+		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			return dial(ctx, network, addr)
+		}
+	}
+	rt := c.withUserAgent(t)
+	c.transports[key] = rt
+	return rt, nil
+}
+
+// hostLimits bounds the requests in flight per host.
+type hostLimits struct {
+	n     int
+	mu    sync.Mutex
+	slots map[string]chan struct{} // by host; protected by mu
+}
+
+func (l *hostLimits) init(n int) {
+	l.n = n
+	l.slots = make(map[string]chan struct{})
+}
+
+// acquire waits for a free slot for host, as long as ctx allows, and
+// returns the function that frees it.
+func (l *hostLimits) acquire(ctx context.Context, host string) (func(), error) {
+	host = strings.ToLower(host)
+	l.mu.Lock()
+	ch := l.slots[host]
+	if ch == nil {
+		ch = make(chan struct{}, l.n)
+		l.slots[host] = ch
+	}
+	l.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+	default:
+		select {
+		case ch <- struct{}{}:
+		case <-ctx.Done():
+			return nil, &failure{err: fmt.Errorf("waiting for a connection to %s: %w", host, ctx.Err())}
+		}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-ch }) }, nil
+}
