@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -70,6 +71,7 @@ type options struct {
 	keychain  authn.Keychain
 	transport http.RoundTripper
 	userAgent string
+	hostsDir  string
 	fetchOpts []fetch.Option
 }
 
@@ -107,6 +109,13 @@ func WithTransport(t http.RoundTripper) Option {
 	}
 }
 
+// WithHostsDir reads registry mirrors from dir, containerd's layout
+// (dir/HOST/hosts.toml); "" turns mirrors off. Plain-HTTP mirrors named
+// there may be reached over HTTP. The default is no mirrors.
+func WithHostsDir(dir string) Option {
+	return func(o *options) error { o.hostsDir = dir; return nil }
+}
+
 // WithFetchOptions passes options on to the blob fetcher.
 func WithFetchOptions(opts ...fetch.Option) Option {
 	return func(o *options) error { o.fetchOpts = append(o.fetchOpts, opts...); return nil }
@@ -127,8 +136,27 @@ func makeOptions(opts []Option) (*options, error) {
 			return nil, err
 		}
 	}
-	o.transport = newSchemeGuard(o.transport, o.insecure)
 	return o, nil
+}
+
+// withHosts returns the hosts that may be reached over plain HTTP and the
+// fetch options for reg, adding the mirrors of o.hostsDir: an http://
+// mirror there was put there by the node's administrator.
+func (o *options) withHosts(reg name.Registry) ([]string, []fetch.Option, error) {
+	insecure, fetchOpts := slices.Clone(o.insecure), slices.Clone(o.fetchOpts)
+	if o.hostsDir == "" {
+		return insecure, fetchOpts, nil
+	}
+	endpoints, err := fetch.LoadHosts(o.hostsDir, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range endpoints {
+		if e.URL.Scheme == "http" {
+			insecure = append(insecure, e.URL.Host)
+		}
+	}
+	return insecure, append([]fetch.Option{fetch.WithHostsDir(o.hostsDir)}, fetchOpts...), nil
 }
 
 // ParseReference parses [REGISTRY/]IMAGE[:TAG|@DIGEST] with docker.io,
@@ -158,6 +186,13 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	insecure, fetchOpts, err := o.withHosts(r.Context().Registry)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: registry hosts: %w", r, err)
+	}
+	// go-containerregistry would also use plain HTTP for private
+	// addresses; the guard allows it only where the user said so.
+	transport := newSchemeGuard(o.transport, insecure)
 	auth := o.auth
 	if auth == nil {
 		if auth, err = authn.Resolve(ctx, o.keychain, r.Context()); err != nil {
@@ -166,7 +201,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	}
 	remoteOpts := []remote.Option{
 		remote.WithAuth(auth),
-		remote.WithTransport(o.transport),
+		remote.WithTransport(transport),
 		remote.WithUserAgent(o.userAgent),
 	}
 	desc, err := remote.Get(r, append(remoteOpts, remote.WithContext(ctx), remote.WithPlatform(o.platform))...)
@@ -192,7 +227,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if im.Config, err = img.ConfigFile(); err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
-	fc, err := fetch.New(append([]fetch.Option{fetch.WithAuth(auth), fetch.WithTransport(o.transport)}, o.fetchOpts...)...)
+	fc, err := fetch.New(append([]fetch.Option{fetch.WithAuth(auth), fetch.WithTransport(transport)}, fetchOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}

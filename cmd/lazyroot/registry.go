@@ -23,6 +23,8 @@ type registryFlags struct {
 	password       string
 	auth           string
 	resolveTimeout time.Duration
+	hostsDir       string
+	maxConns       int
 }
 
 func (r *registryFlags) register(fs *pflag.FlagSet) {
@@ -32,6 +34,8 @@ func (r *registryFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&r.password, "password", "", "registry password, with --username")
 	fs.StringVar(&r.auth, "auth", "", "registry credentials as base64 of USER:PASSWORD")
 	fs.DurationVar(&r.resolveTimeout, "resolve-timeout", 2*time.Minute, "give up resolving the image reference after this long")
+	fs.StringVar(&r.hostsDir, "hosts-dir", fetch.DefaultHostsDir, "registry mirrors and CAs, containerd's layout: DIR/HOST/hosts.toml (\"\" for none)")
+	fs.IntVar(&r.maxConns, "max-conns-per-host", 8, "at most this many blob requests in flight to one registry or mirror host")
 }
 
 // authEnv carries credentials from "mount" to its background server, so
@@ -110,6 +114,10 @@ func (r *registryFlags) options() ([]layer.Option, error) {
 	case r.password != "":
 		return nil, fmt.Errorf("%w: --password needs --username", errUsage)
 	}
-	opts = append(opts, layer.WithFetchOptions(fetch.WithUserAgent("lazyroot")))
+	if r.maxConns < 1 {
+		return nil, fmt.Errorf("%w: --max-conns-per-host %d: want 1 or more", errUsage, r.maxConns)
+	}
+	opts = append(opts, layer.WithHostsDir(r.hostsDir),
+		layer.WithFetchOptions(fetch.WithUserAgent("lazyroot"), fetch.WithMaxConnsPerHost(r.maxConns)))
 	return opts, nil
 }
