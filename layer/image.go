@@ -61,6 +61,9 @@ type Layer struct {
 	blob   *fetch.RemoteBlob
 }
 
+// FetchStats counts the requests and bytes sent for this layer's blob.
+func (l *Layer) FetchStats() fetch.BlobStats { return l.blob.Stats() }
+
 // Option configures Resolve.
 type Option func(*options) error
 

@@ -20,6 +20,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/fetch"
 	"github.com/lazyroot/lazyroot/fs"
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/layer"
@@ -319,15 +320,20 @@ type mountStatus struct {
 	CacheHeldBytes int64         `json:"cacheHeldBytes"`
 	DiskHits       uint64        `json:"diskHits"`
 	CacheFills     uint64        `json:"cacheFills"`
-	DiskBytes      int64         `json:"diskBytes"`
+	// Hosts counts blob requests and bytes per registry, mirror or
+	// storage host.
+	Hosts     map[string]fetch.HostStats `json:"hosts,omitempty"`
+	DiskBytes int64                      `json:"diskBytes"`
 }
 
 type layerStatus struct {
-	Digest    string `json:"digest"`
-	MediaType string `json:"mediaType"`
-	Size      int64  `json:"size"`
-	Format    string `json:"format"`
-	Origin    string `json:"origin"`
+	Digest        string `json:"digest"`
+	MediaType     string `json:"mediaType"`
+	Size          int64  `json:"size"`
+	Format        string `json:"format"`
+	Origin        string `json:"origin"`
+	FetchedBytes  int64  `json:"fetchedBytes"`
+	FetchRequests int64  `json:"fetchRequests"`
 }
 
 func (m *mounted) status(rec mountRecord) mountStatus {
@@ -337,11 +343,12 @@ func (m *mounted) status(rec mountRecord) mountStatus {
 		mountRecord: rec, ImageBytes: m.img.Size(), FetchedBytes: fs.Bytes, FetchRequests: fs.Requests,
 		Inodes: m.tree.Inodes, FileBytes: m.tree.Bytes,
 		CacheHits: cs.MemoryHits, CacheMisses: cs.Misses, CacheHeldBytes: cs.MemoryBytes,
-		DiskHits: cs.DiskHits, DiskBytes: cs.DiskBytes, CacheFills: cs.Fills,
+		DiskHits: cs.DiskHits, DiskBytes: cs.DiskBytes, CacheFills: cs.Fills, Hosts: fs.Hosts,
 	}
 	for _, l := range m.stack.Layers() {
 		d := l.Layer.Descriptor
-		s.Layers = append(s.Layers, layerStatus{d.Digest.String(), string(d.MediaType), d.Size, string(l.Index.Format), string(l.Origin)})
+		bs := l.Layer.FetchStats()
+		s.Layers = append(s.Layers, layerStatus{d.Digest.String(), string(d.MediaType), d.Size, string(l.Index.Format), string(l.Origin), bs.Bytes, bs.Requests})
 	}
 	return s
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -56,6 +58,18 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 			st.Dir, st.Image, st.Digest, st.PID, st.Inodes, humanize.IBytes(uint64(st.FileBytes)),
 			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests,
 			st.CacheHits, st.DiskHits, st.CacheFills)
+		for _, h := range slices.Sorted(maps.Keys(st.Hosts)) {
+			hs := st.Hosts[h]
+			fmt.Fprintf(stdout, "  from %s: %s in %d requests", h, humanize.IBytes(uint64(hs.Bytes)), hs.Requests)
+			if hs.Failures > 0 {
+				fmt.Fprintf(stdout, ", %d failed", hs.Failures)
+			}
+			fmt.Fprintln(stdout)
+		}
+		for i, l := range st.Layers {
+			fmt.Fprintf(stdout, "  layer %d %.19s %s (index: %s): fetched %s of %s in %d requests\n", i, l.Digest, l.Format, l.Origin,
+				humanize.IBytes(uint64(l.FetchedBytes)), humanize.IBytes(uint64(l.Size)), l.FetchRequests)
+		}
 	}
 	return nil
 }
