@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 )
@@ -23,6 +24,12 @@ const (
 	maxPendingWriteBytes = 256 << 20
 )
 
+// closeWriteWait bounds how long Close waits for pending disk writes;
+// those that have not landed by then are dropped. A write waits at most
+// 2×putLockWait for the directory lock, so this lets writes already
+// running finish unless the lock is held elsewhere.
+const closeWriteWait = 5 * time.Second
+
 // ErrClosed is returned by Cache.Get after Close.
 var ErrClosed = errors.New("cache closed")
 
@@ -38,7 +45,9 @@ type Options struct {
 	// DefaultDiskBytes. Negative values are an error.
 	DiskBytes int64
 	// Logf, if set, receives warnings (at most one a minute of each kind)
-	// about failed disk writes and damaged disk entries.
+	// about failed disk writes and damaged disk entries, and one if the
+	// disk tier's directory lock was too busy to check its accounting at
+	// open.
 	Logf func(format string, args ...any)
 }
 
@@ -64,7 +73,9 @@ type Stats struct {
 	// DiskCorrupt.
 	DiskHits   uint64
 	DiskMisses uint64
-	// DiskCorrupt counts disk entries found damaged and removed.
+	// DiskCorrupt counts disk lookups that found the entry damaged. The
+	// entry is removed then, or by a later lookup if the directory lock
+	// was busy.
 	DiskCorrupt uint64
 	// DiskEvictions counts disk entries this Cache evicted for room.
 	DiskEvictions uint64
@@ -72,7 +83,8 @@ type Stats struct {
 	// (full disk, I/O error, larger than the quota).
 	DiskWriteErrors uint64
 	// DiskWritesSkipped counts fills not written to disk because too many
-	// bytes were already waiting to be written.
+	// bytes were already waiting to be written, or because Close stopped
+	// waiting for them.
 	DiskWritesSkipped uint64
 	// DiskBytes and DiskEntries are what the disk tier holds, across every
 	// process sharing its directory, as last recorded (not counting
@@ -85,8 +97,8 @@ type Stats struct {
 // from its tiers (memory, then disk if configured) and, on a miss, runs
 // one fill per key however many callers wait for it.
 //
-// Lock order: Cache.wmu, then nothing; the tiers' locks are never taken
-// while wmu is held.
+// Lock order: Cache.wmu is a leaf: no other lock is taken while it is
+// held, and it is taken while holding no other lock of the package.
 type Cache struct {
 	mem    *Memory
 	disk   *Disk // nil without a disk tier
@@ -105,8 +117,10 @@ type Cache struct {
 	pending      map[Key][]byte // protected by wmu: fills being written
 	pendingBytes int64          // protected by wmu
 	wclosed      bool           // protected by wmu: no new writes
+	wdrop        atomic.Bool    // Close gave up: writes not started are dropped
 	wslots       chan struct{}  // a token per disk write running
 	pendingLimit int64          // maxPendingWriteBytes; set in New (tests lower it)
+	closeWait    time.Duration  // closeWriteWait; set in New (tests lower it)
 }
 
 // New returns a Cache configured by opts. With opts.Dir set it opens the
@@ -126,7 +140,7 @@ func New(opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new cache: %w", err)
 	}
-	c := &Cache{mem: mem, pending: make(map[Key][]byte), wslots: make(chan struct{}, diskWriters), pendingLimit: maxPendingWriteBytes}
+	c := &Cache{mem: mem, pending: make(map[Key][]byte), wslots: make(chan struct{}, diskWriters), pendingLimit: maxPendingWriteBytes, closeWait: closeWriteWait}
 	c.wdone.L = &c.wmu
 	if opts.Dir != "" {
 		if c.disk, err = OpenDisk(opts.Dir, opts.DiskBytes, opts.Logf); err != nil {
@@ -163,6 +177,11 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 	}
 	if b, ok := c.mem.Get(key); ok {
 		c.memoryHits.Add(1)
+		if c.disk != nil {
+			// Keep the disk entry of a key hot in memory from looking
+			// unused to the disk tier's LRU.
+			c.disk.refreshKey(key)
+		}
 		return b, nil
 	}
 	c.misses.Add(1)
@@ -235,7 +254,13 @@ func (c *Cache) writeBehind(key Key, b []byte) {
 	c.wmu.Unlock()
 	go func() {
 		c.wslots <- struct{}{}
-		c.disk.Put(key, b) // errors are counted and logged by the Disk
+		if c.wdrop.Load() {
+			c.skipped.Add(1)
+		} else if err := c.disk.Put(key, b); errors.Is(err, ErrClosed) {
+			// Close ended the write's wait for the lock. Other errors are
+			// counted and logged by the Disk.
+			c.skipped.Add(1)
+		}
 		<-c.wslots
 		c.wmu.Lock()
 		delete(c.pending, key)
@@ -257,11 +282,28 @@ func (c *Cache) pendingWrite(key Key) ([]byte, bool) {
 // every write started before it (and any started while it waits) has
 // landed or failed. Without a disk tier it returns at once.
 func (c *Cache) Flush() {
+	c.waitWrites(0)
+}
+
+// waitWrites waits until no write is pending, or for at most timeout if
+// it is positive. It reports whether none is pending.
+func (c *Cache) waitWrites(timeout time.Duration) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	for len(c.pending) > 0 {
+	expired := false // protected by wmu
+	if timeout > 0 {
+		t := time.AfterFunc(timeout, func() {
+			c.wmu.Lock()
+			expired = true
+			c.wdone.Broadcast()
+			c.wmu.Unlock()
+		})
+		defer t.Stop()
+	}
+	for len(c.pending) > 0 && !expired {
 		c.wdone.Wait()
 	}
+	return len(c.pending) == 0
 }
 
 // Stats returns the counters so far. Counters are read one by one, so
@@ -284,17 +326,25 @@ func (c *Cache) Stats() Stats {
 	return s
 }
 
-// Close releases the tiers. It waits for disk writes already started to
-// land; Gets and fills still running finish safely, but their results are
-// no longer stored. Later Gets return ErrClosed. Close is idempotent.
+// Close releases the tiers. It waits up to five seconds for disk writes
+// already started to land, then drops those that have not (counted in
+// Stats.DiskWritesSkipped): writes waiting for the directory lock give up
+// at once, writes not yet started are not made. So Close returns in
+// bounded time even if another process holds the directory lock. Gets
+// and fills still running finish safely, but their results are no longer
+// stored. Later Gets return ErrClosed. Close is idempotent.
 func (c *Cache) Close() {
 	c.closed.Store(true)
 	c.wmu.Lock()
 	c.wclosed = true
-	for len(c.pending) > 0 {
-		c.wdone.Wait()
-	}
 	c.wmu.Unlock()
+	if c.disk != nil && !c.waitWrites(c.closeWait) {
+		c.wdrop.Store(true)
+		// Ends the running writes' waits for the lock; they and the
+		// dropped ones then finish at once.
+		c.disk.Close()
+		c.waitWrites(0)
+	}
 	c.mem.Close()
 	if c.disk != nil {
 		c.disk.Close()

@@ -3,11 +3,19 @@ package cache
 // Lock order, outermost first (see doc.go for the protocol):
 //
 //	Disk.life    read-held by every operation, write-held by Close
-//	Disk.mu      this process's turn at the lock file
+//	Disk.turn    this process's turn at the lock file
 //	flock(dir/lock, LOCK_EX)   the node-wide accounting lock
-//	flock(temp file)           a leaf, held by its writer alone
+//	flock(temp file)           held by its writer alone
 //
-// Functions named ...Locked need Disk.mu and the flock on dir/lock held.
+// One exception: commit takes the turn and the flock on dir/lock while its
+// temp file's flock is held. That cannot deadlock because nobody ever
+// waits for a temp file's flock: the only other taker, scanTemp, tries it
+// with LOCK_NB.
+//
+// The turn and the flock on dir/lock are only ever waited for with a
+// bound (see lock); Disk.Close ends such waits at once.
+//
+// Functions named ...Locked need the turn and the flock on dir/lock held.
 
 import (
 	"crypto/rand"
@@ -46,6 +54,23 @@ const (
 	defaultTouchInterval = time.Minute
 	// warnInterval spaces warnings of one kind in the log.
 	warnInterval = time.Minute
+
+	// putLockWait bounds a put's wait for the directory lock, once to
+	// reserve and once to commit. After a put gives up, puts for the next
+	// putLockWait try the lock once and fail at once if it is busy.
+	putLockWait = 2 * time.Second
+	// openLockWait bounds OpenDisk's wait for the lock to scan the
+	// directory; if it is busy that long, OpenDisk opens without the scan.
+	openLockWait = 2 * time.Second
+	// maintLockWait bounds the wait of Usage and Prune, which serve
+	// maintenance commands, not reads.
+	maintLockWait = 30 * time.Second
+	// lockPollMin and lockPollMax bound the pause between two tries of
+	// the busy directory lock; it doubles from one to the other.
+	lockPollMin = 100 * time.Microsecond
+	lockPollMax = 5 * time.Millisecond
+	// maxRefreshed bounds the keys remembered by refreshKey.
+	maxRefreshed = 1 << 14
 
 	lockName  = "lock"
 	tmpPrefix = ".tmp-"
@@ -105,19 +130,33 @@ type Disk struct {
 	quota    int64
 	lowWater int64
 	// touchInterval: a hit refreshes the entry's mtime when it is older
-	// than this. Set before use only (tests).
+	// than this. lockWait: how long a put waits for the directory lock
+	// (putLockWait). Set before use only (tests).
 	touchInterval time.Duration
+	lockWait      time.Duration
 
 	// life is read-held by every operation and write-held by Close, so
 	// lockFD stays open while any operation runs.
 	life   sync.RWMutex
 	closed bool // protected by life
+	// closing is closed when Close starts: it ends waits for the lock.
+	closing   chan struct{}
+	closeOnce sync.Once
 
-	// mu gives one goroutine of this process at a time the use of lockFD:
-	// flock locks belong to the open file, so two goroutines flocking the
-	// same descriptor would not exclude each other.
-	mu     sync.Mutex
+	// turn (a semaphore of one) gives one goroutine of this process at a
+	// time the use of lockFD: flock locks belong to the open file, so two
+	// goroutines flocking the same descriptor would not exclude each
+	// other. It is a channel so that waiting for it can be bounded.
+	turn   chan struct{}
 	lockFD int // the lock file, open from OpenDisk until Close
+	// lockBusyUntil (UnixNano): until then, after a put found the lock
+	// held for a whole putLockWait, puts do not wait for it.
+	lockBusyUntil atomic.Int64
+
+	// refreshed remembers when refreshKey last refreshed a key's entry
+	// (Key to UnixNano int64); refreshedN counts its keys, roughly.
+	refreshed  sync.Map
+	refreshedN atomic.Int64
 
 	hits, misses, corrupt, evictions, writeErrors atomic.Uint64
 	// lastBytes and lastEntries are the usage last seen under the lock.
@@ -128,13 +167,17 @@ type Disk struct {
 
 // OpenDisk opens (creating it if need be) the disk tier in dir with a
 // quota of quota bytes (0 means DefaultDiskBytes). logf, which may be nil,
-// receives rate-limited warnings of failed writes and damaged entries.
+// receives rate-limited warnings of failed writes and damaged entries, and
+// one if the open skipped its scan.
 //
 // OpenDisk takes the directory's lock and scans it: it removes temp files
 // left by writers that died and writes the usage it found, so a
 // directory whose accounting a crash left stale is corrected here. The
 // scan reads every entry's metadata, so it takes time in proportion to the
-// number of entries.
+// number of entries. If another process holds the lock for more than two
+// seconds, OpenDisk logs so and opens without the scan: the accounting is
+// then corrected by the first scan that needs it (the first eviction, or
+// Usage).
 func OpenDisk(dir string, quota int64, logf func(format string, args ...any)) (*Disk, error) {
 	switch {
 	case quota < 0:
@@ -157,13 +200,22 @@ func OpenDisk(dir string, quota int64, logf func(format string, args ...any)) (*
 		quota:         quota,
 		lowWater:      quota - quota/lowWaterDivisor,
 		touchInterval: defaultTouchInterval,
+		lockWait:      putLockWait,
+		closing:       make(chan struct{}),
+		turn:          make(chan struct{}, 1),
 		lockFD:        fd,
 		writeWarn:     warner{logf: logf, every: warnInterval},
 		corruptWarn:   warner{logf: logf, every: warnInterval},
 	}
-	if err := d.lock(); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("open disk cache %s: %w", dir, err)
+	if err := d.lock(openLockWait); err != nil {
+		if !errors.Is(err, errLockBusy) {
+			unix.Close(fd)
+			return nil, fmt.Errorf("open disk cache %s: %w", dir, err)
+		}
+		if logf != nil {
+			logf("cache: opening disk cache %s without checking its accounting: %v", dir, err)
+		}
+		return d, nil
 	}
 	_, u, err := d.scanLocked(false)
 	if err == nil {
@@ -179,9 +231,11 @@ func OpenDisk(dir string, quota int64, logf func(format string, args ...any)) (*
 
 // Get returns the data stored under key and whether there was any. An
 // entry that fails its checks (checksum, length, key, type, or a read
-// error) is removed, counted and reported as a miss. A hit refreshes the
-// entry's mtime, the LRU clock, when it is older than a minute. After
-// Close, Get always misses.
+// error) is counted, removed and reported as a miss; Get does not wait
+// for the directory lock to remove it: if the lock is busy the entry is
+// left for a later Get to remove. A hit refreshes the entry's mtime, the
+// LRU clock, when it is older than a minute. After Close, Get always
+// misses.
 func (d *Disk) Get(key Key) ([]byte, bool) {
 	d.life.RLock()
 	defer d.life.RUnlock()
@@ -201,8 +255,11 @@ func (d *Disk) Get(key Key) ([]byte, bool) {
 	default:
 		d.misses.Add(1)
 		d.corrupt.Add(1)
-		d.corruptWarn.printf("cache: removing bad disk entry %s (key %s): %v", path, key, err)
-		d.removeBad(path, st)
+		if d.removeBad(path, st) {
+			d.corruptWarn.printf("cache: removed bad disk entry %s (key %s): %v", path, key, err)
+		} else {
+			d.corruptWarn.printf("cache: bad disk entry %s (key %s): %v; cache directory busy, a later read will remove it", path, key, err)
+		}
 		return nil, false
 	}
 }
@@ -213,10 +270,17 @@ func (d *Disk) Get(key Key) ([]byte, bool) {
 // is renamed into place. To make room Put evicts least recently used
 // entries down to 90% of the quota.
 //
-// A failed put (full disk, I/O error, ErrTooLarge) leaves nothing behind,
-// is counted in the write errors and logged at most once a minute; the
-// error is returned for the caller's information only. After Close, Put
-// returns ErrClosed.
+// Put waits at most two seconds for the directory lock each time it needs
+// it (to reserve room, then to rename the written file into place), and
+// fails if another process holds it longer. After such a failure, Puts
+// for the next two seconds fail at once if the lock is busy rather than
+// wait again.
+//
+// A failed put (full disk, I/O error, ErrTooLarge, the lock busy) leaves
+// nothing behind, is counted in the write errors and logged at most once a
+// minute; the error is returned for the caller's information only. After
+// Close, or if Close interrupts its wait for the lock, Put returns an
+// error wrapping ErrClosed, not counted.
 func (d *Disk) Put(key Key, data []byte) error {
 	d.life.RLock()
 	defer d.life.RUnlock()
@@ -224,8 +288,11 @@ func (d *Disk) Put(key Key, data []byte) error {
 		return fmt.Errorf("disk put %s: %w", key, ErrClosed)
 	}
 	if err := d.put(key, data); err != nil {
-		d.writeErrors.Add(1)
 		err = fmt.Errorf("disk put %s: %w", key, err)
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		d.writeErrors.Add(1)
 		d.writeWarn.printf("cache: disk write failed, serving without the disk tier: %v", err)
 		return err
 	}
@@ -254,10 +321,29 @@ func (d *Disk) put(key Key, data []byte) error {
 	return d.commit(tmp, path, fd, size, werr)
 }
 
+// putLock takes the directory lock for a put: waiting at most lockWait,
+// or not at all while a recent put found it busy that long.
+func (d *Disk) putLock() error {
+	wait := d.lockWait
+	if time.Now().UnixNano() < d.lockBusyUntil.Load() {
+		wait = 0
+	}
+	err := d.lock(wait)
+	switch {
+	case err == nil:
+		if d.lockBusyUntil.Load() != 0 {
+			d.lockBusyUntil.Store(0)
+		}
+	case errors.Is(err, errLockBusy) && wait > 0:
+		d.lockBusyUntil.Store(time.Now().Add(d.lockWait).UnixNano())
+	}
+	return err
+}
+
 // reserve makes room for an entry of size bytes, evicting if need be,
 // and creates and flocks its temp file in dir, counting size as reserved.
 func (d *Disk) reserve(dir string, size int64) (tmp string, fd int, err error) {
-	if err := d.lock(); err != nil {
+	if err := d.putLock(); err != nil {
 		return "", -1, err
 	}
 	defer d.unlock()
@@ -306,12 +392,22 @@ func (d *Disk) reserve(dir string, size int64) (tmp string, fd int, err error) {
 // commit renames the written temp file tmp into place at path, or removes
 // it if werr says the write failed, and releases the reservation. It
 // closes fd.
+//
+// It waits for the directory lock while holding the temp file's flock (fd):
+// no deadlock, as nobody waits for a temp file's flock (scanTemp tries it
+// with LOCK_NB).
 func (d *Disk) commit(tmp, path string, fd int, size int64, werr error) error {
 	defer unix.Close(fd)
-	if err := d.lock(); err != nil {
-		// Without the lock we may not touch the accounting; the temp file
-		// dies with fd and the next scan removes it. The reservation stays
-		// counted until then, which errs on the safe side.
+	// Always wait the full bound here: the bytes are written already.
+	err := d.lock(d.lockWait)
+	if errors.Is(err, errLockBusy) {
+		d.lockBusyUntil.Store(time.Now().Add(d.lockWait).UnixNano())
+	}
+	if err != nil {
+		// Without the lock we may not touch the accounting. We remove the
+		// temp file anyway (its name is ours alone, and the files present
+		// only shrink); its reservation stays counted in the record until
+		// the next scan, which errs on the safe side.
 		unix.Unlink(tmp)
 		return errors.Join(werr, err)
 	}
@@ -373,35 +469,38 @@ func (d *Disk) evictLocked(need int64) (usage, error) {
 }
 
 // removeBad removes the bad entry at path, if it is still the file that
-// was read (st; nil when the open itself failed), and accounts for it.
-func (d *Disk) removeBad(path string, st *unix.Stat_t) {
-	if err := d.lock(); err != nil {
-		return
+// was read (st; nil when the open itself failed), and accounts for it. It
+// does not wait for the lock: if the lock is busy it leaves the entry
+// for a later read and returns false. It returns true if the entry is
+// gone (or was replaced by another file).
+func (d *Disk) removeBad(path string, st *unix.Stat_t) bool {
+	if err := d.lock(0); err != nil {
+		return false
 	}
 	defer d.unlock()
 	var cur unix.Stat_t
 	if unix.Lstat(path, &cur) != nil {
-		return
+		return true
 	}
 	if st != nil && (cur.Dev != st.Dev || cur.Ino != st.Ino) {
-		return // replaced since; the new file is checked when read
+		return true // replaced since; the new file is checked when read
 	}
 	u, err := d.loadUsageLocked()
 	if err != nil {
-		return
+		return false
 	}
 	if cur.Mode&unix.S_IFMT == unix.S_IFDIR {
-		os.RemoveAll(path)
-		return
+		return os.RemoveAll(path) == nil
 	}
 	if unix.Unlink(path) != nil {
-		return
+		return false
 	}
 	if cur.Mode&unix.S_IFMT == unix.S_IFREG { // scans count regular files only
 		u.bytes -= cur.Size
 		u.entries--
 	}
 	d.writeUsageLocked(u)
+	return true
 }
 
 // touch refreshes the mtime of the entry at path, just read with status
@@ -417,17 +516,43 @@ func (d *Disk) touch(path string, st *unix.Stat_t) {
 	unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{now, now}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
+// refreshKey refreshes the mtime of key's entry, if there is one, for a
+// hit served by the memory tier: at most once per touch interval per key
+// in this process (remembering up to maxRefreshed keys at a time), so
+// that an entry kept hot in memory does not look unused to eviction. It
+// costs a map lookup most of the time, and one utimensat(2) when due.
+func (d *Disk) refreshKey(key Key) {
+	now := time.Now().UnixNano()
+	if v, ok := d.refreshed.Load(key); ok && now-v.(int64) < int64(d.touchInterval) {
+		return
+	}
+	if _, loaded := d.refreshed.Swap(key, now); !loaded && d.refreshedN.Add(1) > maxRefreshed {
+		// Forget them all: each key then costs one more refresh.
+		d.refreshed.Clear()
+		d.refreshedN.Store(0)
+	}
+	d.life.RLock()
+	defer d.life.RUnlock()
+	if d.closed {
+		return
+	}
+	ts := unix.NsecToTimespec(now)
+	// ENOENT (not written yet, or evicted) is fine: nothing to keep.
+	unix.UtimesNanoAt(unix.AT_FDCWD, d.entryPath(key), []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
+}
+
 // Usage scans the directory and returns the bytes and number of the
 // entries it holds, not counting writes in progress. It also removes
 // temp files of dead writers and corrects the shared usage record. It is
-// safe while other processes use the directory.
+// safe while other processes use the directory; it fails if another
+// process holds the directory lock for more than 30 seconds.
 func (d *Disk) Usage() (bytes int64, entries int, err error) {
 	d.life.RLock()
 	defer d.life.RUnlock()
 	if d.closed {
 		return 0, 0, fmt.Errorf("disk usage: %w", ErrClosed)
 	}
-	if err := d.lock(); err != nil {
+	if err := d.lock(maintLockWait); err != nil {
 		return 0, 0, fmt.Errorf("disk usage: %w", err)
 	}
 	defer d.unlock()
@@ -444,7 +569,9 @@ func (d *Disk) Usage() (bytes int64, entries int, err error) {
 // Prune removes the entries whose mtime (last write, or last hit
 // refreshed at most once a minute) is more than olderThan ago; olderThan 0
 // removes every entry. Writes in progress are not touched. It returns
-// what it removed, and is safe while other processes use the directory.
+// what it removed, and is safe while other processes use the directory;
+// it fails if another process holds the directory lock for more than 30
+// seconds.
 func (d *Disk) Prune(olderThan time.Duration) (removedBytes int64, removedEntries int, err error) {
 	if olderThan < 0 {
 		return 0, 0, fmt.Errorf("disk prune: negative age %v", olderThan)
@@ -454,7 +581,7 @@ func (d *Disk) Prune(olderThan time.Duration) (removedBytes int64, removedEntrie
 	if d.closed {
 		return 0, 0, fmt.Errorf("disk prune: %w", ErrClosed)
 	}
-	if err := d.lock(); err != nil {
+	if err := d.lock(maintLockWait); err != nil {
 		return 0, 0, fmt.Errorf("disk prune: %w", err)
 	}
 	defer d.unlock()
@@ -484,10 +611,12 @@ func (d *Disk) Prune(olderThan time.Duration) (removedBytes int64, removedEntrie
 	return removedBytes, removedEntries, nil
 }
 
-// Close releases the lock file. Operations still running finish first;
-// afterwards Get misses and the other methods return ErrClosed. Close is
-// idempotent.
+// Close releases the lock file. Operations waiting for the directory lock
+// give up at once (a Put then fails with ErrClosed); other operations
+// still running finish first. Afterwards Get misses and the other methods
+// return ErrClosed. Close is idempotent.
 func (d *Disk) Close() error {
+	d.closeOnce.Do(func() { close(d.closing) })
 	d.life.Lock()
 	defer d.life.Unlock()
 	if d.closed {
@@ -508,14 +637,14 @@ type diskStats struct {
 // returned instead.
 func (d *Disk) stats() diskStats {
 	d.life.RLock()
-	if !d.closed && d.mu.TryLock() {
+	if !d.closed && d.tryTurn() {
 		if flock(d.lockFD, unix.LOCK_SH|unix.LOCK_NB) == nil {
 			if u, ok := d.readUsageLocked(); ok {
 				d.noteUsage(u)
 			}
 			flock(d.lockFD, unix.LOCK_UN)
 		}
-		d.mu.Unlock()
+		<-d.turn
 	}
 	d.life.RUnlock()
 	return diskStats{
@@ -529,19 +658,87 @@ func (d *Disk) stats() diskStats {
 	}
 }
 
-// lock takes this process's turn (mu) and then the node-wide lock.
-func (d *Disk) lock() error {
-	d.mu.Lock()
-	if err := flock(d.lockFD, unix.LOCK_EX); err != nil {
-		d.mu.Unlock()
+// errLockBusy: the directory lock stayed held by others for the whole
+// wait.
+var errLockBusy = errors.New("busy")
+
+// lock takes this process's turn and then the node-wide lock, waiting
+// at most wait for both together (0: trying each once). It fails with
+// errLockBusy when the wait ends, and with ErrClosed when Close starts.
+//
+// flock has no timed wait, so the lock is tried with LOCK_NB, pausing
+// between tries.
+func (d *Disk) lock(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	fail := func(err error) error {
 		return fmt.Errorf("lock %s: %w", filepath.Join(d.dir, lockName), err)
 	}
-	return nil
+	busy := func() error {
+		if wait <= 0 {
+			return fail(fmt.Errorf("%w (held by another process or operation)", errLockBusy))
+		}
+		return fail(fmt.Errorf("%w for %v (held by another process or operation)", errLockBusy, wait))
+	}
+	select {
+	case <-d.closing:
+		return fail(ErrClosed)
+	default:
+	}
+	if !d.tryTurn() {
+		if wait <= 0 {
+			return busy()
+		}
+		t := time.NewTimer(wait)
+		select {
+		case d.turn <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			return busy()
+		case <-d.closing:
+			t.Stop()
+			return fail(ErrClosed)
+		}
+	}
+	pause := lockPollMin
+	for {
+		err := flock(d.lockFD, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if err != unix.EWOULDBLOCK {
+			<-d.turn
+			return fail(err)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			<-d.turn
+			return busy()
+		}
+		t := time.NewTimer(min(pause, left))
+		select {
+		case <-t.C:
+		case <-d.closing:
+			t.Stop()
+			<-d.turn
+			return fail(ErrClosed)
+		}
+		pause = min(2*pause, lockPollMax)
+	}
+}
+
+// tryTurn takes this process's turn at the lock file if it is free.
+func (d *Disk) tryTurn() bool {
+	select {
+	case d.turn <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
 
 func (d *Disk) unlock() {
 	flock(d.lockFD, unix.LOCK_UN)
-	d.mu.Unlock()
+	<-d.turn
 }
 
 // loadUsageLocked returns the usage record, rebuilding it by a scan if it
@@ -664,24 +861,45 @@ func (d *Disk) scanLocked(list bool) ([]diskEntry, usage, error) {
 func scanTemp(path string) int64 {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
-		if err != unix.ENOENT {
-			unix.Unlink(path) // not a file we can lock, so none of ours
-		}
-		return 0
+		return scanTempUnopened(path, err)
 	}
 	defer unix.Close(fd)
 	if err := flock(fd, unix.LOCK_EX|unix.LOCK_NB); err == nil {
 		unix.Unlink(path) // its writer is gone
 		return 0
 	}
-	// A writer holds it. Its name says what it reserved.
+	// A writer holds it.
+	return tempReserved(path, func(st *unix.Stat_t) error { return unix.Fstat(fd, st) })
+}
+
+// scanTempUnopened is scanTemp for a temp file whose open failed with
+// err. Like readEntry's, an open that failed for want of descriptors or
+// memory, or was interrupted, says nothing about the file: it may be a
+// live writer's, so it is kept and its reservation counted (the next scan
+// looks again). Other failures (a symlink, a special file, no
+// permission) mean it is not a file a writer of ours made and locked:
+// it is removed.
+func scanTempUnopened(path string, err error) int64 {
+	switch err {
+	case unix.ENOENT, unix.ENOTDIR:
+		return 0 // gone
+	case unix.EMFILE, unix.ENFILE, unix.ENOMEM, unix.EINTR:
+		return tempReserved(path, func(st *unix.Stat_t) error { return unix.Lstat(path, st) })
+	}
+	unix.Unlink(path)
+	return 0
+}
+
+// tempReserved returns what the live writer of the temp file at path
+// reserved: the size in its name, or else its size by stat.
+func tempReserved(path string, stat func(*unix.Stat_t) error) int64 {
 	rest := strings.TrimPrefix(filepath.Base(path), tmpPrefix)
 	size, _, _ := strings.Cut(rest, "-")
 	if n, err := strconv.ParseInt(size, 10, 64); err == nil && n > 0 {
 		return n
 	}
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) == nil {
+	if stat(&st) == nil {
 		return st.Size
 	}
 	return 0

@@ -255,7 +255,7 @@ func TestDiskReopen(t *testing.T) {
 	if _, err := os.Stat(live); err != nil {
 		t.Errorf("live writer's temp file: %v, want it kept", err)
 	}
-	if err := d.lock(); err != nil {
+	if err := d.lock(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	u, ok := d.readUsageLocked()

@@ -37,8 +37,11 @@
 //   - Nothing damaged is served from disk: every entry file carries a
 //     CRC-32C over its key and data, its lengths and its key, all checked
 //     on each read. A file that fails (bad checksum, wrong length or key,
-//     unreadable, not a regular file) is removed, counted in
-//     Stats.DiskCorrupt and reported as a miss, so the fill runs again.
+//     unreadable, not a regular file) is reported as a miss, so the fill
+//     runs again, counted in Stats.DiskCorrupt, and removed; if the
+//     directory lock is busy the read does not wait for it, and leaves
+//     the file for a later read to remove (until then, a put of its key
+//     finds an entry present and writes nothing).
 //   - Entries appear whole or not at all: a writer fills a temp file in
 //     the entry's directory and renames it into place.
 //   - Stored byte slices are shared, not copied: the slice given to
@@ -49,13 +52,26 @@
 //     evicted at any time to keep that bound; a miss is always safe.
 //   - The disk tier's files (entries and temp files; not the lock file or
 //     directories) never hold more than the quota, across all processes
-//     sharing the directory, provided they all use the same quota (each
-//     enforces its own on its writes). This is stricter than "at most one
-//     chunk over": space is reserved before a byte is written.
+//     sharing the directory, provided they all use the same quota. This
+//     is stricter than "at most one chunk over": space is reserved before
+//     a byte is written.
+//   - The quota is per process, not a property of the directory: each
+//     process enforces its own on its own writes, against the usage of
+//     all. A process with a larger quota can fill the directory past a
+//     smaller one's, which then evicts to get back under its own. So every
+//     process sharing a directory should use the same quota (lazyroot's
+//     --cache-size).
+//   - Usage counts logical file sizes (st_size: header, key and data),
+//     not the blocks the filesystem allocates, so du(1) may report
+//     somewhat more (block rounding, directories, the lock file).
 //   - Disk errors never fail a Get. A write that fails (full disk, EDQUOT,
-//     I/O error, no room) removes its temp file and leaves the entry
-//     absent; it is counted in Stats.DiskWriteErrors and logged through
-//     Options.Logf at most once a minute.
+//     I/O error, no room, the directory lock busy) removes its temp file
+//     and leaves the entry absent; it is counted in Stats.DiskWriteErrors
+//     and logged through Options.Logf at most once a minute.
+//   - Every wait for the directory lock has a bound (see Bounded waits):
+//     a process that holds it forever (stopped, frozen, a long prune)
+//     costs the others their disk writes and removals of damaged entries,
+//     never a read.
 //
 // # Disk layout
 //
@@ -68,10 +84,14 @@
 // record holds the bytes and count of committed entries and the bytes
 // reserved by writes in progress, with its own CRC.
 //
-// An entry's mtime is its LRU clock: set when written, refreshed by a hit
-// when more than a minute old (so hits cost no extra syscall most of the
-// time). Eviction removes the oldest mtimes first. Hits in the memory
-// tier do not refresh the disk entry.
+// An entry's mtime is its LRU clock: set when written, refreshed by a disk
+// hit when more than a minute old (so hits cost no extra syscall most of
+// the time). Eviction removes the oldest mtimes first. A hit in the
+// memory tier refreshes the disk entry too, by path, at most once a
+// minute per key in each process (a process remembers the last refresh
+// of up to 16384 keys; when it has more it forgets them all, which costs
+// each one extra refresh), so an entry kept hot in memory does not look
+// unused on disk.
 //
 // # Cross-process protocol
 //
@@ -93,7 +113,10 @@
 //  4. Under the lock (commit): rename the temp file over the entry's name
 //     (or remove it if the write failed) and move its size from reserved
 //     to committed (less the size of any file the rename replaced). Then
-//     close it, dropping its flock.
+//     close it, dropping its flock. If the writer cannot get the lock in
+//     time (see Bounded waits), it removes its temp file without the lock
+//     and leaves its reservation counted until the next scan: files only
+//     vanish, so the bound below still holds.
 //
 // So under the lock, the files present add up to no more than committed
 // plus reserved, which never passes the quota.
@@ -119,20 +142,50 @@
 // flock locks belong to the open file description, so the directory must
 // be on a local filesystem (NFS emulates flock with per-process locks).
 //
+// # Bounded waits
+//
+// Another process may hold DIR/lock for long: a `lazyroot cache prune` of
+// a large directory, OpenDisk's scan at another mount's start, or a
+// process stopped or frozen while holding it. flock(2) has no timed wait,
+// so the lock is tried with LOCK_NB, pausing between tries (100µs
+// doubling to 5ms), until a deadline:
+//
+//   - removing a damaged entry (in Disk.Get, so inside a Get's lookup):
+//     no wait at all; if the lock is busy the entry stays for a later
+//     read to remove, and the Get goes on to fill.
+//   - a put: at most 2 s to reserve and 2 s to commit; the put then fails
+//     cleanly (counted, logged, temp file removed). After such a failure,
+//     puts for the next 2 s try the lock once and fail at once, so writes
+//     do not pile up behind it.
+//   - OpenDisk's scan: at most 2 s; if the lock stays busy OpenDisk opens
+//     without the scan (and logs so).
+//   - Usage and Prune (maintenance commands): at most 30 s, then an error.
+//   - Cache.Close: see Write-behind.
+//
+// Disk.Close ends every wait for the lock at once (ErrClosed).
+//
 // # Lock order
 //
 // Outermost first; no lock is taken while a later one is held, except as
 // listed:
 //
-//  1. Cache.wmu (write-behind state) - nothing else is taken under it.
-//  2. Disk.life (RWMutex: read-held by every Disk operation, write-held by
+//  1. Disk.life (RWMutex: read-held by every Disk operation, write-held by
 //     Disk.Close).
-//  3. Disk.mu (this process's turn at the lock file's descriptor: flock
-//     does not exclude two goroutines using one descriptor).
-//  4. flock on DIR/lock (node-wide).
-//  5. flock on a temp file (leaf; held by its writer only).
+//  2. Disk.turn (this process's turn at the lock file's descriptor: flock
+//     does not exclude two goroutines using one descriptor; a channel, so
+//     that its wait can be bounded).
+//  3. flock on DIR/lock (node-wide).
+//  4. flock on a temp file, held by its writer only.
 //
-// Memory.mu is separate: Cache never holds it with any of the above.
+// The exception: commit (step 4 of a put) takes 2 and 3 while holding its
+// temp file's flock (4). That cannot deadlock: nobody ever waits for a
+// temp file's flock. The only other taker is a scan (under 3), which
+// tries it with LOCK_NB and counts the file as a live writer's when it
+// fails. (And the waits for 2 and 3 are bounded anyway.)
+//
+// Cache.wmu (write-behind state) and Memory.mu are leaves, each taken
+// while holding no other lock of the package, with none taken under
+// them (but ristretto's own, under Memory.mu).
 //
 // # Concurrency
 //
@@ -160,7 +213,11 @@
 // [Cache.Flush] waits until nothing is pending; tests use it to know a
 // write landed.
 //
-// Close waits for pending disk writes, then releases both tiers. It may
-// race with Gets and fills still running: afterwards the tiers miss and
-// drop puts, and [Cache.Get] returns [ErrClosed].
+// Close waits up to 5 s for pending disk writes, then drops what has not
+// landed (counted in Stats.DiskWritesSkipped): writes waiting for the
+// directory lock give up at once, writes not yet started are not made. It
+// then releases both tiers. So Close returns in bounded time even if
+// another process holds the directory lock forever. It may race with
+// Gets and fills still running: afterwards the tiers miss and drop puts,
+// and [Cache.Get] returns [ErrClosed].
 package cache
