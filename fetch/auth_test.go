@@ -115,3 +115,121 @@ func TestUnauthorizedRedoesHandshake(t *testing.T) {
 		})
 	}
 }
+
+// pingFault counts pings (GET /v2/) in pings and answers those that make
+// it 1 to n with code. Pings pass while pings is negative.
+func pingFault(n int64, code int, pings *atomic.Int64) middleware {
+	pings.Store(-1 << 40) // the test setup's own pings pass
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v2/" {
+				if p := pings.Add(1); p >= 1 && p <= n {
+					w.WriteHeader(code)
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// TestHandshakeFailureIsOneAttempt: a handshake that fails during a read
+// is one attempt of the read's retry loop, not a retry loop of its own.
+func TestHandshakeFailureIsOneAttempt(t *testing.T) {
+	t.Parallel()
+	layer := newTestLayer(t, 64<<10)
+	var pings atomic.Int64
+	origin := newEnv(t, envConfig{layer: &layer, mw: pingFault(1<<40, http.StatusServiceUnavailable, &pings)})
+	// A mirror that is gone: Blob does not shake hands with the origin,
+	// the first read does.
+	gone := newServer(t, http.NotFoundHandler())
+	gone.Close()
+	dir := t.TempDir()
+	writeHosts(t, dir, hostOf(origin), fmt.Sprintf("[host.%q]\n", gone.URL))
+	c := origin.client(t, WithHostsDir(dir), WithRetries(2))
+	b := origin.remoteBlob(t, c)
+	pings.Store(0)
+	_, err := b.ReadAt(context.Background(), make([]byte, 100), 0)
+	var fe *Error
+	if !errors.As(err, &fe) || !fe.Temporary {
+		t.Fatalf("err = %v, want a temporary *Error", err)
+	}
+	if n := pings.Load(); n != 3 {
+		t.Errorf("%d pings for a read with 2 retries, want 3", n)
+	}
+	if s := c.Stats(); s.Retries != 2 {
+		t.Errorf("Stats = %+v, want 2 retries", s)
+	}
+}
+
+// TestBlobRetriesHandshake: Blob's own handshake is retried like a read.
+func TestBlobRetriesHandshake(t *testing.T) {
+	t.Parallel()
+	layer := newTestLayer(t, 64<<10)
+	var pings atomic.Int64
+	env := newEnv(t, envConfig{layer: &layer, mw: pingFault(2, http.StatusServiceUnavailable, &pings)})
+	pings.Store(0)
+	c := env.client(t)
+	b, err := c.Blob(context.Background(), env.repo, env.desc)
+	if err != nil {
+		t.Fatalf("Blob: %v", err)
+	}
+	if n := pings.Load(); n != 3 {
+		t.Errorf("%d pings, want 3", n)
+	}
+	if _, err := b.ReadAt(context.Background(), make([]byte, 100), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPlainHTTPRules(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1:5000": true, "127.9.9.9": true, "[::1]:5000": true, "::1": true, "localhost:5000": true, "LOCALHOST.": true,
+		"10.0.0.1:5000": false, "mirror.internal": false, "localhost.example:80": false, "": false,
+	} {
+		if got := isLoopback(host); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
+		}
+	}
+	for ch, want := range map[string]bool{
+		`Basic realm="lazyroot-test"`:                                  true,
+		`Bearer realm="https://auth.example/token",service="x"`:        true,
+		`Bearer realm="http://127.0.0.1:5000/token",service="x"`:       true,
+		`Bearer realm="http://auth.example/token",service="x"`:         false,
+		`Bearer service="x",REALM=http://auth.example/token`:           false,
+		`Bearer realm="https://a.example/t", Basic realm="http://b/x"`: false,
+		`Bearer realm="http://%zz/token"`:                              false,
+	} {
+		if got := safeRealm(ch); got != want {
+			t.Errorf("safeRealm(%q) = %v, want %v", ch, got, want)
+		}
+	}
+	var sent atomic.Int64
+	g := plainGuard{next: roundTripperFunc(func(*http.Request) (*http.Response, error) {
+		sent.Add(1)
+		return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody}, nil
+	})}
+	for _, tt := range []struct {
+		url   string
+		basic bool
+		want  bool // sent
+	}{
+		{"http://mirror.example/v2/", true, false},
+		{"http://mirror.example/v2/", false, true},
+		{"https://mirror.example/v2/", true, true},
+		{"http://127.0.0.1:5000/v2/", true, true},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, tt.url, nil)
+		if tt.basic {
+			req.SetBasicAuth("u", "p")
+		}
+		before := sent.Load()
+		_, err := g.RoundTrip(req)
+		if got := sent.Load() > before; got != tt.want || (err == nil) != tt.want {
+			t.Errorf("%s basic %v: sent %v, err %v; want sent %v", tt.url, tt.basic, got, err, tt.want)
+		}
+		if err != nil && !errors.Is(err, errPlainCredentials) {
+			t.Errorf("err = %v", err)
+		}
+	}
+}

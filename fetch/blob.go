@@ -86,8 +86,9 @@ func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 
 // tries is what one read learned about the endpoints.
 type tries struct {
-	failed []bool // mirrors that failed during this read, by index
-	round  int    // pauses made so far
+	failed     []bool // mirrors that failed during this read, by index
+	round      int    // pauses made so far
+	reresolved bool   // a reused storage URL failed and the registry was asked again
 }
 
 func (b *RemoteBlob) newTries() *tries {
@@ -121,7 +122,7 @@ func (b *RemoteBlob) fetch(ctx context.Context, p []byte, off int64) (int, error
 		}
 		bd, i, err := b.open(ctx, st, off+int64(got), off+int64(len(p)), true)
 		if err != nil {
-			last, fellBack = err, false
+			last, fellBack = lastFailure(ctx, last, err), false
 			continue
 		}
 		n, err := io.ReadFull(bd, p[got:])
@@ -133,7 +134,7 @@ func (b *RemoteBlob) fetch(ctx context.Context, p []byte, off int64) (int, error
 		if n > 0 {
 			failures = 0
 		}
-		last, fellBack = err, b.mirrorFailed(ctx, st, i, err)
+		last, fellBack = lastFailure(ctx, last, err), b.mirrorFailed(ctx, st, i, err)
 	}
 	return got, nil
 }
@@ -155,22 +156,25 @@ func (b *RemoteBlob) mirrorFailed(ctx context.Context, st *tries, i int, err err
 // well, and the endpoint's index. Mirrors that failed during this read are
 // skipped, and so, before the first pause, are mirrors that misbehaved
 // lately; a mirror that fails now is passed over for the next endpoint.
-// The last endpoint is always tried; its failure is the result.
+// The last endpoint is always tried; its failure is the result (or, when
+// the context ended, the failure before that).
 func (b *RemoteBlob) open(ctx context.Context, st *tries, off, end int64, ranged bool) (*body, int, error) {
 	c := b.client
 	lastIdx := len(b.endpoints) - 1
+	var prev error // a mirror's failure in this pass
 	for i, e := range b.endpoints {
 		last := i == lastIdx
 		if !last && (st.failed[i] || st.round == 0 && c.penalized(e, b.digest)) {
 			continue
 		}
-		bd, err := b.sendTo(ctx, e, off, end, ranged, last)
+		bd, err := b.sendTo(ctx, st, e, off, end, ranged, last)
 		if err == nil {
 			return bd, i, nil
 		}
 		if last || ctx.Err() != nil {
-			return nil, i, err
+			return nil, i, lastFailure(ctx, prev, err)
 		}
+		prev = err
 		st.failed[i] = true
 		c.penalize(e, b.digest, err)
 		c.stats.fallbacks.Add(1)
@@ -242,7 +246,7 @@ func (s *stream) connect() error {
 		// the rest only.
 		bd, i, err := b.open(s.ctx, s.st, s.off, b.size, s.off > 0)
 		if err != nil {
-			s.last, s.fellBack = err, false
+			s.last, s.fellBack = lastFailure(s.ctx, s.last, err), false
 			continue
 		}
 		s.body, s.bodyIdx = bd, i
@@ -276,7 +280,7 @@ func (s *stream) Read(p []byte) (int, error) {
 			s.err = io.EOF
 			return n, io.EOF
 		}
-		s.last, s.fellBack = err, s.blob.mirrorFailed(s.ctx, s.st, s.bodyIdx, err)
+		s.last, s.fellBack = lastFailure(s.ctx, s.last, err), s.blob.mirrorFailed(s.ctx, s.st, s.bodyIdx, err)
 		if n > 0 {
 			return n, nil
 		}
@@ -354,7 +358,7 @@ func (c *Client) shared(ctx context.Context, key flightKey, p []byte, fetch func
 			return n, err
 		case <-ctx.Done():
 			f.readers.Done()
-			return 0, &failure{err: ctx.Err()}
+			return 0, ctxFailure(ctx, nil)
 		}
 	}
 }

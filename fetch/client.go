@@ -27,8 +27,9 @@ import (
 // sharing one among all the images of a node makes its per-host limit and
 // its deduplication node-wide.
 type Client struct {
-	opts *options          // immutable after New
-	base http.RoundTripper // opts.transport with the User-Agent set
+	opts    *options          // immutable after New
+	base    http.RoundTripper // opts.transport, wrapped, with the User-Agent set
+	storage *http.Client      // base, for redirect targets on other hosts than the endpoint's
 
 	handshakes singleflight.Group // one authentication per endpoint and repository at a time
 	limits     hostLimits
@@ -73,7 +74,8 @@ type Stats struct {
 	// including bytes skipped when a server ignored Range.
 	Bytes int64
 	// Retries is the number of attempts made after a failed one (after a
-	// pause). Moving on from a failed mirror is a fallback, not a retry.
+	// pause), a failed handshake counting as an attempt. Moving on from a
+	// failed mirror is a fallback, not a retry.
 	Retries int64
 	// Errors is the number of reads (ReadAt calls, Open calls and streams
 	// from Open) that failed. Reaching the end of a blob is not a failure.
@@ -87,8 +89,9 @@ type Stats struct {
 	// Reauthentications is the number of handshakes redone because a
 	// registry answered 401.
 	Reauthentications int64
-	// Reresolves is the number of times a reused storage URL was refused
-	// (or had expired) and the registry was asked again.
+	// Reresolves is the number of times a request to a reused storage URL
+	// failed and the registry was asked again at once (at most once per
+	// read).
 	Reresolves int64
 	// Hosts breaks Requests and Bytes down by the host that served them
 	// (registry, mirror or storage), as host[:port].
@@ -127,7 +130,10 @@ func New(opts ...Option) (*Client, error) {
 		asked:      make(map[string]*atomic.Bool),
 		flights:    make(map[flightKey]*flight),
 	}
-	c.base = c.withUserAgent(o.transport)
+	if c.base, err = c.finish(o.transport); err != nil {
+		return nil, fmt.Errorf("fetch options: %w", err)
+	}
+	c.storage = &http.Client{Transport: c.base, CheckRedirect: noRedirects}
 	c.limits.init(o.maxConns)
 	return c, nil
 }
@@ -189,9 +195,10 @@ func (c *Client) blobCounter(d v1.Hash) *blobCounters {
 // Blob returns random access to the blob desc in repo; the size comes from
 // desc. It reads the registry's hosts configuration. When the registry
 // itself is the only endpoint, Blob authenticates to it (once per
-// repository, with pull scope) so that bad credentials show at once; with
-// mirrors, each endpoint authenticates when first used. Blob sends no
-// request for the blob itself.
+// repository, with pull scope, retrying temporary failures like a read)
+// so that bad credentials show at once; with mirrors, each endpoint
+// authenticates when first used. Blob sends no request for the blob
+// itself.
 func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descriptor) (*RemoteBlob, error) {
 	if _, err := v1.NewHash(desc.Digest.String()); err != nil {
 		return nil, fmt.Errorf("fetch blob: %w", err)
@@ -213,7 +220,7 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 		flightID:  repo.Registry.Scheme() + "://" + repo.Name(),
 	}
 	if len(eps) == 1 {
-		if _, err := c.authClient(ctx, eps[0], repo); err != nil {
+		if _, err := c.handshake(ctx, eps[0], repo); err != nil {
 			e := newError(desc.Digest, 0, 0, err)
 			if e.Err == nil {
 				e.Err = fmt.Errorf("authenticate to %s", eps[0].reg)
@@ -232,10 +239,12 @@ type endpoint struct {
 	key       string            // the API root URL; names the endpoint in maps
 	host      string            // URL.Host
 	reg       name.Registry     // what the handshake talks to
-	transport http.RoundTripper // unauthenticated, with our User-Agent
-	storage   *http.Client      // transport, for redirect targets on other hosts
+	transport http.RoundTripper // unauthenticated, wrapped, with our User-Agent
 	ns        string            // the ns query parameter for a foreign endpoint, else ""
 	foreign   bool              // on another host than the registry's
+	// exposed: reached over plain http:// on a host that is not loopback,
+	// and not because the image reference said so. It gets no credentials.
+	exposed bool
 }
 
 // endpoints returns the endpoints that serve blobs of repo, in the order
@@ -282,6 +291,7 @@ func (c *Client) prepare(e Endpoint, reg name.Registry) (*endpoint, error) {
 			ep.foreign = true
 		}
 	}
+	ep.exposed = !e.defaultServer && e.URL.Scheme == "http" && !isLoopback(e.URL.Host)
 	ep.transport = c.base
 	if e.needsOwnTransport() {
 		t, err := c.endpointTransport(&e)
@@ -290,7 +300,6 @@ func (c *Client) prepare(e Endpoint, reg name.Registry) (*endpoint, error) {
 		}
 		ep.transport = t
 	}
-	ep.storage = &http.Client{Transport: ep.transport, CheckRedirect: noRedirects}
 	return ep, nil
 }
 
@@ -308,6 +317,7 @@ func (e *endpoint) blobURL(repo name.Repository, d v1.Hash) string {
 	return u.String()
 }
 
+// joinPath appends parts to the URL path root, one slash between each.
 func joinPath(root string, parts ...string) string {
 	p := root
 	for _, s := range parts {
@@ -325,10 +335,11 @@ func authKey(e *endpoint, repo name.Repository) string {
 }
 
 // authClient returns the authenticated client of e for repo, doing the
-// handshake if no one has yet. The handshake is shared by concurrent
-// callers and is not bound to ctx (whose caller may leave early), only to
-// its own per-attempt timeouts and retry limit; a failed handshake is not
-// cached. The client does not follow redirects.
+// handshake if no one has yet. The handshake is one attempt, shared by
+// concurrent callers; it is not bound to ctx (whose caller may leave
+// early) but to the request timeout, and each caller waits for it only as
+// long as its own ctx allows. A failed handshake is not cached: retrying
+// it is the caller's business. The client does not follow redirects.
 func (c *Client) authClient(ctx context.Context, e *endpoint, repo name.Repository) (*http.Client, error) {
 	key := authKey(e, repo)
 	c.mu.Lock()
@@ -362,7 +373,24 @@ func (c *Client) authClient(ctx context.Context, e *endpoint, repo name.Reposito
 		}
 		return r.Val.(*http.Client), nil
 	case <-ctx.Done():
-		return nil, &failure{err: ctx.Err()}
+		return nil, ctxFailure(ctx, nil)
+	}
+}
+
+// handshake returns the authenticated client of e for repo, retrying a
+// failed handshake after a pause as a read would retry a request.
+func (c *Client) handshake(ctx context.Context, e *endpoint, repo name.Repository) (*http.Client, error) {
+	var last error
+	for failures := 0; ; failures++ {
+		hc, err := c.authClient(ctx, e, repo)
+		if err == nil {
+			return hc, nil
+		}
+		last = lastFailure(ctx, last, err)
+		if err := c.wait(ctx, failures, last); err != nil {
+			return nil, err
+		}
+		c.stats.retries.Add(1)
 	}
 }
 
@@ -377,60 +405,61 @@ func (c *Client) forgetClient(e *endpoint, repo name.Repository, hc *http.Client
 	}
 }
 
-// authenticate resolves the credentials for e and performs its handshake
-// with pull scope for repo, retrying temporary failures unless e is a
-// mirror.
+// credentials returns the authenticator for endpoint e and repo. The
+// registry's own host gets WithAuth's, else the keychain's for repo.
+// Another host gets the keychain's for that host, or none; an exposed
+// endpoint gets none.
+func (c *Client) credentials(ctx context.Context, e *endpoint, repo name.Repository) (authn.Authenticator, error) {
+	var res authn.Resource = repo
+	switch {
+	case e.exposed:
+		return authn.Anonymous, nil
+	case !e.foreign && c.opts.auth != nil:
+		return c.opts.auth, nil
+	case c.opts.keychain == nil:
+		return authn.Anonymous, nil
+	case e.foreign:
+		res = e.reg // the endpoint's own credentials, if the keychain has any
+	}
+	a, err := authn.Resolve(ctx, c.opts.keychain, res)
+	if err != nil {
+		return nil, fmt.Errorf("resolve credentials for %s: %w", res.RegistryStr(), err)
+	}
+	if a == nil {
+		return nil, fmt.Errorf("resolve credentials for %s: keychain returned nil", res.RegistryStr())
+	}
+	return a, nil
+}
+
+// authenticate resolves the credentials for e and makes one attempt at its
+// handshake with pull scope for repo, bounded by the request timeout.
 func (c *Client) authenticate(ctx context.Context, e *endpoint, repo name.Repository) (http.RoundTripper, error) {
-	auth := c.opts.auth
-	if auth == nil {
-		var res authn.Resource = repo
-		if e.foreign {
-			res = e.reg // a mirror's own credentials, if the keychain has any
-		}
-		a, err := authn.Resolve(ctx, c.opts.keychain, res)
-		if err != nil {
-			return nil, fmt.Errorf("resolve credentials: %w", err)
-		}
-		if a == nil {
-			return nil, errors.New("resolve credentials: keychain returned nil")
-		}
-		auth = a
+	auth, err := c.credentials(ctx, e, repo)
+	if err != nil {
+		return nil, err
 	}
 	rt := e.transport
-	if e.foreign {
-		asked := c.challenged(e.host)
-		auth = &challengedAuth{inner: auth, asked: asked}
-		rt = &challengeSpy{next: rt, host: e.host, asked: asked}
+	if !e.defaultServer {
+		// An endpoint from hosts.toml: credentials only when asked for,
+		// and never in clear beyond this machine.
+		asked, unsafe := c.challenged(e.host), &atomic.Bool{}
+		auth = &challengedAuth{inner: auth, asked: asked, unsafe: unsafe}
+		rt = &challengeSpy{next: plainGuard{next: rt}, host: e.host, asked: asked, unsafe: unsafe}
 	}
-	scopes := []string{repo.Scope(transport.PullScope)}
-	var last error
-	failures := 0
-	for {
-		if last != nil {
-			if e.Mirror {
-				// The next endpoint is a better retry than this one.
-				return nil, last
-			}
-			if err := c.wait(ctx, failures, last); err != nil {
-				return nil, err
-			}
-			failures++
-		}
-		actx, cancel := context.WithTimeoutCause(ctx, c.opts.requestTimeout, errAttemptTimeout)
-		art, err := transport.NewWithContext(actx, e.reg, auth, rt, scopes)
-		cancel()
-		if err == nil {
-			return art, nil
-		}
-		var te *transport.Error
-		if errors.As(err, &te) && te.StatusCode != http.StatusUnauthorized && te.StatusCode != http.StatusForbidden &&
-			!e.defaultServer && e.URL.Path != "/v2" {
-			// An endpoint whose API root is not /v2 may have nothing to
-			// answer a ping at /v2/; talk to it without a handshake.
-			return e.transport, nil
-		}
-		last = transportFailure(ctx, actx, c.opts.requestTimeout, err)
+	actx, cancel := context.WithTimeoutCause(ctx, c.opts.requestTimeout, errAttemptTimeout)
+	defer cancel()
+	art, err := transport.NewWithContext(actx, e.reg, auth, rt, []string{repo.Scope(transport.PullScope)})
+	if err == nil {
+		return art, nil
 	}
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode != http.StatusUnauthorized && te.StatusCode != http.StatusForbidden &&
+		!e.defaultServer && e.URL.Path != "/v2" {
+		// An endpoint whose API root is not /v2 may have nothing to
+		// answer a ping at /v2/; talk to it without a handshake.
+		return e.transport, nil
+	}
+	return nil, transportFailure(ctx, actx, c.opts.requestTimeout, err)
 }
 
 // location is a storage URL a registry redirected a blob to.

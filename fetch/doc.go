@@ -14,7 +14,8 @@
 //     dial timeouts;
 //   - the authentication handshake (go-containerregistry's transport with
 //     pull scope), done once per endpoint and repository and cached in the
-//     [Client], and done again when a registry answers 401;
+//     [Client], and done again when a registry answers 401; which
+//     credentials each host gets;
 //   - Range requests and the checks on their answers (status,
 //     Content-Range, Content-Length, body length);
 //   - retries with exponential backoff and jitter, Retry-After, and
@@ -38,7 +39,7 @@
 // a changed file applies to blobs opened afterwards. The file is read by a
 // small TOML reader that rejects, with a line number, the TOML it does not
 // know (multi-line strings, floats, dates, inline tables, arrays of
-// tables).
+// tables), files larger than 1 MiB and arrays nested more than 8 deep.
 //
 // A mirror that fails (no connection, an error status, a bad or broken
 // answer, a handshake that fails) passes the read to the next endpoint
@@ -50,24 +51,38 @@
 // becomes a whole download. Only the last endpoint may do that; its
 // leading bytes are then skipped.
 //
-// The registry named in the image reference gets the credentials as
-// go-containerregistry gives them. An endpoint on another host gets
-// credentials only once it has asked for them (401 with WWW-Authenticate),
-// through its own handshake; with [WithKeychain] they are resolved for
-// that host, with [WithAuth] they are the one authenticator.
+// # Credentials
+//
+// [WithAuth] is for the registry named in the image reference: endpoints
+// on its host get it (or, without it, the [WithKeychain] credentials for
+// the repository), as go-containerregistry gives them. An endpoint on
+// another host (a mirror, a server override elsewhere) never gets
+// WithAuth's credentials: it gets those the keychain holds for its own
+// host (as containerd resolves them per host), or none without a
+// keychain, and only once it has asked for them (401 with
+// WWW-Authenticate), through its own handshake; a bearer token service
+// it names is asked without credentials when there are none. No endpoint
+// that hosts.toml names with plain http:// on a host other than loopback
+// (127.0.0.0/8, ::1, localhost) gets any credentials, nor a token
+// obtained with them. Both options may be given: the layer above passes
+// WithAuth with the registry's credentials, and WithKeychain when the
+// user named no credentials of their own.
 //
 // # Redirects
 //
 // Registries usually redirect a blob GET to a signed storage URL. fetch
 // follows redirects itself: a hop to another host than the endpoint's goes
-// without credentials (and without hosts.toml headers), and the final
+// without credentials, without hosts.toml headers and through the base
+// transport, not with the endpoint's TLS (ca, client, skip_verify), proxy
+// or dial settings; the final
 // storage URL is kept per blob and endpoint for [WithRedirectMaxAge]
 // (default 5 minutes), or until shortly before the expiry the URL states
 // (X-Amz-Date/X-Amz-Expires, X-Goog-Date/X-Goog-Expires, Expires, se),
-// whichever comes first. Later reads go straight to storage. When storage
-// refuses the URL (400, 401, 403, 404, 410) the registry is asked again at
-// once; other storage failures drop the URL and are retried through the
-// registry.
+// whichever comes first. Later reads go straight to storage. When a reused
+// URL fails in any way (a refusal such as 403, a redirect, a 5xx, no
+// answer, a bad answer) it is dropped and the registry is asked again at
+// once, without a pause; that happens at most once per read, after which
+// failures are retried as usual.
 //
 // # Invariants
 //
@@ -91,9 +106,12 @@
 //     or no body bytes arrive within the request timeout, the number of
 //     retries is bounded, no backoff sleep reaches past the context
 //     deadline (fetch gives up at once instead), and waiting for a
-//     connection slot ends with the context.
+//     connection slot ends with the context. A failed handshake is one
+//     attempt of the read that needed it, not a retry loop of its own.
 //   - Credentials never reach a storage host a registry redirects to, nor
-//     a mirror that did not ask for them.
+//     a mirror that did not ask for them; [WithAuth]'s never reach another
+//     host than the registry's; none travel over plain HTTP beyond this
+//     machine to an endpoint named in hosts.toml.
 //
 // # Errors
 //
@@ -103,7 +121,9 @@
 // missing blob wraps [ErrNotFound] and refused credentials wrap
 // [ErrUnauthorized]; neither is retried (a 401 is answered with one new
 // handshake first). When the context ends, the error wraps the context's
-// error.
+// error and names the last failure before it, if any: then Temporary is
+// that failure's, so a registry that is down past the deadline yields a
+// temporary error.
 //
 // # Concurrency
 //
@@ -122,10 +142,16 @@
 // for one goroutine at a time. Sharing one Client among every image of a
 // node makes the per-host bound and the sharing of requests node-wide.
 //
-// # Proxies
+// # Transports and proxies
 //
 // The default transport takes its proxy from HTTPS_PROXY, HTTP_PROXY and
 // NO_PROXY (as net/http reads them, once per process); hosts.toml's proxy
-// overrides them for one endpoint. A transport given with [WithTransport]
-// decides for itself.
+// overrides them for one endpoint. An endpoint with TLS, proxy or dial
+// settings gets a clone of the base transport with them. To put
+// behaviour of its own on every request (a guard on schemes, logging),
+// the caller gives [WithTransportWrapper]: fetch wraps the base transport
+// and each endpoint's transport with it, so nothing goes around it.
+// A transport given with [WithTransport] (meant for tests) decides for
+// itself about proxies; it must be an *http.Transport for endpoints with
+// settings of their own, else Blob fails for that registry.
 package fetch

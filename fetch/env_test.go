@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
@@ -81,6 +82,11 @@ type envConfig struct {
 	auth   *authn.Basic // nil: no authentication; else required on every request
 	tls    bool         // serve HTTPS with httptest's own certificate
 	listen string       // address to listen on; "" for a loopback port
+	// front, if set, sees every request first, even those auth refuses.
+	front middleware
+	// tlsConfig, if set, is the server's TLS configuration (with tls);
+	// httptest adds its certificate.
+	tlsConfig *tls.Config
 }
 
 func newEnv(t *testing.T, cfg envConfig) *testEnv {
@@ -99,6 +105,9 @@ func newEnv(t *testing.T, cfg envConfig) *testEnv {
 		h = requireBasic(cfg.auth, h)
 	}
 	h = env.countBlobGets(h)
+	if cfg.front != nil {
+		h = cfg.front(h)
+	}
 	env.srv = httptest.NewUnstartedServer(guardHead(h))
 	env.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	if cfg.listen != "" {
@@ -110,6 +119,7 @@ func newEnv(t *testing.T, cfg envConfig) *testEnv {
 		env.srv.Listener = l
 	}
 	if cfg.tls {
+		env.srv.TLS = cfg.tlsConfig
 		env.srv.StartTLS()
 	} else {
 		env.srv.Start()

@@ -66,6 +66,10 @@ type failure struct {
 	// pastDeadline: given up early because the next retry would end
 	// after the context's deadline.
 	pastDeadline bool
+	// ended: the caller's context ended; err wraps its error. after is
+	// the real failure before that, if any, named in err.
+	ended bool
+	after error
 }
 
 func (f *failure) Error() string {

@@ -3,6 +3,7 @@ package fetch
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -104,7 +105,7 @@ func LoadHosts(dir string, reg name.Registry) ([]Endpoint, error) {
 		return []Endpoint{server}, err
 	}
 	file := filepath.Join(hostDir, "hosts.toml")
-	src, err := os.ReadFile(file)
+	src, err := readHostsFile(file)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := addDockerCerts(&server, hostDir); err != nil {
@@ -119,6 +120,27 @@ func LoadHosts(dir string, reg name.Registry) ([]Endpoint, error) {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return eps, nil
+}
+
+// maxHostsFile bounds the size of a hosts.toml; real ones are a few
+// hundred bytes.
+const maxHostsFile = 1 << 20
+
+// readHostsFile reads file, up to maxHostsFile bytes.
+func readHostsFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	src, err := io.ReadAll(io.LimitReader(f, maxHostsFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > maxHostsFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes (1 MiB)", file, maxHostsFile)
+	}
+	return src, nil
 }
 
 // defaultServer is the registry itself, reached the way go-containerregistry
@@ -406,6 +428,8 @@ func endpointURL(raw string, overridePath bool) (*url.URL, error) {
 	return &url.URL{Scheme: u.Scheme, Host: u.Host, Path: p}, nil
 }
 
+// proxyURL checks a hosts.toml proxy: scheme://host[:port] with a scheme
+// net/http supports.
 func proxyURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
@@ -422,6 +446,7 @@ func proxyURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
+// resolvePath makes a hosts.toml path absolute, relative to dir.
 func resolvePath(dir, p string) string {
 	if filepath.IsAbs(p) {
 		return p
@@ -429,6 +454,7 @@ func resolvePath(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
+// asString reads a string value.
 func asString(v any) (string, error) {
 	s, ok := v.(string)
 	if !ok {
@@ -437,6 +463,7 @@ func asString(v any) (string, error) {
 	return s, nil
 }
 
+// asBool reads a boolean value.
 func asBool(v any) (bool, error) {
 	b, ok := v.(bool)
 	if !ok {

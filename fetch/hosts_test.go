@@ -331,3 +331,39 @@ func mustHash(t *testing.T) v1.Hash {
 	}
 	return h
 }
+
+// TestHostsLimits: hosts.toml may not be huge nor nest arrays deeply.
+func TestHostsLimits(t *testing.T) {
+	nested := func(depth int) string {
+		return "a = " + strings.Repeat("[", depth) + strings.Repeat("]", depth) + "\n"
+	}
+	if _, err := parseTOML(nested(maxArrayDepth)); err != nil {
+		t.Errorf("arrays nested %d deep: %v", maxArrayDepth, err)
+	}
+	for _, depth := range []int{maxArrayDepth + 1, 1 << 20} {
+		_, err := parseTOML(nested(depth))
+		if err == nil || !strings.Contains(err.Error(), "line 1: arrays nested deeper than") {
+			t.Errorf("arrays nested %d deep: err = %v, want one about the nesting", depth, err)
+		}
+	}
+
+	reg, _ := name.NewRegistry("reg.example")
+	for _, tt := range []struct {
+		size    int
+		wantErr bool
+	}{{maxHostsFile, false}, {maxHostsFile + 1, true}} {
+		dir := t.TempDir()
+		// Comments only: valid TOML of any size.
+		line := "# " + strings.Repeat("x", 61) + "\n"
+		src := strings.Repeat(line, tt.size/len(line))
+		src += strings.Repeat("#", tt.size-len(src))
+		writeHosts(t, dir, "reg.example", src)
+		_, err := LoadHosts(dir, reg)
+		if (err != nil) != tt.wantErr {
+			t.Fatalf("%d bytes: err = %v, want error %v", tt.size, err, tt.wantErr)
+		}
+		if err != nil && (!strings.Contains(err.Error(), filepath.Join(dir, "reg.example", "hosts.toml")) || !strings.Contains(err.Error(), "larger than")) {
+			t.Errorf("%d bytes: err = %v, want one naming the file and its size limit", tt.size, err)
+		}
+	}
+}

@@ -80,7 +80,19 @@ func TestReadAtDeduplicates(t *testing.T) {
 // canceled, the reads waiting for it carry on with a request of their own.
 func TestDeduplicatedLeaderLeaves(t *testing.T) {
 	t.Parallel()
-	env := newEnv(t, envConfig{mw: faultAll(delayFault(200 * time.Millisecond))})
+	// The leader's request gets no answer until the leader leaves, and
+	// the request that replaces it none until the other followers joined
+	// it, however slowly each of them runs.
+	release := make(chan struct{})
+	hold := faultAll(func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+	env := newEnv(t, envConfig{mw: chain(faultFirst(1, stallFault), hold)})
 	c := env.client(t)
 	b := env.remoteBlob(t, c)
 	off, size := int64(100), 1000
@@ -106,18 +118,25 @@ func TestDeduplicatedLeaderLeaves(t *testing.T) {
 			return nil
 		})
 	}
-	waitFor(t, "followers", func() bool {
-		c.flightMu.Lock()
-		defer c.flightMu.Unlock()
-		for _, f := range c.flights {
-			return f.joined == 3
+	joined := func(n int) func() bool {
+		return func() bool {
+			c.flightMu.Lock()
+			defer c.flightMu.Unlock()
+			for _, f := range c.flights {
+				return f.joined == n
+			}
+			return false
 		}
-		return false
-	})
+	}
+	waitFor(t, "followers", joined(3))
 	cancel()
 	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
 		t.Errorf("leader: err = %v, want context.Canceled", err)
 	}
+	// One follower leads now; the other two wait for its request.
+	waitFor(t, "the new leader's request", func() bool { return env.blobGets.Load() == 2 })
+	waitFor(t, "followers of the new leader", joined(2))
+	close(release)
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}

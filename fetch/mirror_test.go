@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -430,5 +431,206 @@ func TestOriginFailsAfterMirror(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "404") {
 		t.Errorf("message %q", err)
+	}
+}
+
+// authLog records the Authorization header of every request a server
+// sees, with its path.
+type authLog struct {
+	mu      sync.Mutex
+	entries []string // "PATH AUTHORIZATION"; protected by mu
+}
+
+func (l *authLog) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		l.entries = append(l.entries, r.URL.Path+" "+r.Header.Get("Authorization"))
+		l.mu.Unlock()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// saw reports whether any request carried Authorization auth.
+func (l *authLog) saw(auth string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.entries {
+		if strings.HasSuffix(e, " "+auth) {
+			return true
+		}
+	}
+	return false
+}
+
+// sawAny reports whether any request carried an Authorization header.
+func (l *authLog) sawAny() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.entries {
+		if !strings.HasSuffix(e, " ") {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *authLog) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entries = nil
+}
+
+func (l *authLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.entries, "; ")
+}
+
+// basicHeader is the Authorization value for b.
+func basicHeader(b *authn.Basic) string {
+	r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	r.SetBasicAuth(b.Username, b.Password)
+	return r.Header.Get("Authorization")
+}
+
+// TestForeignEndpointCredentials: WithAuth is for the registry's own host.
+// A mirror on another host that asks for credentials (Basic, or a bearer
+// token service) never gets them: it gets the keychain's credentials for
+// its own host, or none. A plain-http mirror on a host that is not
+// loopback gets none even from the keychain.
+func TestForeignEndpointCredentials(t *testing.T) {
+	t.Parallel()
+	layer := newTestLayer(t, 64<<10)
+	originCreds := &authn.Basic{Username: "origin", Password: "secret"}
+	mirrorCreds := &authn.Basic{Username: "mirror", Password: "other"}
+	origin := newEnv(t, envConfig{layer: &layer, auth: originCreds})
+
+	basicLog := &authLog{}
+	basicMirror := newEnv(t, envConfig{layer: &layer, auth: mirrorCreds, front: basicLog.middleware})
+	tokenLog := &authLog{}
+	tokenMirror := newEnv(t, envConfig{layer: &layer, mw: newTokenServer(time.Hour).middleware, front: tokenLog.middleware})
+
+	// A name for the Basic mirror that is not loopback: only this dialer
+	// knows where it is.
+	const fakeMirror = "mirror.lazyroot.test"
+	_, port, _ := net.SplitHostPort(hostOf(basicMirror))
+	fakeHost := fakeMirror + ":" + port
+	dialer := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if h, _, _ := net.SplitHostPort(addr); h == fakeMirror {
+				addr = hostOf(basicMirror)
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	t.Cleanup(dialer.CloseIdleConnections)
+
+	for _, tt := range []struct {
+		name       string
+		mirror     string // host[:port] in hosts.toml, as http://
+		log        *authLog
+		opts       []Option
+		fromMirror bool
+		want       string // Authorization the mirror must see on its blob GET; "" for none
+	}{
+		{name: "basic mirror, auth only", mirror: hostOf(basicMirror), log: basicLog, opts: []Option{WithAuth(originCreds)}},
+		{
+			name: "basic mirror, auth and keychain for the mirror", mirror: hostOf(basicMirror), log: basicLog,
+			opts:       []Option{WithAuth(originCreds), WithKeychain(hostKeychain{hostOf(basicMirror): mirrorCreds})},
+			fromMirror: true, want: basicHeader(mirrorCreds),
+		},
+		{
+			// The keychain has nothing for the origin: WithAuth serves it.
+			name: "basic mirror, auth and keychain without the mirror", mirror: hostOf(basicMirror), log: basicLog,
+			opts: []Option{WithAuth(originCreds), WithKeychain(hostKeychain{})},
+		},
+		{name: "token mirror, auth only", mirror: hostOf(tokenMirror), log: tokenLog, opts: []Option{WithAuth(originCreds)}, fromMirror: true},
+		{
+			name: "plain http, not loopback", mirror: fakeHost, log: basicLog,
+			opts: []Option{WithAuth(originCreds), WithKeychain(hostKeychain{fakeHost: mirrorCreds}), WithTransport(dialer)},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.log.reset()
+			dir := t.TempDir()
+			writeHosts(t, dir, hostOf(origin), fmt.Sprintf("[host.\"http://%s\"]\n", tt.mirror))
+			c := origin.client(t, append([]Option{WithHostsDir(dir)}, tt.opts...)...)
+			b := origin.remoteBlob(t, c)
+			p := make([]byte, 1000)
+			if _, err := b.ReadAt(context.Background(), p, 100); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(p, layer.blob[100:1100]) {
+				t.Fatal("bytes differ from the layer")
+			}
+			t.Logf("mirror saw: %s", tt.log)
+			if tt.log.saw(basicHeader(originCreds)) {
+				t.Errorf("the mirror saw the origin's credentials")
+			}
+			s := c.Stats()
+			if got := s.Hosts[tt.mirror].Bytes == int64(len(p)); got != tt.fromMirror {
+				t.Errorf("Stats = %+v, want from the mirror: %v", s, tt.fromMirror)
+			}
+			switch {
+			case tt.want != "" && !tt.log.saw(tt.want):
+				t.Errorf("the mirror never saw Authorization %q", tt.want)
+			case tt.want == "" && tt.log != tokenLog && tt.log.sawAny():
+				t.Errorf("the mirror saw credentials")
+			}
+		})
+	}
+}
+
+// TestNoCredentialsToPlainHTTPRealm: a loopback plain-http mirror that
+// sends its token requests to a plain-http token service elsewhere does
+// not get the keychain's credentials sent there.
+func TestNoCredentialsToPlainHTTPRealm(t *testing.T) {
+	t.Parallel()
+	layer := newTestLayer(t, 64<<10)
+	mirrorCreds := &authn.Basic{Username: "mirror", Password: "other"}
+	origin := newEnv(t, envConfig{layer: &layer})
+	tokens := &authLog{}
+	tokenSrv := newServer(t, tokens.middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"token": "tok", "expires_in": 3600}`)
+	})))
+	const fakeRealm = "token.lazyroot.test"
+	_, port, _ := net.SplitHostPort(tokenSrv.Listener.Addr().String())
+	var armed atomic.Bool
+	bearer := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if armed.Load() && r.Header.Get("Authorization") != "Bearer tok" {
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s:%s/token",service="test"`, fakeRealm, port))
+				http.Error(w, "token required", http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	mirror := newEnv(t, envConfig{layer: &layer, mw: bearer})
+	armed.Store(true)
+	dialer := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if h, _, _ := net.SplitHostPort(addr); h == fakeRealm {
+				addr = tokenSrv.Listener.Addr().String()
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		},
+	}
+	t.Cleanup(dialer.CloseIdleConnections)
+	dir := t.TempDir()
+	writeHosts(t, dir, hostOf(origin), fmt.Sprintf("[host.\"http://%s\"]\n", hostOf(mirror)))
+	c := origin.client(t, WithHostsDir(dir), WithTransport(dialer), WithKeychain(hostKeychain{hostOf(mirror): mirrorCreds}))
+	b := origin.remoteBlob(t, c)
+	p := make([]byte, 1000)
+	if _, err := b.ReadAt(context.Background(), p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, layer.blob[:1000]) {
+		t.Fatal("bytes differ from the layer")
+	}
+	t.Logf("token service saw: %s", tokens)
+	if tokens.sawAny() {
+		t.Error("the token service got credentials over plain HTTP")
 	}
 }

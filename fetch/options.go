@@ -26,9 +26,10 @@ type Option func(*options) error
 // options is the validated configuration of a Client. It is not changed
 // after New returns.
 type options struct {
-	auth           authn.Authenticator // nil when keychain decides
-	keychain       authn.Keychain
+	auth           authn.Authenticator // for the registry's own host; nil if not given
+	keychain       authn.Keychain      // nil if not given
 	transport      http.RoundTripper
+	wrap           func(http.RoundTripper) http.RoundTripper // nil for none
 	requestTimeout time.Duration
 	retries        int
 	userAgent      string
@@ -57,9 +58,6 @@ func makeOptions(opts ...Option) (*options, error) {
 			return nil, fmt.Errorf("fetch options: %w", err)
 		}
 	}
-	if o.auth == nil && o.keychain == nil {
-		o.auth = authn.Anonymous
-	}
 	if o.transport == nil {
 		o.transport = defaultTransport(o.maxConns)
 	}
@@ -81,8 +79,14 @@ func defaultTransport(maxConns int) *http.Transport {
 	return t
 }
 
-// WithAuth sets the credentials used for every registry. The default is
-// anonymous access. WithAuth wins over [WithKeychain].
+// WithAuth sets the credentials for the registry named in the image
+// reference: for endpoints on its own host (the registry itself, and a
+// hosts.toml server or mirror on that same host). They are never sent to
+// an endpoint on another host (a mirror, or a server override elsewhere),
+// nor to the storage hosts registries redirect to. Without WithAuth the
+// registry's credentials come from [WithKeychain], else access is
+// anonymous. WithAuth and WithKeychain may be given together: then
+// WithAuth serves the registry's host and the keychain the other hosts.
 func WithAuth(a authn.Authenticator) Option {
 	return func(o *options) error {
 		if a == nil {
@@ -93,8 +97,15 @@ func WithAuth(a authn.Authenticator) Option {
 	}
 }
 
-// WithKeychain resolves the credentials for each repository from k, for
-// example authn.DefaultKeychain. It is ignored when [WithAuth] is given.
+// WithKeychain resolves credentials per host from k, for example
+// authn.DefaultKeychain, as containerd does per host: for the registry's
+// own host (for the repository) unless [WithAuth] is given, and for each
+// endpoint on another host (mirror or server override), for that
+// endpoint's host. Such an endpoint gets its credentials only after it
+// asked for them (a 401 with WWW-Authenticate), and never when it is
+// reached over plain http:// on a host that is not loopback. Without a
+// keychain, endpoints on other hosts are reached anonymously (a bearer
+// token flow runs without credentials).
 func WithKeychain(k authn.Keychain) Option {
 	return func(o *options) error {
 		if k == nil {
@@ -105,17 +116,37 @@ func WithKeychain(k authn.Keychain) Option {
 	}
 }
 
-// WithTransport sets the base HTTP transport that authentication is layered
-// on. The default is a clone of http.DefaultTransport, which honours
-// HTTPS_PROXY, HTTP_PROXY and NO_PROXY. Endpoints that hosts.toml gives
-// TLS, proxy or dial settings of their own use a clone of rt with those
-// settings when rt is an *http.Transport, else a clone of the default.
+// WithTransport sets the base HTTP transport, mainly for tests. The
+// default is a clone of http.DefaultTransport, which honours HTTPS_PROXY,
+// HTTP_PROXY and NO_PROXY. Endpoints that hosts.toml gives TLS, proxy or
+// dial settings of their own use a clone of rt with those settings, which
+// needs rt to be an *http.Transport: with another RoundTripper, [Client.Blob]
+// fails for a registry that has such an endpoint rather than go around
+// rt. To add behaviour to every request (a guard, a logger), keep the
+// default and use [WithTransportWrapper].
 func WithTransport(rt http.RoundTripper) Option {
 	return func(o *options) error {
 		if rt == nil {
 			return errors.New("nil transport")
 		}
 		o.transport = rt
+		return nil
+	}
+}
+
+// WithTransportWrapper has fetch wrap every transport it builds with wrap:
+// the base transport (see [WithTransport]) and each endpoint's transport
+// with hosts.toml's TLS, proxy and dial settings, so every request fetch
+// sends, to registries, mirrors, token services and storage hosts, goes
+// through the RoundTripper wrap returns. wrap is called once per distinct
+// transport, from New and from Blob, and must not return nil. The
+// User-Agent header is set before the wrapper sees a request.
+func WithTransportWrapper(wrap func(http.RoundTripper) http.RoundTripper) Option {
+	return func(o *options) error {
+		if wrap == nil {
+			return errors.New("nil transport wrapper")
+		}
+		o.wrap = wrap
 		return nil
 	}
 }

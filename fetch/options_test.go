@@ -18,7 +18,7 @@ func TestNewOptions(t *testing.T) {
 	}{
 		{name: "defaults", check: func(o *options) bool {
 			t, ok := o.transport.(*http.Transport)
-			return o.auth == authn.Anonymous && o.requestTimeout == defaultRequestTimeout &&
+			return o.auth == nil && o.keychain == nil && o.wrap == nil && o.requestTimeout == defaultRequestTimeout &&
 				o.retries == defaultRetries && o.userAgent == defaultUserAgent && ok && t != http.DefaultTransport &&
 				t.Proxy != nil && t.MaxIdleConnsPerHost >= defaultMaxConnsPerHost &&
 				o.maxConns == defaultMaxConnsPerHost && o.hostsDir == DefaultHostsDir &&
@@ -36,6 +36,13 @@ func TestNewOptions(t *testing.T) {
 		{name: "keychain only", opts: []Option{WithKeychain(authn.DefaultKeychain)}, check: func(o *options) bool {
 			return o.auth == nil && o.keychain == authn.DefaultKeychain
 		}},
+		{name: "auth and keychain", opts: []Option{WithAuth(authn.Anonymous), WithKeychain(authn.DefaultKeychain)}, check: func(o *options) bool {
+			return o.auth == authn.Anonymous && o.keychain == authn.DefaultKeychain
+		}},
+		{name: "transport wrapper", opts: []Option{WithTransportWrapper(func(rt http.RoundTripper) http.RoundTripper { return rt })}, check: func(o *options) bool {
+			return o.wrap != nil
+		}},
+		{name: "nil transport wrapper", opts: []Option{WithTransportWrapper(nil)}, wantErr: true},
 		{name: "nil option", opts: []Option{nil}, wantErr: true},
 		{name: "nil auth", opts: []Option{WithAuth(nil)}, wantErr: true},
 		{name: "nil keychain", opts: []Option{WithKeychain(nil)}, wantErr: true},

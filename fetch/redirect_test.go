@@ -3,6 +3,7 @@ package fetch
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +27,7 @@ type signedStorage struct {
 	reqs     atomic.Int64 // requests storage saw
 	refused  atomic.Int64 // of which refused
 	authSeen atomic.Int64 // of which carried Authorization
+	down     atomic.Int64 // if not 0, the status storage answers every request with
 }
 
 // newSignedStorage starts storage and a registry (requiring creds) that
@@ -39,6 +41,10 @@ func newSignedStorage(t *testing.T, refuse int, query func() url.Values) *signed
 		s.reqs.Add(1)
 		if r.Header.Get("Authorization") != "" {
 			s.authSeen.Add(1)
+		}
+		if code := s.down.Load(); code != 0 {
+			http.Error(w, "storage is unwell", int(code))
+			return
 		}
 		if r.URL.Query().Get("sig") != strconv.FormatInt(s.gen.Load(), 10) {
 			s.refused.Add(1)
@@ -122,22 +128,48 @@ func TestSignedURLExpires(t *testing.T) {
 	}
 }
 
-// TestSignedURLStorageUnwell: a 5xx from storage for a reused URL is a
-// retry (after a pause), and the retry asks the registry again.
+// TestSignedURLStorageUnwell: any failure of a reused storage URL (a
+// redirect, a 5xx) sends the read back to the registry at once, without a
+// pause and without using up a retry; that happens once per read.
 func TestSignedURLStorageUnwell(t *testing.T) {
-	t.Parallel()
-	s := newSignedStorage(t, http.StatusServiceUnavailable, nil)
-	c := s.client(t)
-	b := s.env.remoteBlob(t, c)
-	s.read(t, b, 0)
-	s.gen.Add(1)
-	s.read(t, b, 1000)
-	if n := s.resolves.Load(); n != 2 {
-		t.Errorf("registry redirected %d times, want 2", n)
+	for _, code := range []int{http.StatusTemporaryRedirect, http.StatusInternalServerError, http.StatusServiceUnavailable, http.StatusNotImplemented} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			s := newSignedStorage(t, code, nil)
+			c := s.client(t, WithRetries(0))
+			b := s.env.remoteBlob(t, c)
+			s.read(t, b, 0)
+			s.gen.Add(1) // storage answers the old URL with code
+			s.read(t, b, 1000)
+			if n := s.resolves.Load(); n != 2 {
+				t.Errorf("registry redirected %d times, want 2", n)
+			}
+			if st := c.Stats(); st.Retries != 0 || st.Reresolves != 1 || st.Errors != 0 {
+				t.Errorf("Stats = %+v, want 1 re-resolve, no retry, no error", st)
+			}
+		})
 	}
-	if st := c.Stats(); st.Retries != 1 || st.Reresolves != 0 {
-		t.Errorf("Stats = %+v, want 1 retry", st)
-	}
+	t.Run("once per read", func(t *testing.T) {
+		t.Parallel()
+		s := newSignedStorage(t, http.StatusForbidden, nil)
+		c := s.client(t, WithRetries(2))
+		b := s.env.remoteBlob(t, c)
+		s.read(t, b, 0)
+		s.down.Store(http.StatusServiceUnavailable)
+		_, err := b.ReadAt(context.Background(), make([]byte, 100), 1000)
+		var fe *Error
+		if !errors.As(err, &fe) || fe.Status != http.StatusServiceUnavailable || !fe.Temporary {
+			t.Fatalf("err = %v, want storage's 503", err)
+		}
+		// The reused URL, then the registry three times (the re-resolve
+		// and two retries).
+		if n := s.resolves.Load() - 1; n != 3 {
+			t.Errorf("registry redirected %d times, want 3", n)
+		}
+		if st := c.Stats(); st.Retries != 2 || st.Reresolves != 1 {
+			t.Errorf("Stats = %+v, want 2 retries and 1 re-resolve", st)
+		}
+	})
 }
 
 // TestSignedURLMaxAge: a storage URL older than the max age is not used;

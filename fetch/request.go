@@ -26,19 +26,22 @@ var errRangeIgnored = errors.New("range ignored: the whole blob was offered")
 // end-off bytes and then io.EOF, or a *failure.
 //
 // When the registry redirected this blob before, the storage URL it gave is
-// reused while fresh; if storage refuses it, the registry is asked again at
-// once. Redirects are followed here, not by net/http: requests to another
-// host than e carry no credentials, and the storage URL is remembered. A
-// 401 from e leads to one new handshake and a new request.
+// reused while fresh; if that request fails in any way (an error status,
+// a redirect, no answer, a bad answer), the URL is dropped and the
+// registry is asked again at once, once per read (st). Redirects are
+// followed here, not by net/http: requests to another host than e carry
+// no credentials nor hosts.toml headers and go through the base transport,
+// without e's TLS, proxy or dial settings; the storage URL is remembered.
+// A 401 from e leads to one new handshake and a new request.
 //
 // Only the last endpoint (the registry itself) may answer a partial range
 // with the whole blob: its leading bytes are then skipped. A mirror that
 // does so fails the attempt without its body being read.
-func (b *RemoteBlob) sendTo(ctx context.Context, e *endpoint, off, end int64, ranged, last bool) (*body, error) {
+func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, off, end int64, ranged, last bool) (*body, error) {
 	c := b.client
 	blobURL := e.blobURL(b.repo, b.digest)
 	if loc, ok := c.cachedLocation(blobURL); ok {
-		bd, err := b.request(ctx, e, e.storage, loc.url, false, off, end, ranged, last)
+		bd, err := b.request(ctx, e, c.storage, loc.url, false, off, end, ranged, last)
 		if err == nil {
 			return bd, nil
 		}
@@ -46,10 +49,12 @@ func (b *RemoteBlob) sendTo(ctx context.Context, e *endpoint, off, end int64, ra
 			return nil, err
 		}
 		c.dropLocation(blobURL, loc)
-		if !refused(err) {
+		if st.reresolved {
 			return nil, err
 		}
-		// Expired or revoked: ask the registry for a new one right away.
+		// Expired, revoked, moved or unwell: the registry may know
+		// better; ask it right away.
+		st.reresolved = true
 		c.stats.reresolves.Add(1)
 	}
 
@@ -88,7 +93,7 @@ func (b *RemoteBlob) sendTo(ctx context.Context, e *endpoint, off, end int64, ra
 			if strings.EqualFold(loc.Host, e.host) {
 				client = hc
 			} else {
-				client = e.storage
+				client = c.storage
 			}
 			target = loc
 			continue
@@ -110,7 +115,7 @@ func (b *RemoteBlob) sendTo(ctx context.Context, e *endpoint, off, end int64, ra
 			bd.Close()
 			return nil, err
 		}
-		if client == e.storage {
+		if client == c.storage {
 			c.keepLocation(blobURL, target)
 		}
 		return bd, nil
@@ -132,16 +137,7 @@ func (b *RemoteBlob) request(ctx context.Context, e *endpoint, client *http.Clie
 	return bd, nil
 }
 
-// refused reports answers that mean a storage URL no longer works, as
-// opposed to storage being unwell.
-func refused(err error) bool {
-	switch asFailure(err).status {
-	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound, http.StatusGone:
-		return true
-	}
-	return false
-}
-
+// isRedirect reports the statuses fetch follows with Location.
 func isRedirect(code int) bool {
 	switch code {
 	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,5 +63,45 @@ func TestRegistryDownThenBack(t *testing.T) {
 	}
 	if !bytes.Equal(p, env.blob[8192:8192+len(p)]) {
 		t.Fatal("bytes differ from the layer")
+	}
+}
+
+// TestDeadlineMidAttempt: when the deadline ends an attempt (here: one
+// that stalls after a 503), the error is a temporary *Error that wraps
+// the context's error and names the failure before it.
+func TestDeadlineMidAttempt(t *testing.T) {
+	t.Parallel()
+	for _, open := range []bool{false, true} {
+		t.Run(map[bool]string{false: "ReadAt", true: "Open"}[open], func(t *testing.T) {
+			t.Parallel()
+			env := newEnv(t, envConfig{mw: chain(
+				faultFirst(1, statusFault(http.StatusServiceUnavailable)),
+				faultAll(stallFault),
+			)})
+			c := env.client(t, WithRetries(5))
+			b := env.remoteBlob(t, c)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			var err error
+			if open {
+				_, err = b.Open(ctx)
+			} else {
+				_, err = b.ReadAt(ctx, make([]byte, 100), 0)
+			}
+			t.Logf("err: %v", err)
+			var fe *Error
+			if !errors.As(err, &fe) || !fe.Temporary {
+				t.Fatalf("err = %v, want a temporary *Error", err)
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("err = %v, want DeadlineExceeded", err)
+			}
+			if !strings.Contains(err.Error(), "503") {
+				t.Errorf("err = %v, want one naming the 503 before the deadline", err)
+			}
+			if n := env.blobGets.Load(); n != 2 {
+				t.Errorf("%d blob GETs, want 2", n)
+			}
+		})
 	}
 }

@@ -74,24 +74,46 @@ func (c *Client) wait(ctx context.Context, failures int, last error) error {
 	}
 }
 
-// ctxFailure is the error for a context that ended; it keeps what the last
-// attempt ran into, if anything else.
+// ctxFailure is the error for a context that ended, keeping last, the
+// real failure of an earlier attempt, if any: the result wraps the
+// context's error, names last and is temporary when last was. A last
+// that is itself such an error is returned as it is.
 func ctxFailure(ctx context.Context, last error) *failure {
+	if last != nil {
+		if f := asFailure(last); f.ended {
+			return f
+		}
+	}
 	err := ctx.Err()
-	if last == nil || errors.Is(last, err) {
-		return &failure{err: err}
+	if err == nil {
+		err = context.Canceled // not expected: callers check ctx first
+	}
+	if last == nil {
+		return &failure{ended: true, err: err}
 	}
 	return &failure{
+		ended:     true,
+		after:     last,
 		temporary: asFailure(last).temporary,
-		err:       fmt.Errorf("%w (last attempt: %v)", err, last),
+		err:       fmt.Errorf("%w (last failure: %v)", err, last),
 	}
+}
+
+// lastFailure is what a retry loop keeps after an attempt failed with err:
+// err itself, unless the attempt failed only because ctx ended, in which
+// case the real failure before it, prev, is kept in the result.
+func lastFailure(ctx context.Context, prev, err error) error {
+	if f := asFailure(err); !f.ended || f.after != nil || prev == nil {
+		return err
+	}
+	return ctxFailure(ctx, prev)
 }
 
 // transportFailure classifies err from an HTTP round trip or body read made
 // with actx, a child of the caller's ctx.
 func transportFailure(ctx, actx context.Context, timeout time.Duration, err error) *failure {
 	if ctx.Err() != nil {
-		return &failure{err: ctx.Err()}
+		return ctxFailure(ctx, nil)
 	}
 	if errors.Is(context.Cause(actx), errAttemptTimeout) {
 		return &failure{temporary: true, err: fmt.Errorf("%w: nothing received for %s", errAttemptTimeout, timeout)}

@@ -12,7 +12,12 @@ import (
 // keys allowed), basic and literal strings, booleans, integers and arrays
 // (nested, spanning lines). Anything else (multi-line strings, floats,
 // dates, inline tables, arrays of tables) is an error that names the line,
-// so a file is never half understood.
+// so a file is never half understood. Arrays nest at most maxArrayDepth
+// deep, so no input can take the recursive reader deep into the stack.
+
+// maxArrayDepth bounds the nesting of arrays; hosts.toml needs two
+// (client = [["cert", "key"]]).
+const maxArrayDepth = 8
 
 // tomlEntry is one table header (val nil) or one key/value pair, with the
 // full key path, in file order.
@@ -32,12 +37,16 @@ func parseTOML(src string) ([]tomlEntry, error) {
 	return entries, nil
 }
 
+// tomlParser reads src from pos on; line is the line of pos, for messages.
 type tomlParser struct {
-	s    string
-	pos  int
-	line int
+	s     string
+	pos   int
+	line  int
+	depth int // arrays open at pos
 }
 
+// parse reads the whole input: table headers and key/value lines, and
+// rejects keys and tables defined twice.
 func (p *tomlParser) parse() ([]tomlEntry, error) {
 	var (
 		entries []tomlEntry
@@ -106,8 +115,10 @@ func (p *tomlParser) parse() ([]tomlEntry, error) {
 	}
 }
 
+// eof reports whether all input was read.
 func (p *tomlParser) eof() bool { return p.pos >= len(p.s) }
 
+// peek returns the byte at pos, or 0 at the end.
 func (p *tomlParser) peek() byte {
 	if p.eof() {
 		return 0
@@ -225,6 +236,7 @@ func (p *tomlParser) key() ([]string, error) {
 	}
 }
 
+// isBareKeyChar reports the bytes an unquoted key may have.
 func isBareKeyChar(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 }
@@ -267,6 +279,9 @@ func (p *tomlParser) wordEnds(n int) bool {
 	return i >= len(p.s) || !isBareKeyChar(p.s[i]) && p.s[i] != '.'
 }
 
+// integer reads a decimal integer, with optional sign and underscores
+// between digits. It takes the whole word, so that floats, dates and
+// other numbers fail rather than stop part way.
 func (p *tomlParser) integer() (int64, error) {
 	start := p.pos
 	for !p.eof() && (isBareKeyChar(p.s[p.pos]) || strings.IndexByte("+.:", p.s[p.pos]) >= 0) {
@@ -281,7 +296,14 @@ func (p *tomlParser) integer() (int64, error) {
 	return n, nil
 }
 
+// array reads an array of values, which may span lines and hold comments
+// and a trailing comma.
 func (p *tomlParser) array() ([]any, error) {
+	if p.depth >= maxArrayDepth {
+		return nil, fmt.Errorf("arrays nested deeper than %d", maxArrayDepth)
+	}
+	p.depth++
+	defer func() { p.depth-- }()
 	p.pos++ // [
 	items := []any{}
 	for {
@@ -312,6 +334,7 @@ func (p *tomlParser) array() ([]any, error) {
 	}
 }
 
+// literalString reads a 'literal string': no escapes, one line.
 func (p *tomlParser) literalString() (string, error) {
 	p.pos++ // '
 	end := strings.IndexAny(p.s[p.pos:], "'\n")
@@ -323,6 +346,7 @@ func (p *tomlParser) literalString() (string, error) {
 	return s, nil
 }
 
+// basicString reads a "basic string" on one line, with TOML's escapes.
 func (p *tomlParser) basicString() (string, error) {
 	p.pos++ // "
 	var b strings.Builder

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,11 +16,18 @@ import (
 )
 
 // endpointTransport returns the transport for an endpoint with TLS, proxy
-// or dial settings of its own: a clone of the base transport (or of the
-// default one, when the base is not an *http.Transport) with the settings
-// applied. Transports are shared by endpoints with the same settings and
-// the same certificate file contents, so connections are reused.
+// or dial settings of its own: a clone of the base transport with the
+// settings applied, wrapped like the base. The base must be an
+// *http.Transport: another RoundTripper cannot be given the settings, and
+// going around it would drop whatever it does. Transports are shared by
+// endpoints with the same settings and the same certificate file
+// contents, so connections are reused.
 func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
+	bt, ok := c.opts.transport.(*http.Transport)
+	if !ok {
+		return nil, fmt.Errorf("hosts.toml gives it TLS, proxy or dial settings, which need the base transport to be an *http.Transport, not %T "+
+			"(wrap the default transport with WithTransportWrapper instead of replacing it with WithTransport)", c.opts.transport)
+	}
 	tc := &tls.Config{InsecureSkipVerify: e.SkipVerify} //nolint:gosec // asked for in hosts.toml
 	h := sha256.New()
 	fmt.Fprintf(h, "skip=%v proxy=%v dial=%v\n", e.SkipVerify, e.Proxy, e.DialTimeout)
@@ -61,16 +69,12 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 	key := hex.EncodeToString(h.Sum(nil))
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if rt, ok := c.transports[key]; ok {
+	rt, ok := c.transports[key]
+	c.mu.Unlock()
+	if ok {
 		return rt, nil
 	}
-	var t *http.Transport
-	if bt, ok := c.opts.transport.(*http.Transport); ok {
-		t = bt.Clone()
-	} else {
-		t = defaultTransport(c.opts.maxConns)
-	}
+	t := bt.Clone()
 	if t.TLSClientConfig != nil {
 		merged := t.TLSClientConfig.Clone()
 		merged.InsecureSkipVerify = merged.InsecureSkipVerify || tc.InsecureSkipVerify
@@ -95,9 +99,29 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 			return dial(ctx, network, addr)
 		}
 	}
-	rt := c.withUserAgent(t)
+	// The wrapper is the caller's code: no lock is held while it runs.
+	rt, err := c.finish(t)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev, ok := c.transports[key]; ok {
+		return prev, nil // another Blob call built it first
+	}
 	c.transports[key] = rt
 	return rt, nil
+}
+
+// finish wraps a transport fetch built with the caller's wrapper, if any,
+// and then with our User-Agent.
+func (c *Client) finish(rt http.RoundTripper) (http.RoundTripper, error) {
+	if c.opts.wrap != nil {
+		if rt = c.opts.wrap(rt); rt == nil {
+			return nil, errors.New("the transport wrapper returned nil")
+		}
+	}
+	return c.withUserAgent(rt), nil
 }
 
 // hostLimits bounds the requests in flight per host.
@@ -129,7 +153,7 @@ func (l *hostLimits) acquire(ctx context.Context, host string) (func(), error) {
 		select {
 		case ch <- struct{}{}:
 		case <-ctx.Done():
-			return nil, &failure{err: fmt.Errorf("waiting for a connection to %s: %w", host, ctx.Err())}
+			return nil, &failure{ended: true, err: fmt.Errorf("waiting for a connection to %s: %w", host, ctx.Err())}
 		}
 	}
 	var once sync.Once
