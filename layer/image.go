@@ -230,7 +230,18 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if im.Config, err = img.ConfigFile(); err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
-	fc, err := fetch.New(append([]fetch.Option{fetch.WithAuth(auth), fetch.WithTransport(transport)}, fetchOpts...)...)
+	// The guard wraps every transport fetch builds, mirrors' own included.
+	// Explicit credentials are for the image's registry only; otherwise
+	// mirrors on other hosts find theirs in the keychain.
+	fopts := []fetch.Option{
+		fetch.WithAuth(auth),
+		fetch.WithTransport(o.transport),
+		fetch.WithTransportWrapper(func(rt http.RoundTripper) http.RoundTripper { return newSchemeGuard(rt, insecure) }),
+	}
+	if o.auth == nil && o.keychain != nil {
+		fopts = append(fopts, fetch.WithKeychain(o.keychain))
+	}
+	fc, err := fetch.New(append(fopts, fetchOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
