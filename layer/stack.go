@@ -150,9 +150,8 @@ func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	blobHash := sha256.New()
-	counted := &countWriter{w: blobHash}
-	br := bufio.NewReaderSize(io.TeeReader(io.LimitReader(rc, l.Descriptor.Size+1), counted), 1<<20)
+	v := newVerifier(rc, l.Descriptor.Size)
+	br := bufio.NewReaderSize(v, 1<<20)
 	var x *index.Index
 	werr := writeFileAtomic(st.unpackedPath(d), func(w *bufio.Writer) error {
 		tarStream, closeFn, err := decompressor(br)
@@ -167,7 +166,7 @@ func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
 		if _, derr := io.Copy(io.Discard, br); derr != nil && err == nil {
 			err = derr
 		}
-		if verr := checkDigest(d, blobHash.Sum(nil), counted.n, l.Descriptor.Size); verr != nil {
+		if verr := v.check(d); verr != nil {
 			return verr
 		}
 		if err != nil {
