@@ -31,11 +31,11 @@ type Report struct {
 
 // Describe reports, for each layer of img, how a mount with index source
 // src would read it. It reads TOCs (two range requests a layer) and looks
-// up index artifacts in the registry, but streams no layer.
+// up index artifacts in the registry, but streams no layer. For a local
+// image it reads TOCs from the files and asks no registry (see
+// StackOptions.IndexSource).
 func Describe(ctx context.Context, img *Image, st *Store, src IndexSource) []Report {
-	if src == "" {
-		src = IndexAny
-	}
+	src = localSource(img, src)
 	reg := &registryIndexes{img: img}
 	reports := make([]Report, len(img.Layers))
 	for i, l := range img.Layers {

@@ -1,8 +1,12 @@
 // Package layer finds images and reads their layers' file bytes.
 //
 // Resolve turns a reference into an Image: manifest, config and the layer
-// descriptors, base first. A Stack opens those layers for reading. For each
-// layer it finds or builds an index:
+// descriptors, base first. The reference names a registry image, or a
+// local one read in place from files: an OCI image layout directory
+// (oci:PATH[:TAG]) or a docker save tarball (docker-archive:PATH[:REF]);
+// ResolveFiles makes an image of plain layer files (see local.go). A Stack
+// opens those layers for reading. For each layer it finds or builds an
+// index:
 //
 //   - eStargz and zstd:chunked: the layer's own TOC, verified against the
 //     manifest annotation, read with two range requests;
@@ -21,7 +25,10 @@
 //
 // State lives under one root directory: index/ holds encoded indexes by
 // layer digest (those from the registry apart, as *.registry.idx), layers/
-// the unpacked tar of layers that had to be kept whole. Files there are
+// the unpacked tar of layers that had to be kept whole, digests/ the
+// digests computed of local layer files, by device, inode, offset and
+// length (each record also holds the file's size and modification time,
+// and is used only while they match). Files there are
 // written to a temporary name and renamed, so a crash leaves no
 // half-written file under a final name; a stored index that fails to
 // decode, or names another layer, is ignored and rebuilt.

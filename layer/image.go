@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"slices"
@@ -19,17 +20,29 @@ import (
 )
 
 // Image is a resolved image: where it came from and its layers, base first.
+//
+// A registry image (Resolve of a registry reference) has a Ref and reads
+// its layers with HTTP range requests. A local image (an OCI layout, a
+// docker save tarball, or layer files: see Resolve and ResolveFiles) has
+// no Ref and reads its layers in place from files it holds open until
+// Close.
 type Image struct {
-	// Ref is the reference as resolved, with defaults filled in.
+	// Ref is the reference as resolved, with defaults filled in; nil for
+	// a local image.
 	Ref name.Reference
-	// Digest is the digest of the image manifest (not of an index).
+	// Digest is the digest of the image manifest (not of an index). For a
+	// docker save tarball without a manifest of its own it is the digest
+	// of the manifest synthesized from the archive; for ResolveFiles it is
+	// zero.
 	Digest v1.Hash
-	// Manifest and Config are the image's manifest and config file.
+	// Manifest and Config are the image's manifest and config file; never
+	// nil (synthesized for local sources that have none).
 	Manifest *v1.Manifest
 	Config   *v1.ConfigFile
 	// Layers are the image's layers, base first.
 	Layers  []*Layer
-	fetcher *fetch.Client
+	fetcher *fetch.Client // nil for a local image
+	local   *localImage   // nil for a registry image
 	// descriptor describes the image manifest, the subject of artifacts
 	// that refer to the image.
 	descriptor v1.Descriptor
@@ -39,8 +52,13 @@ type Image struct {
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
-// this image's layers.
-func (im *Image) FetchStats() fetch.Stats { return im.fetcher.Stats() }
+// this image's layers; zero for a local image.
+func (im *Image) FetchStats() fetch.Stats {
+	if im.fetcher == nil {
+		return fetch.Stats{Hosts: map[string]fetch.HostStats{}}
+	}
+	return im.fetcher.Stats()
+}
 
 // Size is the sum of the layer blob sizes, as the manifest gives them.
 func (im *Image) Size() int64 {
@@ -58,11 +76,26 @@ type Layer struct {
 	// DiffID is the digest of the uncompressed tar, from the image config;
 	// zero if the config does not say.
 	DiffID v1.Hash
-	blob   *fetch.RemoteBlob
+	blob   blob
 }
 
-// FetchStats counts the requests and bytes sent for this layer's blob.
+// FetchStats counts the requests and bytes sent for this layer's blob; for
+// a layer of a local image, the reads of its file and the bytes read.
 func (l *Layer) FetchStats() fetch.BlobStats { return l.blob.Stats() }
+
+// blob is a layer's bytes as its manifest names them: random access for
+// the index's chunks and spans, a stream to build an index.
+type blob interface {
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	Open(ctx context.Context) (io.ReadCloser, error)
+	Size() int64
+	Stats() fetch.BlobStats
+}
+
+var (
+	_ blob = (*fetch.RemoteBlob)(nil)
+	_ blob = (*fileSection)(nil)
+)
 
 // Option configures Resolve.
 type Option func(*options) error
@@ -76,6 +109,7 @@ type options struct {
 	userAgent string
 	hostsDir  string
 	fetchOpts []fetch.Option
+	store     *Store
 }
 
 // WithPlatform picks the image for platform from a multi-arch index; the
@@ -117,6 +151,13 @@ func WithTransport(t http.RoundTripper) Option {
 // there may be reached over HTTP. The default is no mirrors.
 func WithHostsDir(dir string) Option {
 	return func(o *options) error { o.hostsDir = dir; return nil }
+}
+
+// WithStore lets local sources remember the digests they compute under
+// st's root (see ResolveFiles), so an unchanged file is not hashed again.
+// Without it such files are hashed on every resolve.
+func WithStore(st *Store) Option {
+	return func(o *options) error { o.store = st; return nil }
 }
 
 // WithFetchOptions passes options on to the blob fetcher.
@@ -180,10 +221,30 @@ func ParseReference(s string, insecure []string) (name.Reference, error) {
 
 // Resolve finds the image ref names: it fetches the manifest (choosing the
 // platform's manifest from an index) and the config. It fetches no layer.
+//
+// Two prefixes name local images instead, read in place (see Image.Close):
+//
+//   - oci:PATH[:TAG] is an OCI image layout directory; TAG picks the
+//     manifest annotated org.opencontainers.image.ref.name=TAG, and
+//     without it the layout must hold one image. Image indexes are
+//     followed to the platform's image, as for a registry.
+//   - docker-archive:PATH[:REF] is a docker save tarball; REF picks the
+//     image tagged REF (as docker names it: "busybox" is
+//     docker.io/library/busybox:latest), and without it the archive must
+//     hold one image.
+//
+// PATH is the whole rest when a file of that name exists, else the part
+// before the first colon whose prefix exists.
 func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	o, err := makeOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	if spec, ok := strings.CutPrefix(ref, "oci:"); ok {
+		return resolveOCILayout(ctx, spec, o)
+	}
+	if spec, ok := strings.CutPrefix(ref, "docker-archive:"); ok {
+		return resolveDockerArchive(ctx, spec, o)
 	}
 	r, err := ParseReference(ref, o.insecure)
 	if err != nil {

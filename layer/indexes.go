@@ -74,6 +74,9 @@ type registryIndexes struct {
 }
 
 func (r *registryIndexes) get(ctx context.Context, d v1.Hash) ([]byte, error) {
+	if r.img.Local() {
+		return nil, nil // a local image has no registry to ask
+	}
 	r.once.Do(func() {
 		var want []v1.Hash
 		for _, l := range r.img.Layers {
@@ -265,7 +268,7 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 	if err != nil {
 		return nil, err
 	}
-	dropTOCArtifacts(x, l)
+	dropTOCArtifacts(ctx, x, l)
 	if err := o.st.SaveIndex(x, BuiltHere); err != nil {
 		o.logf("keeping index of %s in memory only: %v", d, err)
 	}
@@ -282,18 +285,7 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 // sniffCompression reads the first bytes of l's blob and says how it is
 // really compressed.
 func sniffCompression(ctx context.Context, l *Layer) (Compression, error) {
-	var magic [4]byte
-	n, err := l.blob.ReadAt(ctx, magic[:], 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("read the start of the layer: %w", err)
-	}
-	switch {
-	case bytes.HasPrefix(magic[:n], []byte{0x1f, 0x8b}):
-		return Gzip, nil
-	case bytes.Equal(magic[:n], []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		return Zstd, nil
-	}
-	return None, nil
+	return sniff(ctx, l.blob)
 }
 
 // streamIndex streams l's blob through build and returns the index only
@@ -375,11 +367,32 @@ func (o *opener) unpack(ctx context.Context, l *Layer) (*LayerState, error) {
 }
 
 // dropTOCArtifacts hides the TOC files of an eStargz or zstd:chunked layer
-// read as a plain tar.
-func dropTOCArtifacts(x *index.Index, l *Layer) {
-	if _, _, hasTOC := l.TOC(); hasTOC || isEStargzTar(x) {
+// read as a plain tar. A layer whose annotations were lost (a docker save
+// tarball, a plain layer file) is known by its TOC entry (eStargz) or its
+// footer (zstd:chunked), read only when the tar has such files at all.
+func dropTOCArtifacts(ctx context.Context, x *index.Index, l *Layer) {
+	if !slices.ContainsFunc(x.Entries, func(e index.Entry) bool { return index.IsTOCArtifact(e.Name) }) {
+		return
+	}
+	if _, _, hasTOC := l.TOC(); hasTOC || isEStargzTar(x) || hasZstdChunkedFooter(ctx, l.blob) {
 		x.Entries = slices.DeleteFunc(x.Entries, func(e index.Entry) bool { return index.IsTOCArtifact(e.Name) })
 	}
+}
+
+// zstdChunkedMagic ends the footer of a zstd:chunked blob.
+var zstdChunkedMagic = []byte{0x47, 0x6e, 0x55, 0x6c, 0x49, 0x6e, 0x55, 0x78}
+
+// hasZstdChunkedFooter reports whether b ends with a zstd:chunked footer.
+func hasZstdChunkedFooter(ctx context.Context, b blob) bool {
+	n := int64(len(zstdChunkedMagic))
+	if b.Size() < n {
+		return false
+	}
+	tail := make([]byte, n)
+	if _, err := b.ReadAt(ctx, tail, b.Size()-n); err != nil && !errors.Is(err, io.EOF) {
+		return false
+	}
+	return bytes.Equal(tail, zstdChunkedMagic)
 }
 
 // verifier counts and hashes a blob as it is read, refusing to read more
@@ -411,6 +424,9 @@ func (v *verifier) check(want v1.Hash) error {
 // its digest and the number of indexes in it (0, and no push, when there
 // are none).
 func Publish(ctx context.Context, img *Image, layers []*LayerState) (v1.Hash, int, error) {
+	if img.Local() {
+		return v1.Hash{}, 0, fmt.Errorf("publish indexes: %w", localError(img))
+	}
 	encoded := map[v1.Hash][]byte{}
 	for _, ls := range layers {
 		if !Publishable(ls) {

@@ -106,11 +106,15 @@ var emptyJSON = []byte("{}")
 // maintains on registries without the referrers API (see the top of this
 // file for the race that update has).
 //
-// img must come from Resolve. Every key of encoded must be the digest of one
+// img must come from Resolve of a registry reference: a local image fails
+// with ErrLocalImage. Every key of encoded must be the digest of one
 // of img's layers, and no index may exceed MaxIndexBlobSize.
 func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v1.Hash, error) {
+	if img.Local() {
+		return v1.Hash{}, fmt.Errorf("push indexes: %w", localError(img))
+	}
 	fail := func(err error) (v1.Hash, error) {
-		return v1.Hash{}, fmt.Errorf("push indexes of %s: %w", img.Ref, err)
+		return v1.Hash{}, fmt.Errorf("push indexes of %s: %w", img.Name(), err)
 	}
 	subject, err := img.subject()
 	if err != nil {
@@ -214,11 +218,15 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 // Every blob is fetched by digest from img's repository and checked against
 // its descriptor: a blob of another size or digest fails the call with an
 // error wrapping ErrDigest. Registry errors (access denied, 5xx) fail it too,
-// wrapped with the image's name. On error the map is nil.
+// wrapped with the image's name. On error the map is nil. A local image
+// fails with ErrLocalImage.
 func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][]byte, error) {
+	if img.Local() {
+		return nil, fmt.Errorf("find indexes: %w", localError(img))
+	}
 	found := map[v1.Hash][]byte{}
 	fail := func(err error) (map[v1.Hash][]byte, error) {
-		return nil, fmt.Errorf("find indexes of %s: %w", img.Ref, registryError(err))
+		return nil, fmt.Errorf("find indexes of %s: %w", img.Name(), registryError(err))
 	}
 	if _, err := img.subject(); err != nil {
 		return fail(err)

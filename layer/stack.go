@@ -86,7 +86,9 @@ type StackOptions struct {
 	// Logf, if set, receives notices (an untrusted stored index, say).
 	Logf func(format string, args ...any)
 	// IndexSource says which indexes of layers without a TOC to trust;
-	// the default is IndexAny.
+	// the default is IndexAny. A local image never asks a registry: for
+	// it IndexAny and IndexRegistry mean IndexLocal (reading a local file
+	// to index it costs no network).
 	IndexSource IndexSource
 	// SpanSize is the uncompressed distance between the seek points of
 	// indexes built now; 0 means index.DefaultSpanSize.
@@ -110,9 +112,7 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	if opts.IndexSource == "" {
-		opts.IndexSource = IndexAny
-	}
+	opts.IndexSource = localSource(img, opts.IndexSource)
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
 	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
@@ -132,13 +132,28 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 		return nil, err
 	}
 	if opts.Publish && slices.ContainsFunc(s.layers, func(ls *LayerState) bool { return ls.Origin == Built }) {
-		if d, n, err := Publish(ctx, img, s.layers); err != nil {
-			logf("publishing indexes of %s: %v", img.Ref, err)
+		if img.Local() {
+			logf("not publishing indexes of %s: %v", img.Name(), localError(img))
+		} else if d, n, err := Publish(ctx, img, s.layers); err != nil {
+			logf("publishing indexes of %s: %v", img.Name(), err)
 		} else if n > 0 {
-			logf("published the indexes of %d layers of %s as %s", n, img.Ref, d)
+			logf("published the indexes of %d layers of %s as %s", n, img.Name(), d)
 		}
 	}
 	return s, nil
+}
+
+// localSource is the index source src means for img: "" is IndexAny, and
+// a local image, which has no registry to take indexes from, builds them
+// instead.
+func localSource(img *Image, src IndexSource) IndexSource {
+	if src == "" {
+		src = IndexAny
+	}
+	if img.Local() && (src == IndexAny || src == IndexRegistry) {
+		src = IndexLocal
+	}
+	return src
 }
 
 // unpack streams the layer once, verifies its digest (and diff ID, when the
@@ -182,7 +197,7 @@ func unpack(ctx context.Context, l *Layer, st *Store) (*index.Index, error) {
 	if werr != nil {
 		return nil, werr
 	}
-	dropTOCArtifacts(x, l)
+	dropTOCArtifacts(ctx, x, l)
 	if err := st.SaveIndex(x, BuiltHere); err != nil {
 		return nil, err
 	}
@@ -250,7 +265,8 @@ func (s *Stack) Indexes() []*index.Index {
 	return xs
 }
 
-// Close releases local files.
+// Close releases the unpacked copies the stack reads. The files of a local
+// image stay open: they are the Image's to close.
 func (s *Stack) Close() error {
 	var errs []error
 	for _, l := range s.layers {
