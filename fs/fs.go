@@ -32,6 +32,8 @@ type Root struct {
 	tree   *index.Tree
 	reader ContentReader
 	logger *log.Logger
+	uids   IDMap
+	gids   IDMap
 }
 
 var _ = (fusefs.NodeOnAdder)((*Root)(nil))
@@ -44,7 +46,14 @@ func NewRoot(tree *index.Tree, r ContentReader, logger *log.Logger) *Root {
 	}
 	root := &Root{tree: tree, reader: r, logger: logger}
 	root.entry = tree.Root
+	root.root = root
 	return root
+}
+
+// MapIDs shows owners through the given maps (image id to host id); call
+// it before mounting. Empty maps show owners as the image has them.
+func (r *Root) MapIDs(uids, gids IDMap) {
+	r.uids, r.gids = uids, gids
 }
 
 // OnAdd builds every inode of the tree under the root.
@@ -71,13 +80,13 @@ func (r *Root) OnAdd(ctx context.Context) {
 func (r *Root) newNode(n *index.Node) fusefs.InodeEmbedder {
 	switch n.Type {
 	case index.TypeDir:
-		return &dirNode{baseNode: baseNode{entry: n}}
+		return &dirNode{baseNode: baseNode{entry: n, root: r}}
 	case index.TypeReg:
-		return &fileNode{baseNode: baseNode{entry: n}, root: r}
+		return &fileNode{baseNode: baseNode{entry: n, root: r}}
 	case index.TypeSymlink:
-		return &symlinkNode{baseNode: baseNode{entry: n}}
+		return &symlinkNode{baseNode: baseNode{entry: n, root: r}}
 	default:
-		return &specialNode{baseNode: baseNode{entry: n}}
+		return &specialNode{baseNode: baseNode{entry: n, root: r}}
 	}
 }
 
@@ -95,6 +104,7 @@ func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 type baseNode struct {
 	fusefs.Inode
 	entry *index.Node
+	root  *Root
 }
 
 var _ = (fusefs.NodeGetattrer)((*baseNode)(nil))
@@ -103,15 +113,15 @@ var _ = (fusefs.NodeListxattrer)((*baseNode)(nil))
 
 // Getattr reports the entry's metadata.
 func (n *baseNode) Getattr(ctx context.Context, f fusefs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	fillAttr(n.entry, &out.Attr)
+	n.root.fillAttr(n.entry, &out.Attr)
 	return 0
 }
 
-func fillAttr(n *index.Node, a *fuse.Attr) {
+func (r *Root) fillAttr(n *index.Node, a *fuse.Attr) {
 	a.Ino = n.Ino
 	a.Mode = fileType(n) | n.Mode&07777
 	a.Nlink = n.Nlink
-	a.Owner = fuse.Owner{Uid: uint32(n.UID), Gid: uint32(n.GID)}
+	a.Owner = fuse.Owner{Uid: r.uids.Map(uint32(n.UID)), Gid: r.gids.Map(uint32(n.GID))}
 	a.Size = uint64(n.Size)
 	if n.Type == index.TypeSymlink {
 		a.Size = uint64(len(n.Linkname))
@@ -199,7 +209,6 @@ type specialNode struct{ baseNode }
 // fileNode is a regular file whose content the root's ContentReader reads.
 type fileNode struct {
 	baseNode
-	root *Root
 }
 
 var _ = (fusefs.NodeOpener)((*fileNode)(nil))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -62,5 +63,26 @@ func Mount(dir string, root *Root, o Options) (*fuse.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
 	}
+	closeFuseOnExec()
 	return server, nil
+}
+
+// closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
+// go-fuse leaves the descriptor of a direct mount inheritable, and a child
+// that kept it would keep the connection alive after this server died: a
+// job could then hang in its own file system, unkillable.
+func closeFuseOnExec() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

@@ -66,6 +66,10 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 	if err != nil {
 		return err
 	}
+	defer img.Close()
+	if img.Local() {
+		return fmt.Errorf("%s: %w", img.Name(), layer.ErrLocalImage)
+	}
 	st, err := layer.NewStore(*root)
 	if err != nil {
 		return err
@@ -78,7 +82,7 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 	logger := log.New(os.Stderr, "lazyroot: ", 0)
 	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{IndexSource: src, Logf: logger.Printf, SpanSize: spanSize})
 	if err != nil {
-		return fmt.Errorf("%s: %w", img.Ref, err)
+		return fmt.Errorf("%s: %w", img.Name(), err)
 	}
 	defer stack.Close()
 	d, n, err := layer.Publish(ctx, img, stack.Layers())
@@ -103,10 +107,10 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 	}
 	tw.Flush()
 	if err != nil {
-		return fmt.Errorf("push indexes of %s: %w", img.Ref, err)
+		return fmt.Errorf("push indexes of %s: %w", img.Name(), err)
 	}
 	if n == 0 {
-		fmt.Fprintf(stdout, "nothing to push: no layer of %s needs a shared index\n", img.Ref)
+		fmt.Fprintf(stdout, "nothing to push: no layer of %s needs a shared index\n", img.Name())
 		return nil
 	}
 	fmt.Fprintf(stdout, "pushed %d layer indexes for %s@%s as %s\n", n, img.Ref.Context(), img.Digest, d)

@@ -34,16 +34,17 @@ func runInspect(ctx context.Context, stdout io.Writer, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, rf.resolveTimeout)
 	defer cancel()
-	img, err := layer.Resolve(ctx, fset.Arg(0), opts...)
-	if err != nil {
-		return err
-	}
 	st, err := layer.NewStore(*root)
 	if err != nil {
 		return err
 	}
+	img, err := layer.Resolve(ctx, fset.Arg(0), append(opts, layer.WithStore(st))...)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
 	fmt.Fprintf(stdout, "image:    %s\ndigest:   %s\nplatform: %s/%s\nsize:     %s in %d layers\n\n",
-		img.Ref, img.Digest, img.Config.OS, img.Config.Architecture, humanize.IBytes(uint64(img.Size())), len(img.Layers))
+		img.Name(), img.Digest, img.Config.OS, img.Config.Architecture, humanize.IBytes(uint64(img.Size())), len(img.Layers))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tDIGEST\tMEDIA TYPE\tSIZE\tFORMAT\tINDEX FROM\tINDEX SIZE\tENTRIES\tREAD")
 	var notes []string

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"github.com/lazyroot/lazyroot/container"
 )
 
 // command is one subcommand.
@@ -27,6 +29,8 @@ func commands() []command {
 	return []command{
 		{"mount", "IMAGE DIR", "mount IMAGE at DIR, fetching file bytes on demand", runMount},
 		{"umount", "DIR", "unmount a lazyroot mount and stop its server", runUmount},
+		{"run", "IMAGE [-- CMD ARGS...]", "run a command in IMAGE, in a private writable mount, and clean up after it", runRun},
+		{"commit", "DIR --tag REF", "push a writable mount's changes as a new image: its image plus one layer", runCommit},
 		{"inspect", "IMAGE", "show an image's layers and how each would be read", runInspect},
 		{"status", "[DIR]", "show lazyroot mounts and the bytes they fetched", runStatus},
 		{"cache", "stats|prune", "show or free the node's chunk cache", runCache},
@@ -38,9 +42,14 @@ func commands() []command {
 var errUsage = errors.New("usage")
 
 func main() {
+	container.RunHelper()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Stdout, os.Args[1:])
 	stop()
+	var code exitCode
+	if errors.As(err, &code) {
+		os.Exit(int(code))
+	}
 	if err != nil && !errors.Is(err, pflag.ErrHelp) {
 		fmt.Fprintf(os.Stderr, "lazyroot: %v\n", err)
 		if errors.Is(err, errUsage) {
@@ -70,8 +79,12 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "lazyroot mounts container images lazily, without pulling them.")
 	fmt.Fprintln(w, "\nUsage: lazyroot COMMAND [OPTIONS] ARGS")
 	fmt.Fprintln(w, "\nCommands:")
+	width := 0
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %-12s %s\n", c.name, c.args, c.summary)
+		width = max(width, len(c.args))
+	}
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %-*s  %s\n", c.name, width, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'lazyroot COMMAND --help' for a command's options.")
 }

@@ -131,10 +131,20 @@ func TestMountChrootUmount(t *testing.T) {
 	if !isLazyrootMount(dir) {
 		t.Fatal("mount returned but nothing is mounted")
 	}
-	if opts := mountOptions(t, dir); !strings.Contains(opts, "nosuid") || !strings.Contains(opts, "ro") {
-		t.Errorf("mount options %q; want ro and nosuid by default", opts)
+	if opts := mountOptions(t, dir); !strings.Contains(opts, "nosuid") || !strings.HasPrefix(opts, "rw") {
+		t.Errorf("mount options %q; want a writable overlay, nosuid by default", opts)
 	}
-	out, err := exec.Command("chroot", dir, "/bin/sh", "-c", "cat /etc/os-release /etc/motd; ls /bin").CombinedOutput()
+	rec, err := readRecord(recordPath(root, dir))
+	if err != nil {
+		t.Fatalf("mount record: %v", err)
+	}
+	if rec.Lower == "" || !rec.TempUpper || !isLazyrootMount(rec.Lower) {
+		t.Fatalf("mount record %+v: want a temporary upper over a mounted lower", rec)
+	}
+	if opts := mountOptions(t, rec.Lower); !strings.HasPrefix(opts, "ro") {
+		t.Errorf("lower mount options %q; want ro", opts)
+	}
+	out, err := exec.Command("chroot", dir, "/bin/sh", "-c", "cat /etc/os-release /etc/motd; ls /bin; echo written > /tmp/new; rm /etc/motd").CombinedOutput()
 	if err != nil {
 		t.Fatalf("chroot: %v\n%s", err, out)
 	}
@@ -146,9 +156,8 @@ func TestMountChrootUmount(t *testing.T) {
 		!strings.Contains(status, "from "+reg.Host+":") || !regexp.MustCompile(`layer 1 sha256:\S+ gzip \(index: built\): fetched`).MatchString(status) {
 		t.Errorf("status: code %d\n%s%s", code, status, errOut)
 	}
-	rec, err := readRecord(recordPath(root, dir))
-	if err != nil {
-		t.Fatalf("mount record: %v", err)
+	if b, err := os.ReadFile(filepath.Join(rec.Upper, "diff/tmp/new")); err != nil || string(b) != "written\n" {
+		t.Errorf("upper holds %q, %v", b, err)
 	}
 	if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code != 0 {
 		t.Fatalf("umount: code %d: %s", code, errOut)
@@ -161,6 +170,12 @@ func TestMountChrootUmount(t *testing.T) {
 	}
 	if _, err := os.Stat(recordPath(root, dir)); !os.IsNotExist(err) {
 		t.Errorf("mount record left behind: %v", err)
+	}
+	if isMounted(rec.Lower) {
+		t.Error("lower still mounted after umount")
+	}
+	if _, err := os.Stat(rec.Upper); !os.IsNotExist(err) {
+		t.Errorf("temporary upper left behind: %v", err)
 	}
 	if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code == 0 || !strings.Contains(errOut, "not a lazyroot mount") {
 		t.Errorf("second umount: code %d: %s", code, errOut)
@@ -377,7 +392,16 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, 2, "no command"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
-		{[]string{"mount", "only-one-arg"}, 2, "2 argument"},
+		{[]string{"mount", "only-one-arg"}, 2, "mount takes IMAGE DIR"},
+		{[]string{"mount", "--read-only", "--upper", "/tmp/u", "img", "/mnt"}, 2, "cannot go with --read-only"},
+		{[]string{"mount", "--uid-map", "0:1", "img", "/mnt"}, 2, "CONTAINER:HOST:SIZE"},
+		{[]string{"mount", "--layer", "/nonexistent.tar", "/mnt"}, 1, "/nonexistent.tar"},
+		{[]string{"mount", "--layer", "/etc/hostname", "img", "/mnt"}, 2, "not both"},
+		{[]string{"run"}, 2, "needs an IMAGE"},
+		{[]string{"run", "--bind", "nocolon", "img"}, 2, "SRC:DST"},
+		{[]string{"run", "--env", "=v", "img"}, 2, "K=V"},
+		{[]string{"commit", "/mnt"}, 2, "--tag"},
+		{[]string{"commit", "--tag", "Bad Tag", "/mnt"}, 2, "--tag"},
 		{[]string{"mount", "--no-such-flag", "a", "b"}, 2, "unknown flag"},
 		{[]string{"umount"}, 2, "1 argument"},
 	} {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/spf13/pflag"
 
 	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/fetch"
@@ -39,67 +40,123 @@ type mountFlags struct {
 	indexSource string
 	publish     bool
 	spanSize    string
+	readOnly    bool
+	upper       string
+	uidMap      []string
+	gidMap      []string
+	layers      []string
+}
+
+// registerMountFlags adds the flags that say how an image is mounted,
+// shared by mount and run.
+func (f *mountFlags) registerMountFlags(fset *pflag.FlagSet) {
+	fset.StringVar(&f.root, "root", defaultRoot, "state directory: indexes, chunk cache, mount records, logs, temporary uppers")
+	fset.StringArrayVar(&f.layers, "layer", nil, "mount these local layer files (tar, tar.gz, tar.zst) instead of an IMAGE, listed top layer first; repeat the flag")
+	fset.StringVar(&f.upper, "upper", "", "keep the writable layer in this directory (DIR/diff holds the changes); mounting again with it continues where it left off. Default: a temporary upper removed on unmount")
+	fset.StringArrayVar(&f.uidMap, "uid-map", nil, "show image uid CONTAINER as host uid HOST, for SIZE ids (CONTAINER:HOST:SIZE; repeat for more ranges; unmapped ids show as 65534)")
+	fset.StringArrayVar(&f.gidMap, "gid-map", nil, "the same for gids")
+	fset.StringVar(&f.cacheMem, "cache-mem", "512MiB", "memory for verified file chunks")
+	fset.StringVar(&f.cacheSize, "cache-size", "10GiB", "disk quota of the chunk cache under --root, shared by every mount on the node (0 turns it off)")
+	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
+	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
+	fset.StringVar(&f.spanSize, "span-size", "4MiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
+	fset.BoolVar(&f.publish, "publish-index", false, "push the indexes this node builds to the registry for other nodes (needs push rights)")
+	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
+	f.register(fset)
+}
+
+// check validates the flags and the image argument before anything is
+// mounted, so a mistake is reported at once.
+func (f *mountFlags) check(image string) (memBytes int64, err error) {
+	if len(f.layers) > 0 && image != "" {
+		return 0, fmt.Errorf("%w: give an IMAGE or --layer files, not both", errUsage)
+	}
+	if len(f.layers) == 0 {
+		if strings.HasPrefix(image, "oci:") || strings.HasPrefix(image, "docker-archive:") {
+			if _, path, _ := strings.Cut(image, ":"); path == "" {
+				return 0, fmt.Errorf("%w: %s: no path after the colon", errUsage, image)
+			}
+		} else if _, err := layer.ParseReference(image, f.insecure); err != nil {
+			return 0, err
+		}
+	}
+	for _, l := range f.layers {
+		if _, err := os.Stat(l); err != nil {
+			return 0, fmt.Errorf("--layer: %w", err)
+		}
+	}
+	if _, err := f.options(); err != nil {
+		return 0, err
+	}
+	if _, err := layer.ParseIndexSource(f.indexSource); err != nil {
+		return 0, fmt.Errorf("%w: --index-source: %v", errUsage, err)
+	}
+	if _, err := parseSpanSize(f.spanSize); err != nil {
+		return 0, err
+	}
+	mem, err := humanize.ParseBytes(f.cacheMem)
+	if err != nil || mem == 0 {
+		return 0, fmt.Errorf("%w: --cache-mem %q: want a size such as 512MiB", errUsage, f.cacheMem)
+	}
+	if _, err := humanize.ParseBytes(f.cacheSize); err != nil {
+		return 0, fmt.Errorf("%w: --cache-size %q: want a size such as 10GiB, or 0", errUsage, f.cacheSize)
+	}
+	if f.readOnly && f.upper != "" {
+		return 0, fmt.Errorf("%w: --upper makes a writable mount; it cannot go with --read-only", errUsage)
+	}
+	if _, err := f.sessionOptions(""); err != nil {
+		return 0, err
+	}
+	if f.root, err = filepath.Abs(f.root); err != nil {
+		return 0, fmt.Errorf("state root: %w", err)
+	}
+	for _, d := range []string{"logs", "mounts"} {
+		if err := os.MkdirAll(filepath.Join(f.root, d), 0o700); err != nil {
+			return 0, fmt.Errorf("state root %s: %w", f.root, err)
+		}
+	}
+	return int64(mem), nil
 }
 
 func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	var f mountFlags
 	fset := newFlagSet(stdout, "mount")
-	fset.StringVar(&f.root, "root", defaultRoot, "state directory: indexes, unpacked layers, mount records, logs")
+	fset.BoolVar(&f.readOnly, "read-only", false, "mount the image's tree alone, with no writable layer over it")
 	fset.BoolVar(&f.foreground, "foreground", false, "serve in this process until unmounted or signalled, logging to stderr")
-	fset.StringVar(&f.cacheMem, "cache-mem", "512MiB", "memory for verified file chunks")
-	fset.StringVar(&f.cacheSize, "cache-size", "10GiB", "disk quota of the chunk cache under --root, shared by every mount on the node (0 turns it off)")
-	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
 	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
-	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
-	fset.StringVar(&f.spanSize, "span-size", "4MiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
-	fset.BoolVar(&f.publish, "publish-index", false, "push the indexes this node builds to the registry for other nodes (needs push rights)")
-	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
-	f.register(fset)
-	if err := parseArgs(fset, args, 2, 2); err != nil {
+	f.registerMountFlags(fset)
+	if err := parseArgs(fset, args, 1, 2); err != nil {
 		return err
 	}
-	image := fset.Arg(0)
-	dir, err := absDir(fset.Arg(1))
+	image, dirArg := "", fset.Arg(0)
+	if fset.NArg() == 2 {
+		image, dirArg = fset.Arg(0), fset.Arg(1)
+	} else if len(f.layers) == 0 {
+		return fmt.Errorf("%w: mount takes IMAGE DIR, or --layer FILE... DIR (see 'lazyroot mount --help')", errUsage)
+	}
+	dir, err := absDir(dirArg)
 	if err != nil {
 		return err
 	}
-	if _, err := layer.ParseReference(image, f.insecure); err != nil {
+	memBytes, err := f.check(image)
+	if err != nil {
 		return err
-	}
-	if _, err := f.options(); err != nil {
-		return err
-	}
-	if _, err := layer.ParseIndexSource(f.indexSource); err != nil {
-		return fmt.Errorf("%w: --index-source: %v", errUsage, err)
-	}
-	if _, err := parseSpanSize(f.spanSize); err != nil {
-		return err
-	}
-	memBytes, err := humanize.ParseBytes(f.cacheMem)
-	if err != nil || memBytes == 0 {
-		return fmt.Errorf("%w: --cache-mem %q: want a size such as 512MiB", errUsage, f.cacheMem)
-	}
-	if _, err := humanize.ParseBytes(f.cacheSize); err != nil {
-		return fmt.Errorf("%w: --cache-size %q: want a size such as 10GiB, or 0", errUsage, f.cacheSize)
 	}
 	if err := checkMountpoint(dir); err != nil {
 		return err
 	}
-	if f.root, err = filepath.Abs(f.root); err != nil {
-		return fmt.Errorf("state root: %w", err)
-	}
-	for _, d := range []string{"logs", "mounts"} {
-		if err := os.MkdirAll(filepath.Join(f.root, d), 0o700); err != nil {
-			return fmt.Errorf("state root %s: %w", f.root, err)
+	if f.upper != "" {
+		if up, err := absDir(f.upper); err == nil && (up == dir || strings.HasPrefix(up, dir+"/")) {
+			return fmt.Errorf("%w: --upper %s is inside the mount point %s", errUsage, f.upper, dir)
 		}
 	}
 	if !f.foreground {
 		rest, auth := f.takeCredentials(args)
 		return startServer(ctx, f.root, dir, rest, auth)
 	}
-	return serve(ctx, &f, image, dir, int64(memBytes))
+	return serve(ctx, &f, image, dir, memBytes)
 }
 
 // startServer runs "mount --foreground" in a new session, logging to a file
@@ -173,47 +230,43 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 			ready.Close()
 		}()
 	}
-	logger.Printf("mounting %s at %s", image, dir)
+	logger.Printf("mounting %s at %s", imageLabel(image, f.layers), dir)
 	m, err := prepare(ctx, f, image, memBytes, logger)
 	if err != nil {
 		return err
 	}
 	defer m.close()
-	root := fs.NewRoot(m.tree, m.stack, logger)
-	server, err := fs.Mount(dir, root, fs.Options{FsName: m.img.Ref.String(), Logger: logger, Debug: f.debug, AllowSetuid: f.suid})
+	so, err := f.sessionOptions(workPath(f.root, dir))
 	if err != nil {
 		return err
 	}
-	unmount := func() {
-		if uerr := server.Unmount(); uerr != nil {
-			// Busy: detach now; the kernel ends the mount when its last
-			// user lets go, and server.Wait returns then.
-			logger.Printf("unmount %s: %v; detaching", dir, uerr)
-			syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
+	s, err := openSession(m, dir, so, logger)
+	if err != nil {
+		return err
 	}
-	rec := mountRecord{Dir: dir, Image: m.img.Ref.String(), Digest: m.img.Digest.String(), PID: os.Getpid(), Socket: socketPath(f.root, dir)}
+	defer s.close()
+	rec := mountRecord{Dir: dir, Image: m.img.Name(), Digest: digestString(m), PID: os.Getpid(), Socket: socketPath(f.root, dir), Lower: s.lower}
+	if s.upper != nil {
+		rec.Upper, rec.TempUpper = s.upper.Dir, s.tempUpper
+	}
 	if f.readyFD > 0 {
 		rec.Log = logPath(f.root, dir)
 	}
 	stopControl, err := serveControl(rec.Socket, m, rec, logger)
 	if err != nil {
-		unmount()
 		return err
 	}
 	defer stopControl()
 	if err := writeRecord(f.root, rec); err != nil {
-		unmount()
 		return err
 	}
 	defer os.Remove(recordPath(f.root, dir))
 	logger.Printf("mounted %s (%s) at %s: %d inodes, %s in files", rec.Image, rec.Digest, dir, m.tree.Inodes, humanize.IBytes(uint64(m.tree.Bytes)))
-	done := make(chan struct{})
-	go func() { server.Wait(); close(done) }()
+	if rec.Upper != "" {
+		logger.Printf("writable: changes go to %s", s.upper.Diff)
+	}
 	if ctx.Err() != nil {
 		// Signalled while mounting: do not report a mount being torn down.
-		unmount()
-		<-done
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
 	if ready != nil {
@@ -224,16 +277,42 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 		fmt.Fprintf(os.Stderr, "mounted %s at %s; press Ctrl-C or run 'lazyroot umount %s' to unmount\n", rec.Image, dir, dir)
 	}
 	select {
-	case <-done:
+	case <-s.gone(ctx):
 		logger.Printf("unmounted %s", dir)
 	case <-ctx.Done():
 		logger.Printf("signalled: unmounting %s", dir)
-		unmount()
-		<-done
 	}
+	s.close()
 	st := m.img.FetchStats()
 	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(st.Bytes)), st.Requests)
 	return nil
+}
+
+// sessionOptions turns the flags into how the image is mounted.
+func (f *mountFlags) sessionOptions(work string) (sessionOptions, error) {
+	uids, err := fs.ParseIDMap(f.uidMap)
+	if err != nil {
+		return sessionOptions{}, fmt.Errorf("%w: --uid-map: %v", errUsage, err)
+	}
+	gids, err := fs.ParseIDMap(f.gidMap)
+	if err != nil {
+		return sessionOptions{}, fmt.Errorf("%w: --gid-map: %v", errUsage, err)
+	}
+	upper := ""
+	if f.upper != "" {
+		if upper, err = filepath.Abs(f.upper); err != nil {
+			return sessionOptions{}, fmt.Errorf("--upper: %w", err)
+		}
+	}
+	return sessionOptions{readOnly: f.readOnly, work: work, upper: upper, allowSetuid: f.suid, uidMap: uids, gidMap: gids, debug: f.debug}, nil
+}
+
+// imageLabel names what is mounted, for log lines.
+func imageLabel(image string, layers []string) string {
+	if len(layers) > 0 {
+		return "layers " + strings.Join(layers, ", ")
+	}
+	return image
 }
 
 // mounted is an image made ready to serve.
@@ -247,6 +326,7 @@ type mounted struct {
 func (m *mounted) close() {
 	m.stack.Close()
 	m.cache.Close()
+	m.img.Close()
 }
 
 // prepare resolves the image, indexes its layers and merges them.
@@ -259,8 +339,14 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	if err != nil {
 		return nil, err
 	}
+	opts = append(opts, layer.WithStore(st))
 	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
-	img, err := layer.Resolve(rctx, image, opts...)
+	var img *layer.Image
+	if len(f.layers) > 0 {
+		img, err = layer.ResolveFiles(rctx, f.layers, opts...)
+	} else {
+		img, err = layer.Resolve(rctx, image, opts...)
+	}
 	cancel()
 	if err != nil {
 		return nil, err
@@ -275,6 +361,7 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	}
 	c, err := cache.New(copts)
 	if err != nil {
+		img.Close()
 		return nil, err
 	}
 	// Indexing may stream whole layers: it is bounded by the fetcher's
@@ -292,13 +379,15 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	})
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%s: %w", img.Ref, err)
+		img.Close()
+		return nil, fmt.Errorf("%s: %w", img.Name(), err)
 	}
 	tree, err := index.Merge(stack.Indexes())
 	if err != nil {
 		stack.Close()
 		c.Close()
-		return nil, fmt.Errorf("%s: %w", img.Ref, err)
+		img.Close()
+		return nil, fmt.Errorf("%s: %w", img.Name(), err)
 	}
 	for i, l := range stack.Layers() {
 		logger.Printf("layer %d %s: %s, index from %s, %d entries", i, l.Layer.Descriptor.Digest, l.Index.Format, l.Origin, len(l.Index.Entries))

@@ -6,10 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/lazyroot/lazyroot/fs"
 )
 
 // defaultRoot is where lazyroot keeps its state unless --root says otherwise.
@@ -24,6 +25,13 @@ type mountRecord struct {
 	PID    int    `json:"pid"`
 	Socket string `json:"socket"`
 	Log    string `json:"log,omitempty"`
+	// Lower is where the read-only tree is mounted beneath the overlay at
+	// Dir; empty for a --read-only mount, which is the tree itself.
+	Lower string `json:"lower,omitempty"`
+	// Upper is the directory holding the overlay's writable layer (its
+	// diff/ holds the changes); TempUpper says umount deletes it.
+	Upper     string `json:"upper,omitempty"`
+	TempUpper bool   `json:"tempUpper,omitempty"`
 }
 
 // mountID names a mount's files under the state root.
@@ -38,6 +46,12 @@ func recordPath(root, dir string) string {
 
 func socketPath(root, dir string) string {
 	return filepath.Join(root, "mounts", mountID(dir)+".sock")
+}
+
+// workPath is where a mount keeps its lower mount point and temporary
+// upper.
+func workPath(root, dir string) string {
+	return filepath.Join(root, "mounts", mountID(dir)+".d")
 }
 
 func logPath(root, dir string) string {
@@ -86,7 +100,7 @@ func listRecords(root string) ([]*mountRecord, error) {
 // checkMountpoint requires dir to be an existing, empty directory.
 func checkMountpoint(dir string) error {
 	fi, err := os.Stat(dir)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("mount point %s does not exist", dir)
 	}
 	if err != nil {
@@ -108,31 +122,38 @@ func checkMountpoint(dir string) error {
 	return nil
 }
 
-// mountFSType returns the file system type mounted at dir, or "" if dir is
-// not a mount point.
-func mountFSType(dir string) string {
+// mountAt returns the file system type and source of the visible mount at
+// dir; fstype is "" if dir is not a mount point.
+func mountAt(dir string) (fstype, source string) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return ""
+		return "", ""
 	}
-	var fstype string
 	for _, line := range strings.Split(string(b), "\n") {
 		pre, post, ok := strings.Cut(line, " - ")
 		fields := strings.Fields(pre)
 		if !ok || len(fields) < 5 || unescapeMountinfo(fields[4]) != dir {
 			continue
 		}
-		if f := strings.Fields(post); len(f) > 0 {
-			fstype = f[0] // the last mount at dir is the visible one
+		if f := strings.Fields(post); len(f) > 1 {
+			// The last mount at dir is the visible one.
+			fstype, source = f[0], unescapeMountinfo(f[1])
 		}
 	}
-	return fstype
+	return fstype, source
 }
 
-func isMounted(dir string) bool { return mountFSType(dir) != "" }
+func isMounted(dir string) bool {
+	fstype, _ := mountAt(dir)
+	return fstype != ""
+}
 
-// isLazyrootMount reports whether the visible mount at dir is ours.
-func isLazyrootMount(dir string) bool { return mountFSType(dir) == "fuse.lazyroot" }
+// isLazyrootMount reports whether the visible mount at dir is ours: the
+// read-only tree, or the overlay lazyroot puts over it.
+func isLazyrootMount(dir string) bool {
+	fstype, source := mountAt(dir)
+	return fstype == "fuse.lazyroot" || fstype == "overlay" && source == fs.OverlaySource
+}
 
 // unescapeMountinfo undoes the octal escapes (\040 for space) of mountinfo.
 func unescapeMountinfo(s string) string {

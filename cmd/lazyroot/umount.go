@@ -43,6 +43,11 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 		// process using it lets go.
 		return nil
 	}
+	if rec.Lower != "" {
+		// The overlay is gone; its server unmounts the tree beneath it,
+		// removes a temporary upper and exits.
+		syscall.Kill(rec.PID, syscall.SIGTERM)
+	}
 	return waitExit(ctx, rec.PID, *timeout)
 }
 

@@ -14,12 +14,13 @@ const module = "github.com/lazyroot/lazyroot/"
 // the project packages it may import. Packages not listed (cmd, bench,
 // internal tools and test helpers) may import anything.
 var allowed = map[string][]string{
-	"index":  {},
-	"cache":  {},
-	"fetch":  {},
-	"layer":  {"index", "cache", "fetch"},
-	"fs":     {"index"},
-	"daemon": {"layer", "fs", "cache", "fetch", "index"},
+	"index":     {},
+	"cache":     {},
+	"fetch":     {},
+	"layer":     {"index", "cache", "fetch"},
+	"fs":        {"index"},
+	"container": {},
+	"daemon":    {"layer", "fs", "cache", "fetch", "index"},
 }
 
 func TestImportDirection(t *testing.T) {

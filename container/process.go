@@ -1,0 +1,243 @@
+package container
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// HelperArg, as the first argument, makes this program the helper that
+// enters the root and execs the command (see RunHelper).
+const HelperArg = "__lazyroot-exec"
+
+// Exit codes for a command that could not be started, as shells and
+// container runtimes use them.
+const (
+	ExitCannotRun = 126
+	ExitNotFound  = 127
+)
+
+// Command is a job's command and the process state it runs with.
+type Command struct {
+	// Root is the directory the command is chrooted into.
+	Root string `json:"root"`
+	// Args are the command and its arguments; a name without a slash is
+	// looked up in the PATH of Env, inside Root.
+	Args []string `json:"args"`
+	// Env is the command's whole environment.
+	Env []string `json:"env"`
+	// Dir is the working directory inside Root.
+	Dir string `json:"dir"`
+	// User is who the command runs as.
+	User User `json:"user"`
+	// Foreground makes the command's process group the foreground one of
+	// the terminal on its stdin, so the terminal's signals reach it alone.
+	Foreground bool `json:"foreground"`
+}
+
+// StartError is a command that could not be started; Code is the exit
+// status a shell would give for it.
+type StartError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StartError) Error() string { return e.Msg }
+
+// Start starts c through the helper, with the given stdin, stdout and
+// stderr, and returns once the command has been exec'd. The caller reaps
+// it (see Reap).
+func Start(c Command, stdio [3]*os.File) (*os.Process, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	spec, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer specR.Close()
+	defer specW.Close()
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer errR.Close()
+	p, err := os.StartProcess(self, []string{self, HelperArg}, &os.ProcAttr{
+		Files: []*os.File{stdio[0], stdio[1], stdio[2], specR, errW},
+		Env:   []string{},
+	})
+	errW.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
+	}
+	specR.Close()
+	if _, err := specW.Write(spec); err != nil {
+		p.Kill()
+		Reap(p.Pid)
+		return nil, fmt.Errorf("start %s: %w", c.Args[0], err)
+	}
+	specW.Close()
+	// The pipe closes when the helper execs the command; anything written
+	// to it first says why it could not.
+	msg, _ := io.ReadAll(io.LimitReader(errR, 4096))
+	if len(msg) > 0 {
+		ws, _ := Reap(p.Pid)
+		code := ExitCannotRun
+		if ws.Exited() {
+			code = ws.ExitStatus()
+		}
+		return nil, &StartError{Code: code, Msg: string(msg)}
+	}
+	return p, nil
+}
+
+// Reap waits for the child pid to end and returns its status, reaping any
+// other children on the way: a process that is init of a PID namespace
+// inherits the job's orphans.
+func Reap(pid int) (unix.WaitStatus, error) {
+	for {
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return ws, err
+		}
+		if got == pid {
+			return ws, nil
+		}
+	}
+}
+
+// ExitCode is the status a shell reports for ws: the exit status, or 128
+// plus the signal that killed the process.
+func ExitCode(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// RunHelper returns at once unless this process was started as the
+// helper; then it enters the root and execs the command, or exits with
+// ExitNotFound or ExitCannotRun. Call it first thing in main.
+func RunHelper() {
+	if len(os.Args) < 2 || os.Args[1] != HelperArg {
+		return
+	}
+	errPipe := os.NewFile(4, "error")
+	unix.CloseOnExec(4)
+	code, err := helper()
+	fmt.Fprint(errPipe, err.Error())
+	os.Exit(code)
+}
+
+// helper does RunHelper's work; it returns only on failure.
+func helper() (int, error) {
+	specFile := os.NewFile(3, "spec")
+	b, err := io.ReadAll(io.LimitReader(specFile, 4<<20))
+	specFile.Close()
+	if err != nil {
+		return ExitCannotRun, fmt.Errorf("read command: %w", err)
+	}
+	var c Command
+	if err := json.Unmarshal(b, &c); err != nil || len(c.Args) == 0 {
+		return ExitCannotRun, fmt.Errorf("bad command spec: %v", err)
+	}
+	// Only stdio reaches the command: a descriptor the caller left
+	// inheritable (a FUSE device, say, which would let the job hold its
+	// own file system's server hostage) is closed on exec.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return ExitCannotRun, fmt.Errorf("close inherited files: %w", err)
+	}
+	if err := unix.Setpgid(0, 0); err != nil {
+		return ExitCannotRun, fmt.Errorf("setpgid: %w", err)
+	}
+	if c.Foreground {
+		// Taking the terminal from the background raises SIGTTOU, which
+		// must not stay ignored in the command.
+		signal.Ignore(syscall.SIGTTOU)
+		err := unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, unix.Getpgrp())
+		signal.Reset(syscall.SIGTTOU)
+		if err != nil {
+			return ExitCannotRun, fmt.Errorf("take the terminal: %w", err)
+		}
+	}
+	if err := unix.Chroot(c.Root); err != nil {
+		return ExitCannotRun, fmt.Errorf("chroot %s: %w", c.Root, err)
+	}
+	if err := unix.Chdir(c.Dir); err != nil {
+		return ExitCannotRun, fmt.Errorf("working directory %s: %w", c.Dir, err)
+	}
+	groups := make([]int, len(c.User.Groups))
+	for i, g := range c.User.Groups {
+		groups[i] = int(g)
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return ExitCannotRun, fmt.Errorf("set groups: %w", err)
+	}
+	if err := syscall.Setgid(int(c.User.GID)); err != nil {
+		return ExitCannotRun, fmt.Errorf("set gid %d: %w", c.User.GID, err)
+	}
+	if err := syscall.Setuid(int(c.User.UID)); err != nil {
+		return ExitCannotRun, fmt.Errorf("set uid %d: %w", c.User.UID, err)
+	}
+	path, code, err := lookPath(c.Args[0], c.Env)
+	if err != nil {
+		return code, err
+	}
+	err = syscall.Exec(path, c.Args, c.Env)
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return ExitNotFound, fmt.Errorf("%s: %w", c.Args[0], err)
+	default:
+		return ExitCannotRun, fmt.Errorf("%s: %w", c.Args[0], err)
+	}
+}
+
+// lookPath finds name in the PATH of env, as a shell would, inside the
+// current root.
+func lookPath(name string, env []string) (string, int, error) {
+	if strings.Contains(name, "/") {
+		return name, 0, nil
+	}
+	pathVar := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	denied := ""
+	for _, dir := range filepath.SplitList(pathVar) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, name)
+		fi, err := os.Stat(p)
+		if err != nil || fi.IsDir() {
+			continue
+		}
+		if unix.Access(p, unix.X_OK) == nil {
+			return p, 0, nil
+		}
+		denied = p
+	}
+	if denied != "" {
+		return "", ExitCannotRun, fmt.Errorf("%s: permission denied", denied)
+	}
+	return "", ExitNotFound, fmt.Errorf("%s: command not found in PATH %s", name, pathVar)
+}

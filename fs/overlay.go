@@ -1,0 +1,154 @@
+package fs
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Upper is a directory that holds the writable layer of an overlay mount:
+// its changes in Diff and overlayfs's scratch space in Work, both on one
+// file system as overlayfs requires. While open it is locked, so two mounts
+// never share one upper.
+type Upper struct {
+	// Dir is the directory the upper lives in.
+	Dir string
+	// Diff is the overlay upperdir: the files the job changed.
+	Diff string
+	// Work is the overlay workdir.
+	Work string
+	lock *os.File
+}
+
+// upperStamp is what an upper records about the image it was made over.
+type upperStamp struct {
+	Image  string `json:"image"`
+	Digest string `json:"digest"`
+}
+
+// ErrUpperInUse reports an upper held by another mount.
+var ErrUpperInUse = errors.New("in use by another mount")
+
+// OpenUpper creates or reopens the upper in dir for the image named image
+// with manifest digest digest. Reopening continues where the last mount
+// left off; an upper made over a different image is refused, since its
+// whiteouts and copies would land on the wrong tree. An empty digest (a
+// stack of local layer files) matches only an upper made with the same
+// image name.
+func OpenUpper(dir, image, digest string) (*Upper, error) {
+	u := &Upper{Dir: dir, Diff: filepath.Join(dir, "diff"), Work: filepath.Join(dir, "work")}
+	for _, d := range []string{dir, u.Diff, u.Work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("upper %s: %w", dir, err)
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("upper %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("upper %s: %w", dir, ErrUpperInUse)
+		}
+		return nil, fmt.Errorf("upper %s: lock: %w", dir, err)
+	}
+	u.lock = lock
+	want := upperStamp{Image: image, Digest: digest}
+	stampPath := filepath.Join(dir, "image.json")
+	b, err := os.ReadFile(stampPath)
+	switch {
+	case err == nil:
+		var have upperStamp
+		if err := json.Unmarshal(b, &have); err != nil {
+			u.Close()
+			return nil, fmt.Errorf("upper %s: %s: %w", dir, stampPath, err)
+		}
+		if !sameImage(have, want) {
+			u.Close()
+			return nil, fmt.Errorf("upper %s was made over %s (%s), not %s (%s): use another --upper", dir, have.Image, have.Digest, image, digest)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		b, _ := json.Marshal(want)
+		if err := writeFileAtomic(stampPath, append(b, '\n')); err != nil {
+			u.Close()
+			return nil, fmt.Errorf("upper %s: %w", dir, err)
+		}
+	default:
+		u.Close()
+		return nil, fmt.Errorf("upper %s: %w", dir, err)
+	}
+	return u, nil
+}
+
+func sameImage(have, want upperStamp) bool {
+	if have.Digest != "" || want.Digest != "" {
+		return have.Digest == want.Digest
+	}
+	return have.Image == want.Image
+}
+
+// Close releases the upper's lock; its files stay.
+func (u *Upper) Close() error {
+	if u.lock == nil {
+		return nil
+	}
+	err := u.lock.Close()
+	u.lock = nil
+	return err
+}
+
+// Remove deletes the upper and everything in it.
+func (u *Upper) Remove() error {
+	u.Close()
+	return os.RemoveAll(u.Dir)
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// OverlaySource is the source name of overlays MountOverlay makes, as
+// /proc/self/mountinfo shows it.
+const OverlaySource = "lazyroot"
+
+// OverlayOptions configure MountOverlay.
+type OverlayOptions struct {
+	// AllowSetuid honours setuid and setgid bits; see Options.
+	AllowSetuid bool
+	// AllowDevices lets device nodes in the tree be opened.
+	AllowDevices bool
+}
+
+// MountOverlay mounts kernel overlayfs at dir: lower read-only beneath the
+// upper u. Renaming a lower directory works (redirect_dir), and copy-up
+// copies whole files, so the upper alone holds every changed byte.
+func MountOverlay(dir, lower string, u *Upper, o OverlayOptions) error {
+	for _, p := range []string{lower, u.Diff, u.Work} {
+		if strings.ContainsAny(p, ",:") {
+			return fmt.Errorf("overlay at %s: path %q has a ',' or ':', which overlayfs options cannot hold", dir, p)
+		}
+	}
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=off,index=off", lower, u.Diff, u.Work)
+	var flags uintptr
+	if !o.AllowSetuid {
+		flags |= syscall.MS_NOSUID
+	}
+	if !o.AllowDevices {
+		flags |= syscall.MS_NODEV
+	}
+	if err := syscall.Mount(OverlaySource, dir, "overlay", flags, data); err != nil {
+		return fmt.Errorf("overlay mount at %s: %w", dir, err)
+	}
+	return nil
+}
