@@ -1,5 +1,8 @@
 // Package fs serves a merged, immutable index.Tree as a read-only FUSE file
-// system.
+// system, puts kernel overlayfs over it for jobs that write (Upper,
+// MountOverlay), and writes an overlay's upper back out as a layer tar
+// (WriteUpperTar). Owners can be shown through id maps (Root.MapIDs) without
+// copying anything.
 //
 // Every inode is created when the file system is mounted (the tree is
 // already in memory), so lookups never block on the network; hardlinked

@@ -4,7 +4,8 @@
 # commands in it with chroot, show the bytes fetched against the image size,
 # and unmount. Then the same files as a plain gzip image: one node indexes
 # it and shares the index through the registry, a second node mounts it
-# lazily with it. Run as root (make demo).
+# lazily with it, and runs a job in it with lazyroot run. Run as root
+# (make demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -94,4 +95,10 @@ step "10. node B (a fresh state root) mounts it without streaming any layer"
 chroot "$mnt" /usr/bin/env -i PATH=/usr/bin:/bin LANG=C /bin/bash -c 'echo "bash $BASH_VERSION on a lazily mounted plain gzip image"'
 "$bin/lazyroot" status --root "$work/node-b" "$mnt"
 "$bin/lazyroot" umount --root "$work/node-b" "$mnt"
+
+step "11. a job runner's one command: run a job in the image, writable, cleaned up after"
+"$bin/lazyroot" run --root "$work/node-b" --upper "$work/job-upper" -e GREETING=hello "$gz" -- \
+  /bin/bash -c 'n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo "$GREETING from pid $$, one of $n processes in the job"; echo result > /root/out'
+echo "the job's changes, kept in --upper: $(cat "$work/job-upper/diff/root/out")"
+"$bin/lazyroot" run --root "$work/node-b" "$gz" -- /bin/bash -c 'exit 42' || echo "exit status passed through: $?"
 echo "demo done"
