@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -253,4 +254,65 @@ func processesNamed(t *testing.T, args ...string) []int {
 		}
 	}
 	return pids
+}
+
+// TestMountUppers: two mounts of one image keep separate changes; a named
+// upper survives umount and mount; --read-only and --uid-map do what they
+// say.
+func TestMountUppers(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "uppers:v1")
+	root := t.TempDir()
+	a, b := mountDir(t), mountDir(t)
+	upper := filepath.Join(t.TempDir(), "kept")
+	mount := func(args ...string) {
+		t.Helper()
+		if _, errOut, code := lazyroot(t, append([]string{"mount", "--root", root}, args...)...); code != 0 {
+			t.Fatalf("mount %q: %d %s", args, code, errOut)
+		}
+	}
+	umount := func(dir string) {
+		t.Helper()
+		if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code != 0 {
+			t.Fatalf("umount %s: %d %s", dir, code, errOut)
+		}
+	}
+	mount("--upper", upper, ref, a)
+	mount(ref, b)
+	if err := os.WriteFile(filepath.Join(a, "etc/only-a"), []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(b, "etc/motd")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b, "etc/only-a")); !os.IsNotExist(err) {
+		t.Errorf("a's file shows in b: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(a, "etc/motd")); err != nil {
+		t.Errorf("b's delete shows in a: %v", err)
+	}
+	if _, errOut, code := lazyroot(t, "mount", "--root", root, "--upper", upper, ref, mountDir(t)); code == 0 || !strings.Contains(errOut, "in use") {
+		t.Errorf("a second mount of a held upper: %d %s", code, errOut)
+	}
+	umount(a)
+	umount(b)
+	mount("--upper", upper, ref, a)
+	if got, err := os.ReadFile(filepath.Join(a, "etc/only-a")); err != nil || string(got) != "a" {
+		t.Errorf("named upper after remount: %q %v", got, err)
+	}
+	umount(a)
+	if _, err := os.Stat(filepath.Join(upper, "diff/etc/only-a")); err != nil {
+		t.Errorf("umount removed a named upper: %v", err)
+	}
+
+	mount("--read-only", "--uid-map", "0:100000:65536", "--gid-map", "0:200000:65536", ref, a)
+	defer umount(a)
+	if err := os.WriteFile(filepath.Join(a, "etc/x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write to a --read-only mount: %v, want EROFS", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(a, "etc/motd"), &st); err != nil || st.Uid != 100000 || st.Gid != 200000 {
+		t.Errorf("etc/motd owner %d:%d (%v), want 100000:200000", st.Uid, st.Gid, err)
+	}
 }
