@@ -152,7 +152,7 @@ func TestMountChrootUmount(t *testing.T) {
 		t.Errorf("chroot output:\n%s", out)
 	}
 	status, errOut, code := lazyroot(t, "status", "--root", root, dir)
-	if code != 0 || !strings.Contains(status, "fetched") || !strings.Contains(status, ref) ||
+	if code != 0 || !strings.Contains(status, "fetched") || !strings.Contains(status, ref) || !strings.Contains(status, "deleted on umount") ||
 		!strings.Contains(status, "from "+reg.Host+":") || !regexp.MustCompile(`layer 1 sha256:\S+ gzip \(index: built\): fetched`).MatchString(status) {
 		t.Errorf("status: code %d\n%s%s", code, status, errOut)
 	}

@@ -58,6 +58,14 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 			st.Dir, st.Image, st.Digest, st.PID, st.Inodes, humanize.IBytes(uint64(st.FileBytes)),
 			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests,
 			st.CacheHits, st.DiskHits, st.CacheFills)
+		switch {
+		case st.Upper == "":
+			fmt.Fprintln(stdout, "  read-only")
+		case st.TempUpper:
+			fmt.Fprintf(stdout, "  writable: changes in %s/diff, deleted on umount\n", st.Upper)
+		default:
+			fmt.Fprintf(stdout, "  writable: changes in %s/diff, kept\n", st.Upper)
+		}
 		for _, h := range slices.Sorted(maps.Keys(st.Hosts)) {
 			hs := st.Hosts[h]
 			fmt.Fprintf(stdout, "  from %s: %s in %d requests", h, humanize.IBytes(uint64(hs.Bytes)), hs.Requests)
