@@ -293,7 +293,7 @@ func (c *Client) prepare(e Endpoint, reg name.Registry) (*endpoint, error) {
 	}
 	ep.exposed = !e.defaultServer && e.URL.Scheme == "http" && !isLoopback(e.URL.Host)
 	ep.transport = c.base
-	if e.needsOwnTransport() {
+	if e.OwnSettings() {
 		t, err := c.endpointTransport(&e)
 		if err != nil {
 			return nil, fmt.Errorf("endpoint %s: %w", e.URL.Redacted(), err)

@@ -81,9 +81,9 @@ type Endpoint struct {
 	defaultServer bool // the registry itself, as name.Registry reaches it
 }
 
-// needsOwnTransport reports whether requests to e need settings of their
+// OwnSettings reports whether requests to e need settings of their
 // own rather than the Client's base transport.
-func (e *Endpoint) needsOwnTransport() bool {
+func (e *Endpoint) OwnSettings() bool {
 	return e.SkipVerify || len(e.CAs) > 0 || len(e.ClientCerts) > 0 || e.Proxy != nil || e.DialTimeout > 0
 }
 

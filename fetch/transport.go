@@ -28,6 +28,46 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 		return nil, fmt.Errorf("hosts.toml gives it TLS, proxy or dial settings, which need the base transport to be an *http.Transport, not %T "+
 			"(wrap the default transport with WithTransportWrapper instead of replacing it with WithTransport)", c.opts.transport)
 	}
+	tc, key, err := e.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	rt, ok := c.transports[key]
+	c.mu.Unlock()
+	if ok {
+		return rt, nil
+	}
+	t := e.apply(bt, tc)
+	// The wrapper is the caller's code: no lock is held while it runs.
+	rt, err = c.finish(t)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev, ok := c.transports[key]; ok {
+		return prev, nil // another Blob call built it first
+	}
+	c.transports[key] = rt
+	return rt, nil
+}
+
+// Transport returns a clone of base with e's TLS, proxy and dial settings
+// applied: what requests to e, other than blob reads through a Client,
+// should use (manifests, say).
+func (e *Endpoint) Transport(base *http.Transport) (*http.Transport, error) {
+	tc, _, err := e.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	return e.apply(base, tc), nil
+}
+
+// tlsConfig reads e's CA and client certificate files into a TLS config,
+// and returns with it a key that is equal for endpoints whose settings and
+// file contents are.
+func (e *Endpoint) tlsConfig() (*tls.Config, string, error) {
 	tc := &tls.Config{InsecureSkipVerify: e.SkipVerify} //nolint:gosec // asked for in hosts.toml
 	h := sha256.New()
 	fmt.Fprintf(h, "skip=%v proxy=%v dial=%v\n", e.SkipVerify, e.Proxy, e.DialTimeout)
@@ -39,10 +79,10 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 		for _, f := range e.CAs {
 			pem, err := os.ReadFile(f)
 			if err != nil {
-				return nil, fmt.Errorf("ca: %w", err)
+				return nil, "", fmt.Errorf("ca: %w", err)
 			}
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("ca %s: no PEM certificates", f)
+				return nil, "", fmt.Errorf("ca %s: no PEM certificates", f)
 			}
 			fmt.Fprintf(h, "ca %q %x\n", f, sha256.Sum256(pem))
 		}
@@ -51,30 +91,28 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 	for _, pair := range e.ClientCerts {
 		certPEM, err := os.ReadFile(pair[0])
 		if err != nil {
-			return nil, fmt.Errorf("client certificate: %w", err)
+			return nil, "", fmt.Errorf("client certificate: %w", err)
 		}
 		keyPEM := certPEM
 		if pair[1] != "" {
 			if keyPEM, err = os.ReadFile(pair[1]); err != nil {
-				return nil, fmt.Errorf("client key: %w", err)
+				return nil, "", fmt.Errorf("client key: %w", err)
 			}
 		}
 		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		if err != nil {
-			return nil, fmt.Errorf("client certificate %s: %w", pair[0], err)
+			return nil, "", fmt.Errorf("client certificate %s: %w", pair[0], err)
 		}
 		tc.Certificates = append(tc.Certificates, cert)
 		fmt.Fprintf(h, "client %q %x %x\n", pair[0], sha256.Sum256(certPEM), sha256.Sum256(keyPEM))
 	}
-	key := hex.EncodeToString(h.Sum(nil))
+	return tc, hex.EncodeToString(h.Sum(nil)), nil
+}
 
-	c.mu.Lock()
-	rt, ok := c.transports[key]
-	c.mu.Unlock()
-	if ok {
-		return rt, nil
-	}
-	t := bt.Clone()
+// apply returns a clone of base with tc merged into its TLS config and e's
+// proxy and dial timeout set.
+func (e *Endpoint) apply(base *http.Transport, tc *tls.Config) *http.Transport {
+	t := base.Clone()
 	if t.TLSClientConfig != nil {
 		merged := t.TLSClientConfig.Clone()
 		merged.InsecureSkipVerify = merged.InsecureSkipVerify || tc.InsecureSkipVerify
@@ -99,18 +137,7 @@ func (c *Client) endpointTransport(e *Endpoint) (http.RoundTripper, error) {
 			return dial(ctx, network, addr)
 		}
 	}
-	// The wrapper is the caller's code: no lock is held while it runs.
-	rt, err := c.finish(t)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if prev, ok := c.transports[key]; ok {
-		return prev, nil // another Blob call built it first
-	}
-	c.transports[key] = rt
-	return rt, nil
+	return t
 }
 
 // finish wraps a transport fetch built with the caller's wrapper, if any,

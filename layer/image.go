@@ -183,24 +183,40 @@ func makeOptions(opts []Option) (*options, error) {
 	return o, nil
 }
 
-// withHosts returns the hosts that may be reached over plain HTTP and the
-// fetch options for reg, adding the mirrors of o.hostsDir: an http://
-// mirror there was put there by the node's administrator.
-func (o *options) withHosts(reg name.Registry) ([]string, []fetch.Option, error) {
+// withHosts returns the hosts that may be reached over plain HTTP, the
+// fetch options for reg, adding the mirrors of o.hostsDir (an http://
+// mirror there was put there by the node's administrator), and the
+// transport for manifest and config requests to reg itself: the base,
+// with the CA, client certificate, proxy and dial settings hosts.toml
+// gives the registry, so a registry behind a private CA resolves.
+func (o *options) withHosts(reg name.Registry) ([]string, []fetch.Option, http.RoundTripper, error) {
 	insecure, fetchOpts := slices.Clone(o.insecure), slices.Clone(o.fetchOpts)
 	if o.hostsDir == "" {
-		return insecure, fetchOpts, nil
+		return insecure, fetchOpts, o.transport, nil
 	}
 	endpoints, err := fetch.LoadHosts(o.hostsDir, reg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	origin := o.transport
 	for _, e := range endpoints {
 		if e.URL.Scheme == "http" {
 			insecure = append(insecure, e.URL.Host)
 		}
+		if e.Mirror || !e.OwnSettings() || e.URL.Host != reg.RegistryStr() {
+			continue
+		}
+		base, ok := o.transport.(*http.Transport)
+		if !ok {
+			return nil, nil, nil, fmt.Errorf("hosts.toml gives %s TLS, proxy or dial settings, which need the base transport to be an *http.Transport, not %T", reg, o.transport)
+		}
+		t, err := e.Transport(base)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", reg, err)
+		}
+		origin = t
 	}
-	return insecure, append([]fetch.Option{fetch.WithHostsDir(o.hostsDir)}, fetchOpts...), nil
+	return insecure, append([]fetch.Option{fetch.WithHostsDir(o.hostsDir)}, fetchOpts...), origin, nil
 }
 
 // ParseReference parses [REGISTRY/]IMAGE[:TAG|@DIGEST] with docker.io,
@@ -250,13 +266,13 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	insecure, fetchOpts, err := o.withHosts(r.Context().Registry)
+	insecure, fetchOpts, origin, err := o.withHosts(r.Context().Registry)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: registry hosts: %w", r, err)
 	}
 	// go-containerregistry would also use plain HTTP for private
 	// addresses; the guard allows it only where the user said so.
-	transport := newSchemeGuard(o.transport, insecure)
+	transport := newSchemeGuard(origin, insecure)
 	auth := o.auth
 	if auth == nil {
 		if auth, err = authn.Resolve(ctx, o.keychain, r.Context()); err != nil {

@@ -24,7 +24,7 @@ func TestPlainHTTPMirrorsFromHostsDirAreAllowed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	insecure, fetchOpts, err := o.withHosts(reg)
+	insecure, fetchOpts, _, err := o.withHosts(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestPlainHTTPMirrorsFromHostsDirAreAllowed(t *testing.T) {
 	}
 	// A broken hosts.toml is an error that names it.
 	os.WriteFile(filepath.Join(host, "hosts.toml"), []byte("[host.\"http://x\"\n"), 0o644)
-	if _, _, err := o.withHosts(reg); err == nil {
+	if _, _, _, err := o.withHosts(reg); err == nil {
 		t.Error("a malformed hosts.toml was accepted")
 	}
 }
