@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -38,9 +38,37 @@ type Command struct {
 	Dir string `json:"dir"`
 	// User is who the command runs as.
 	User User `json:"user"`
-	// Foreground makes the command's process group the foreground one of
-	// the terminal on its stdin, so the terminal's signals reach it alone.
-	Foreground bool `json:"foreground"`
+}
+
+// keptCapabilities are the capabilities a root command keeps: those
+// container runtimes grant by default. Everything else, CAP_SYS_ADMIN
+// (mounts), CAP_SYS_PTRACE (reaching the caller through /proc/1/root) and
+// CAP_SYS_MODULE among them, is dropped from its bounding set.
+var keptCapabilities = map[int]bool{
+	unix.CAP_CHOWN: true, unix.CAP_DAC_OVERRIDE: true, unix.CAP_FOWNER: true, unix.CAP_FSETID: true,
+	unix.CAP_KILL: true, unix.CAP_SETGID: true, unix.CAP_SETUID: true, unix.CAP_SETPCAP: true,
+	unix.CAP_NET_BIND_SERVICE: true, unix.CAP_NET_RAW: true, unix.CAP_SYS_CHROOT: true,
+	unix.CAP_MKNOD: true, unix.CAP_AUDIT_WRITE: true, unix.CAP_SETFCAP: true,
+}
+
+// dropCapabilities removes every capability not kept from the bounding
+// set, so the command cannot gain it, root or not.
+func dropCapabilities() error {
+	last := unix.CAP_LAST_CAP
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			last = n
+		}
+	}
+	for c := 0; c <= last; c++ {
+		if keptCapabilities[c] {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("drop capability %d: %w", c, err)
+		}
+	}
+	return nil
 }
 
 // StartError is a command that could not be started; Code is the exit
@@ -164,24 +192,21 @@ func helper() (int, error) {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return ExitCannotRun, fmt.Errorf("close inherited files: %w", err)
 	}
-	if err := unix.Setpgid(0, 0); err != nil {
-		return ExitCannotRun, fmt.Errorf("setpgid: %w", err)
-	}
-	if c.Foreground {
-		// Taking the terminal from the background raises SIGTTOU, which
-		// must not stay ignored in the command.
-		signal.Ignore(syscall.SIGTTOU)
-		err := unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, unix.Getpgrp())
-		signal.Reset(syscall.SIGTTOU)
-		if err != nil {
-			return ExitCannotRun, fmt.Errorf("take the terminal: %w", err)
-		}
+	// A session of its own and no controlling terminal: the command can
+	// read and write a terminal it was given, but cannot push input into
+	// it (TIOCSTI) or stop its caller's job control. Terminal signals
+	// reach it through the caller, which passes them on.
+	if _, err := unix.Setsid(); err != nil {
+		return ExitCannotRun, fmt.Errorf("setsid: %w", err)
 	}
 	if err := unix.Chroot(c.Root); err != nil {
 		return ExitCannotRun, fmt.Errorf("chroot %s: %w", c.Root, err)
 	}
 	if err := unix.Chdir(c.Dir); err != nil {
 		return ExitCannotRun, fmt.Errorf("working directory %s: %w", c.Dir, err)
+	}
+	if err := dropCapabilities(); err != nil {
+		return ExitCannotRun, err
 	}
 	groups := make([]int, len(c.User.Groups))
 	for i, g := range c.User.Groups {

@@ -80,6 +80,13 @@ func SetupRoot(root string, o RootOptions) error {
 		{"/etc", func() error { return setupEtc(root, o) }},
 	}
 	for _, s := range steps {
+		// The standard mount points are directories of the root itself:
+		// an image's symlink there is replaced, not followed.
+		if s.what != "/etc" {
+			if err := replaceSymlinkIn(root, s.what); err != nil {
+				return fmt.Errorf("set up %s in %s: %w", s.what, root, err)
+			}
+		}
 		if err := s.do(); err != nil {
 			return fmt.Errorf("set up %s in %s: %w", s.what, root, err)
 		}
@@ -93,7 +100,9 @@ func SetupRoot(root string, o RootOptions) error {
 }
 
 func setupDev(root string) error {
-	if err := mountIn(root, "/dev", dirTarget, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_STRICTATIME, "mode=755,size=65536k"); err != nil {
+	// nodev: a device node the job makes cannot be opened; the devices
+	// bound below keep their own mounts' flags.
+	if err := mountIn(root, "/dev", dirTarget, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_STRICTATIME, "mode=755,size=65536k"); err != nil {
 		return err
 	}
 	for _, d := range devices {
@@ -115,10 +124,14 @@ func setupDev(root string) error {
 		{"/dev/ptmx", "pts/ptmx"}, {"/dev/fd", "/proc/self/fd"},
 		{"/dev/stdin", "/proc/self/fd/0"}, {"/dev/stdout", "/proc/self/fd/1"}, {"/dev/stderr", "/proc/self/fd/2"},
 	}
+	dev, err := openIn(root, "/dev", true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dev)
 	for _, l := range links {
-		// /dev is our fresh tmpfs: nothing in it can redirect the link.
-		if err := os.Symlink(l[1], filepath.Join(root, l[0])); err != nil {
-			return err
+		if err := unix.Symlinkat(l[1], dev, filepath.Base(l[0])); err != nil {
+			return fmt.Errorf("symlink %s: %w", l[0], err)
 		}
 	}
 	return nil
@@ -346,12 +359,17 @@ func ReadFileIn(root, path string) ([]byte, error) {
 	}
 	defer unix.Close(rfd)
 	rel := strings.TrimPrefix(filepath.Clean("/"+path), "/")
-	fd, err := unix.Openat2(rfd, rel, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	// Non-blocking, and regular files only: a fifo in an image must not
+	// hang the caller.
+	fd, err := unix.Openat2(rfd, rel, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NONBLOCK, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, &os.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
+	}
 	return io.ReadAll(io.LimitReader(f, 16<<20))
 }
 

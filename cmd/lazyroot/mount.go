@@ -147,6 +147,11 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	if err := checkMountpoint(dir); err != nil {
 		return err
 	}
+	if rec, err := readRecord(recordPath(f.root, dir)); err == nil && alive(rec.PID) {
+		// A detached, still busy mount's server: a new mount here would
+		// share its work directory.
+		return fmt.Errorf("mount point %s: the server of an earlier mount there (pid %d) still runs, serving its users after a lazy unmount; wait for them or stop it", dir, rec.PID)
+	}
 	if f.upper != "" {
 		if up, err := absDir(f.upper); err == nil && (up == dir || strings.HasPrefix(up, dir+"/")) {
 			return fmt.Errorf("%w: --upper %s is inside the mount point %s", errUsage, f.upper, dir)

@@ -41,7 +41,6 @@ type runFlags struct {
 	user       string
 	entrypoint []string
 	inner      string
-	tty        bool
 }
 
 // forwarded are the signals run passes on to the job.
@@ -58,8 +57,6 @@ func runRun(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.StringArrayVar(&f.entrypoint, "entrypoint", nil, "replace the image's entrypoint with this program (repeat for its leading arguments; \"\" clears it)")
 	fset.StringVar(&f.inner, "inner", "", "run directory of the namespaced half of run (internal)")
 	_ = fset.MarkHidden("inner")
-	fset.BoolVar(&f.tty, "tty", false, "the job may take the terminal on stdin (internal)")
-	_ = fset.MarkHidden("tty")
 	f.registerMountFlags(fset)
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -83,6 +80,9 @@ func runRun(ctx context.Context, stdout io.Writer, args []string) error {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return fmt.Errorf("%w: --env %q: want K=V", errUsage, kv)
 		}
+	}
+	if len(f.uidMap) > 0 || len(f.gidMap) > 0 {
+		return fmt.Errorf("%w: --uid-map and --gid-map are for mount: run has no user namespace to map the job's own ids", errUsage)
 	}
 	if f.inner != "" {
 		return runInner(ctx, &f, image, command)
@@ -129,27 +129,34 @@ func runOuter(root string, args []string, auth string) error {
 	removeStaleRuns(runs)
 	var id [8]byte
 	rand.Read(id[:])
-	dir := filepath.Join(runs, hex.EncodeToString(id[:]))
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	name := hex.EncodeToString(id[:])
+	// The directory is locked before it gets the name removeStaleRuns
+	// looks at, so another run never takes it for a stale one.
+	newDir := filepath.Join(runs, ".new-"+name)
+	if err := os.Mkdir(newDir, 0o700); err != nil {
 		return fmt.Errorf("run directory: %w", err)
 	}
-	defer removeRunDir(dir)
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	lock, err := os.OpenFile(filepath.Join(newDir, "lock"), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
+		os.RemoveAll(newDir)
 		return fmt.Errorf("run directory: %w", err)
 	}
 	defer lock.Close()
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		os.RemoveAll(newDir)
 		return fmt.Errorf("run directory: %w", err)
 	}
+	dir := filepath.Join(runs, name)
+	if err := os.Rename(newDir, dir); err != nil {
+		os.RemoveAll(newDir)
+		return fmt.Errorf("run directory: %w", err)
+	}
+	defer removeRunDir(dir)
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
 	inner := []string{"run", "--inner", dir, "--root", root}
-	if isForegroundTerminal() {
-		inner = append(inner, "--tty")
-	}
 	// The namespaced half watches this pipe: when this process dies, by
 	// any signal, the pipe closes and the half takes the job down.
 	lifeR, lifeW, err := os.Pipe()
@@ -170,8 +177,6 @@ func runOuter(root string, args []string, auth string) error {
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
 		Pdeathsig:  syscall.SIGKILL,
 	}
-	restore := keepTerminal()
-	defer restore()
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
@@ -188,6 +193,10 @@ func runOuter(root string, args []string, auth string) error {
 			cmd.Process.Signal(sig)
 		case err := <-waited:
 			var ee *exec.ExitError
+			if code := cmd.ProcessState.ExitCode(); code != exitRunFailed && code >= 0 {
+				// lazyroot's log of a run that worked is not kept.
+				os.Remove(filepath.Join(root, "logs", "run-"+name+".log"))
+			}
 			switch {
 			case err == nil:
 				return nil
@@ -203,26 +212,15 @@ func runOuter(root string, args []string, auth string) error {
 	}
 }
 
-// keepTerminal notes which process group has the terminal on stdin, and
-// returns a function that gives it back: the job takes it while it runs.
-func keepTerminal() func() {
-	pgrp, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
-	if err != nil || pgrp != unix.Getpgrp() {
-		return func() {}
-	}
-	return func() {
-		signal.Ignore(syscall.SIGTTOU)
-		unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, pgrp)
-		signal.Reset(syscall.SIGTTOU)
-	}
-}
-
 // removeStaleRuns deletes the run directories no live run holds: left by
 // a run killed before it could clean up. Their mounts died with their
 // namespaces.
 func removeStaleRuns(runs string) {
 	entries, _ := os.ReadDir(runs)
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // being made
+		}
 		dir := filepath.Join(runs, e.Name())
 		lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|syscall.O_CLOEXEC, 0)
 		if err != nil {
@@ -265,6 +263,12 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 		return errors.New("run --inner is run's own half, started in new namespaces")
 	}
 	go watchParent(os.NewFile(3, "parent"))
+	// Not dumpable: a root job cannot read this process's memory,
+	// environment (credentials) or files, nor reach the node's root
+	// through /proc/1/root, without CAP_SYS_PTRACE, which it lacks.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("make lazyroot undumpable: %w", err)
+	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
@@ -318,6 +322,9 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted before the job started")
+	}
 	p, err := container.Start(c, [3]*os.File{os.Stdin, os.Stdout, os.Stderr})
 	var se *container.StartError
 	if errors.As(err, &se) {
@@ -436,7 +443,7 @@ func jobCommand(f *runFlags, m *mounted, root string, command []string) (contain
 	if term := os.Getenv("TERM"); term != "" && !hasEnv(env, "TERM") && isTerminal(0) {
 		env = append(env, "TERM="+term)
 	}
-	return container.Command{Root: root, Args: args, Env: env, Dir: workdir, User: u, Foreground: f.tty}, nil
+	return container.Command{Root: root, Args: args, Env: env, Dir: workdir, User: u}, nil
 }
 
 // mergeEnv sets each K=V of over in env, replacing an earlier K.
@@ -469,11 +476,4 @@ func hasEnv(env []string, key string) bool {
 func isTerminal(fd int) bool {
 	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	return err == nil
-}
-
-// isForegroundTerminal reports whether stdin is a terminal this process
-// group has in the foreground: only then may the job take it.
-func isForegroundTerminal() bool {
-	pgrp, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
-	return err == nil && pgrp == unix.Getpgrp()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"errors"
@@ -315,4 +316,43 @@ func TestMountUppers(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(a, "etc/motd"), &st); err != nil || st.Uid != 100000 || st.Gid != 200000 {
 		t.Errorf("etc/motd owner %d:%d (%v), want 100000:200000", st.Uid, st.Gid, err)
 	}
+}
+
+// TestRunContainsTheJob: a root job keeps only the capabilities container
+// runtimes grant, cannot reach lazyroot (its PID 1) or the node through
+// /proc/1, and an image's symlinks cannot point run's setup at the node.
+func TestRunContainsTheJob(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	hostDir := t.TempDir()
+	base := testutil.HostBinaries(t, "bash", "cat", "ls", "grep", "true")
+	push := func(repo string, top []testutil.Entry) string {
+		var layers []v1.Layer
+		var anns []map[string]string
+		for _, entries := range [][]testutil.Entry{base, top} {
+			l, a := testutil.Layer(t, testutil.Tar(t, entries), testutil.Gzip)
+			layers, anns = append(layers, l), append(anns, a)
+		}
+		return reg.Push(t, repo, testutil.Image(t, layers, anns))
+	}
+	ref := push("hostile/dev:v1", []testutil.Entry{{Name: "dev", Type: tar.TypeSymlink, Linkname: hostDir}})
+	fifo := push("hostile/fifo:v1", []testutil.Entry{{Name: "etc/passwd", Type: tar.TypeFifo, Mode: 0o644}})
+	root := t.TempDir()
+
+	script := `grep CapBnd /proc/self/status; cat /proc/1/environ >/dev/null 2>&1 || echo no-environ; ls /proc/1/root/ >/dev/null 2>&1 || echo no-root; ls /dev/null /dev/fd >/dev/null && echo dev-ok`
+	out, errOut, code := runCmd(t, root, "-u", "0", "--auth", "dXNlcjpzM2NyZXQ=", ref, "--", "/bin/bash", "-c", script)
+	if code != 0 || out != "CapBnd:\t00000000a80425fb\nno-environ\nno-root\ndev-ok\n" {
+		t.Errorf("root job: code %d, stdout %q, stderr %s", code, out, errOut)
+	}
+	if entries, _ := os.ReadDir(hostDir); len(entries) != 0 {
+		t.Errorf("run's /dev setup wrote to the node's %s through the image's /dev symlink: %d entries", hostDir, len(entries))
+	}
+	// A fifo for /etc/passwd is an unknown user, not a hang.
+	if _, errOut, code := runCmd(t, root, "-u", "job", fifo, "--", "/bin/true"); code != exitRunFailed || !strings.Contains(errOut, "job") {
+		t.Errorf("user from a fifo passwd: code %d, %s", code, errOut)
+	}
+	if _, errOut, code := runCmd(t, root, "-u", "0", fifo, "--", "/bin/true"); code != 0 {
+		t.Errorf("root with a fifo passwd: code %d, %s", code, errOut)
+	}
+	checkRunsClean(t, root)
 }

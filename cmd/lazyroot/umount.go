@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -38,6 +39,10 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 	if err := unmount(dir, flags); err != nil {
 		return err
 	}
+	if rec != nil && !alive(rec.PID) {
+		cleanupDeadServer(*root, rec)
+		return nil
+	}
 	if rec == nil || rec.PID <= 0 || *lazy {
 		// A detached mount ends, and its server with it, when the last
 		// process using it lets go.
@@ -49,6 +54,26 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 		syscall.Kill(rec.PID, syscall.SIGTERM)
 	}
 	return waitExit(ctx, rec.PID, *timeout)
+}
+
+// cleanupDeadServer does what a mount server killed before it could clean
+// up left undone: the tree beneath the overlay, a temporary upper, the
+// record and the control socket.
+func cleanupDeadServer(root string, rec *mountRecord) {
+	if rec.Lower != "" {
+		if isMounted(rec.Lower) {
+			syscall.Unmount(rec.Lower, syscall.MNT_DETACH)
+		}
+		os.Remove(rec.Lower)
+	}
+	if rec.TempUpper && rec.Upper != "" {
+		os.RemoveAll(rec.Upper)
+	}
+	if rec.Lower != "" {
+		os.Remove(filepath.Dir(rec.Lower))
+	}
+	os.Remove(rec.Socket)
+	os.Remove(recordPath(root, rec.Dir))
 }
 
 // unmount unmounts dir, through fusermount when umount(2) is not allowed
