@@ -356,3 +356,43 @@ func TestRunContainsTheJob(t *testing.T) {
 	}
 	checkRunsClean(t, root)
 }
+
+// TestUmountAfterServerKilled: umount cleans up what a mount server killed
+// with SIGKILL left: the tree beneath, the temporary upper, the record.
+func TestUmountAfterServerKilled(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "killed:v1")
+	root := t.TempDir()
+	dir := mountDir(t)
+	if _, errOut, code := lazyroot(t, "mount", "--root", root, ref, dir); code != 0 {
+		t.Fatalf("mount: %d %s", code, errOut)
+	}
+	rec, err := readRecord(recordPath(root, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(rec.PID, syscall.SIGKILL)
+	for deadline := time.Now().Add(10 * time.Second); alive(rec.PID); {
+		if time.Now().After(deadline) {
+			t.Fatal("server did not die")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code != 0 {
+		t.Fatalf("umount: %d %s", code, errOut)
+	}
+	if isMounted(dir) || isMounted(rec.Lower) {
+		t.Errorf("still mounted: %s %v, %s %v", dir, isMounted(dir), rec.Lower, isMounted(rec.Lower))
+	}
+	for _, p := range []string{rec.Upper, recordPath(root, dir), rec.Socket} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+	// The mount point can be used again.
+	if _, errOut, code := lazyroot(t, "mount", "--root", root, ref, dir); code != 0 {
+		t.Fatalf("mount again: %d %s", code, errOut)
+	}
+	lazyroot(t, "umount", "--root", root, dir)
+}
