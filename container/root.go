@@ -148,7 +148,7 @@ func setupSys(root string) error {
 	if err := mountIn(root, "/sys", dirTarget, "/sys", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return err
 	}
-	return remountReadOnly(root, "/sys", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC)
+	return remountReadOnly(root, "/sys", unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 }
 
 // setupEtc binds copies of the node's resolv.conf and hosts (and a
@@ -229,13 +229,20 @@ func bindIn(root string, b Bind) error {
 	return nil
 }
 
-func remountReadOnly(root, path string, flags uintptr) error {
+// remountReadOnly makes the mount at path inside root, and every mount
+// beneath it (a recursive bind brings the node's submounts along), read-only
+// with the extra MOUNT_ATTR_* flags.
+func remountReadOnly(root, path string, flags uint64) error {
 	fd, err := openIn(root, path, false)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	return unix.Mount("", fdPath(fd), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|flags, "")
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | flags}
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("make %s read-only: %w", path, err)
+	}
+	return nil
 }
 
 // targetKind says what a mount point must be: a directory or a file.

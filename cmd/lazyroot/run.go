@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -295,6 +296,9 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 	if err := os.MkdirAll(rootDir, 0o755); err != nil {
 		return err
 	}
+	// Runs after the session closes (deferred first).
+	var sc *scaffold
+	defer func() { sc.remove() }()
 	s, err := openSession(m, rootDir, so, logger)
 	if err != nil {
 		return err
@@ -312,6 +316,9 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 	for _, b := range f.binds {
 		bind, _ := container.ParseBind(b)
 		binds = append(binds, bind)
+	}
+	if s.upper != nil && !s.tempUpper {
+		sc = noteScaffold(s.upper.Diff, s.lower, binds)
 	}
 	if err := container.SetupRoot(rootDir, container.RootOptions{Binds: binds, StateDir: etc}); err != nil {
 		return err
@@ -377,6 +384,67 @@ func watchParent(life *os.File) {
 	io.Copy(io.Discard, life)
 	unix.Kill(-1, unix.SIGKILL)
 	os.Exit(128 + int(unix.SIGKILL))
+}
+
+// scaffold is what run's setup adds to a kept upper (mount points for
+// /proc, /dev, /sys, the /etc files and binds): taken out again after the
+// job, so the upper holds the job's changes alone and a commit of it does
+// not carry them.
+type scaffold struct {
+	diff  string
+	fresh []string        // relative paths the upper did not have, deepest last
+	lower map[string]bool // which of them the image has
+}
+
+// noteScaffold records which of the paths setup may create are not yet
+// in the upper at diff, and which the image (mounted at lower) has.
+func noteScaffold(diff, lower string, binds []container.Bind) *scaffold {
+	paths := []string{"proc", "dev", "sys", "etc", "etc/resolv.conf", "etc/hosts"}
+	for _, b := range binds {
+		rel := strings.TrimPrefix(path.Clean("/"+b.Target), "/")
+		var parts []string
+		for _, part := range strings.Split(rel, "/") {
+			parts = append(parts, part)
+			paths = append(paths, strings.Join(parts, "/"))
+		}
+	}
+	sc := &scaffold{diff: diff, lower: map[string]bool{}}
+	for _, p := range paths {
+		if _, err := os.Lstat(filepath.Join(diff, p)); errors.Is(err, os.ErrNotExist) {
+			sc.fresh = append(sc.fresh, p)
+			_, err := os.Lstat(filepath.Join(lower, p))
+			sc.lower[p] = err == nil
+		}
+	}
+	return sc
+}
+
+// remove deletes the fresh paths that are still empty directories or
+// empty files, deepest first; whatever the job put there stays.
+func (sc *scaffold) remove() {
+	if sc == nil {
+		return
+	}
+	for i := len(sc.fresh) - 1; i >= 0; i-- {
+		p := filepath.Join(sc.diff, sc.fresh[i])
+		fi, err := os.Lstat(p)
+		if err != nil {
+			continue
+		}
+		switch {
+		case fi.Mode().IsRegular() && fi.Size() == 0:
+			os.Remove(p)
+		case fi.IsDir():
+			// An empty opaque directory over one of the image's was
+			// emptied by the job; only the mount points setup itself
+			// replaced go regardless.
+			_, err := unix.Lgetxattr(p, "trusted.overlay.opaque", nil)
+			if err == nil && sc.lower[sc.fresh[i]] && !slices.Contains([]string{"proc", "dev", "sys"}, sc.fresh[i]) {
+				continue
+			}
+			os.Remove(p) // fails, harmlessly, on a directory that is not empty
+		}
+	}
 }
 
 // runLogger logs to a file under the state root, or to stderr with

@@ -140,11 +140,17 @@ func TestRunUpperPersists(t *testing.T) {
 	reg := testutil.NewRegistry(t)
 	ref := pushHostImage(t, reg, "host/upper:v1")
 	root, upper := t.TempDir(), filepath.Join(t.TempDir(), "job-upper")
-	if _, errOut, code := runCmd(t, root, "--upper", upper, ref, "--", "echo kept > /home/job/state"); code != 0 {
+	if _, errOut, code := runCmd(t, root, "--upper", upper, "--bind", t.TempDir()+":/mnt/data", ref, "--", "echo kept > /home/job/state"); code != 0 {
 		t.Fatalf("first run: %d %s", code, errOut)
 	}
 	if b, err := os.ReadFile(filepath.Join(upper, "diff/home/job/state")); err != nil || string(b) != "kept\n" {
 		t.Errorf("upper after the first run: %q, %v", b, err)
+	}
+	// The upper holds the job's changes alone, not run's mount points.
+	for _, p := range []string{"proc", "dev", "sys", "etc/resolv.conf", "etc/hosts", "mnt"} {
+		if _, err := os.Lstat(filepath.Join(upper, "diff", p)); !os.IsNotExist(err) {
+			t.Errorf("run left %s in the kept upper: %v", p, err)
+		}
 	}
 	if out, errOut, code := runCmd(t, root, "--upper", upper, ref, "--", "cat /home/job/state"); code != 0 || out != "kept\n" {
 		t.Errorf("second run: %d %q %s", code, out, errOut)
