@@ -12,8 +12,9 @@ import (
 )
 
 // EncodingVersion is the version Encode writes and Decode accepts. Version
-// 2 added the seekable formats (gzip and zstd spans).
-const EncodingVersion = 2
+// 2 added the seekable formats (gzip and zstd spans); version 3 the
+// prefetch landmark of eStargz TOCs (Index.Prefetch).
+const EncodingVersion = 3
 
 // encodingMagic starts every encoded index.
 var encodingMagic = [8]byte{'L', 'Z', 'R', 'I', 'D', 'X', 0, '\n'}

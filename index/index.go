@@ -136,6 +136,11 @@ type Index struct {
 	Spans    []Span `json:"spans,omitempty"`
 	BlobSize int64  `json:"blobSize,omitempty"`
 	TarSize  int64  `json:"tarSize,omitempty"`
+	// Prefetch is the number of leading Entries the layer's writer marked
+	// to be fetched first: in an eStargz TOC, the entries before its
+	// ".prefetch.landmark" (the landmark itself is not an Entry). 0 when
+	// it marked none.
+	Prefetch int `json:"prefetch,omitempty"`
 }
 
 // MaxChunkSize bounds a chunk's size and the stored unit read to produce it,
@@ -198,6 +203,9 @@ func (e *Entry) validate(f Format) error {
 
 // Validate checks every entry of x.
 func (x *Index) Validate() error {
+	if x.Prefetch < 0 || x.Prefetch > len(x.Entries) {
+		return fmt.Errorf("index of %s: %w: %d prefetch entries of %d", x.Layer, ErrMalformed, x.Prefetch, len(x.Entries))
+	}
 	switch x.Format {
 	case FormatTar, FormatEStargz, FormatZstdChunked:
 		if len(x.Spans) > 0 {

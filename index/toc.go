@@ -153,6 +153,9 @@ func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Inde
 			return nil, err
 		}
 		if name == prefetchLandmark || name == noPrefetchLandmark {
+			if name == prefetchLandmark {
+				x.Prefetch = len(x.Entries) // the entries before it come first
+			}
 			continue
 		}
 		e := Entry{
