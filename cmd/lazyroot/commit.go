@@ -37,6 +37,9 @@ func runCommit(ctx context.Context, stdout io.Writer, args []string) error {
 	if rec.Upper == "" {
 		return fmt.Errorf("%s is a read-only mount: it has no changes to commit", dir)
 	}
+	if rec.IDMapped {
+		return fmt.Errorf("%s shows owners through --uid-map/--gid-map: its upper holds host ids, which a layer must not carry; commit a mount without id maps", dir)
+	}
 	if rec.Digest == "" {
 		return fmt.Errorf("%s mounts %s, which is not from a registry: commit needs a registry image as its base", dir, rec.Image)
 	}

@@ -250,7 +250,8 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 		return err
 	}
 	defer s.close()
-	rec := mountRecord{Dir: dir, Image: m.img.Name(), Digest: digestString(m), PID: os.Getpid(), Socket: socketPath(f.root, dir), Lower: s.lower}
+	rec := mountRecord{Dir: dir, Image: m.img.Name(), Digest: digestString(m), PID: os.Getpid(), Socket: socketPath(f.root, dir), Lower: s.lower,
+		IDMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0}
 	if s.upper != nil {
 		rec.Upper, rec.TempUpper = s.upper.Dir, s.tempUpper
 	}

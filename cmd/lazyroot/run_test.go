@@ -322,6 +322,13 @@ func TestMountUppers(t *testing.T) {
 	if err := syscall.Stat(filepath.Join(a, "etc/motd"), &st); err != nil || st.Uid != 100000 || st.Gid != 200000 {
 		t.Errorf("etc/motd owner %d:%d (%v), want 100000:200000", st.Uid, st.Gid, err)
 	}
+	// A writable id-mapped mount cannot be committed: its upper holds
+	// host ids.
+	mount("--uid-map", "0:100000:65536", ref, b)
+	defer umount(b)
+	if _, errOut, code := lazyroot(t, "commit", "--root", root, b, "--tag", reg.Host+"/uppers:v2"); code == 0 || !strings.Contains(errOut, "uid-map") {
+		t.Errorf("commit of an id-mapped mount: %d %s", code, errOut)
+	}
 }
 
 // TestRunContainsTheJob: a root job keeps only the capabilities container

@@ -32,6 +32,8 @@ type mountRecord struct {
 	// diff/ holds the changes); TempUpper says umount deletes it.
 	Upper     string `json:"upper,omitempty"`
 	TempUpper bool   `json:"tempUpper,omitempty"`
+	// IDMapped says owners are shown through --uid-map/--gid-map.
+	IDMapped bool `json:"idMapped,omitempty"`
 }
 
 // mountID names a mount's files under the state root.
