@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/lazyroot/lazyroot/fs"
 	"github.com/lazyroot/lazyroot/layer"
@@ -40,7 +41,7 @@ func runCommit(ctx context.Context, stdout io.Writer, args []string) error {
 	if rec.IDMapped {
 		return fmt.Errorf("%s shows owners through --uid-map/--gid-map: its upper holds host ids, which a layer must not carry; commit a mount without id maps", dir)
 	}
-	if rec.Digest == "" {
+	if !strings.HasPrefix(rec.Digest, "sha256:") || strings.HasPrefix(rec.Image, "oci:") || strings.HasPrefix(rec.Image, "docker-archive:") || strings.HasPrefix(rec.Image, "layers:") {
 		return fmt.Errorf("%s mounts %s, which is not from a registry: commit needs a registry image as its base", dir, rec.Image)
 	}
 	ref, err := layer.ParseReference(rec.Image, f.insecure)

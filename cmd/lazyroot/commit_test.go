@@ -182,3 +182,33 @@ func mustParse(t *testing.T, ref string) name.Reference {
 	}
 	return r
 }
+
+// TestUpperOfLayerFiles: an upper made over one stack of layer files is
+// refused over another, and a stack of local files cannot be committed.
+func TestUpperOfLayerFiles(t *testing.T) {
+	requireRoot(t)
+	src := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(src, name)
+		if err := os.WriteFile(p, testutil.Tar(t, []testutil.Entry{{Name: "f", Content: []byte(content)}}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	one, two := write("one.tar", "1"), write("two.tar", "2")
+	root, upper, dir := t.TempDir(), filepath.Join(t.TempDir(), "u"), mountDir(t)
+	if _, errOut, code := lazyroot(t, "mount", "--root", root, "--upper", upper, "--layer", one, dir); code != 0 {
+		t.Fatalf("mount: %d %s", code, errOut)
+	}
+	if _, errOut, code := lazyroot(t, "commit", "--root", root, dir, "--tag", "127.0.0.1:1/x:v1"); code == 0 || !strings.Contains(errOut, "not from a registry") {
+		t.Errorf("commit of layer files: %d %s", code, errOut)
+	}
+	lazyroot(t, "umount", "--root", root, dir)
+	// Same path, other content: another stack.
+	os.Remove(one)
+	os.Rename(two, one)
+	if _, errOut, code := lazyroot(t, "mount", "--root", root, "--upper", upper, "--layer", one, dir); code == 0 || !strings.Contains(errOut, "was made over") {
+		t.Errorf("upper over another stack: %d %s", code, errOut)
+		lazyroot(t, "umount", "--root", root, dir)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log"
@@ -97,11 +98,18 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	return s, nil
 }
 
+// digestString names the mounted image's content: its manifest digest, or
+// for a stack of local layer files (which has none) a digest of their
+// digests, so an upper made over one stack is refused for another.
 func digestString(m *mounted) string {
-	if m.img.Digest.Hex == "" {
-		return ""
+	if m.img.Digest.Hex != "" {
+		return m.img.Digest.String()
 	}
-	return m.img.Digest.String()
+	h := sha256.New()
+	for _, l := range m.img.Layers {
+		fmt.Fprintln(h, l.Descriptor.Digest)
+	}
+	return fmt.Sprintf("layers:sha256:%x", h.Sum(nil))
 }
 
 // clearStaleMount detaches whatever a dead server left mounted at dir.
