@@ -59,6 +59,9 @@ func runRun(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.StringVar(&f.inner, "inner", "", "run directory of the namespaced half of run (internal)")
 	_ = fset.MarkHidden("inner")
 	f.registerMountFlags(fset)
+	// Without a user namespace there is nothing for run to map.
+	_ = fset.MarkHidden("uid-map")
+	_ = fset.MarkHidden("gid-map")
 	if err := fset.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return err
