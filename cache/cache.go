@@ -175,13 +175,9 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 	if c.closed.Load() {
 		return nil, fmt.Errorf("get %s: %w", key, ErrClosed)
 	}
-	if b, ok := c.mem.Get(key); ok {
-		c.memoryHits.Add(1)
-		if c.disk != nil {
-			// Keep the disk entry of a key hot in memory from looking
-			// unused to the disk tier's LRU.
-			c.disk.refreshKey(key)
-		}
+	// A memory hit keeps the key's disk entry from looking unused to the
+	// disk tier's LRU.
+	if b, ok := c.Peek(key); ok {
 		return b, nil
 	}
 	c.misses.Add(1)
@@ -229,6 +225,29 @@ func (c *Cache) Get(ctx context.Context, key Key, fill func(ctx context.Context)
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// Peek returns the bytes for key if the memory tier holds them, as a Get
+// that hits memory would: the hit is counted and the key's disk entry kept
+// fresh. It never waits, fills or reads the disk tier, and allocates
+// nothing on a hit, so a reader can try it before setting up what a Get
+// that may fill needs (a deadline, a fill function) and call Get only when
+// it misses. A miss is not counted: the Get that follows counts it. The
+// returned slice is shared and must not be modified. After Close, Peek
+// always misses.
+func (c *Cache) Peek(key Key) ([]byte, bool) {
+	if c.closed.Load() {
+		return nil, false
+	}
+	b, ok := c.mem.Get(key)
+	if !ok {
+		return nil, false
+	}
+	c.memoryHits.Add(1)
+	if c.disk != nil {
+		c.disk.refreshKey(key)
+	}
+	return b, true
 }
 
 // writeBehind starts writing a fill's result to the disk tier, unless the

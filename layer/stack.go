@@ -57,18 +57,38 @@ type LayerState struct {
 	blob   blobReader
 
 	spanKeysOnce sync.Once
-	spanKeys     []string // Index.SpanKey of every span; set once by spanKeysOnce
+	spanKeys     []cache.Key // cache key of every span; set once by spanKeysOnce
+
+	// chunkKeys maps *index.Chunk to its cache.Key, for the chunks read
+	// so far: built once per chunk, so a warm read builds no key.
+	chunkKeys sync.Map
 }
 
-// spanKey returns the cache key name of span i.
-func (l *LayerState) spanKey(i int) string {
+// spanKey returns the cache key of span i.
+func (l *LayerState) spanKey(i int) cache.Key {
 	l.spanKeysOnce.Do(func() {
-		l.spanKeys = make([]string, len(l.Index.Spans))
+		l.spanKeys = make([]cache.Key, len(l.Index.Spans))
 		for j := range l.spanKeys {
-			l.spanKeys[j] = l.Index.SpanKey(j)
+			out, _ := l.Index.SpanRanges(j)
+			// Keyed by what determines the decoded bytes, not by the
+			// layer digest alone: indexes of one layer from different
+			// sources share entries only when they decode alike.
+			l.spanKeys[j] = cache.NewKey(l.Index.SpanKey(j), 0, out.End-out.Start)
 		}
 	})
 	return l.spanKeys[i]
+}
+
+// chunkKey returns the cache key of c, a chunk of a file of this layer.
+// Chunks are keyed by content, so equal chunks of different layers and
+// images share one cache entry.
+func (l *LayerState) chunkKey(c *index.Chunk) cache.Key {
+	if k, ok := l.chunkKeys.Load(c); ok {
+		return k.(cache.Key)
+	}
+	k := cache.NewKey(c.Digest, 0, c.Size)
+	l.chunkKeys.Store(c, k)
+	return k
 }
 
 // Stack is an image's layers opened for reading, base first.
@@ -282,6 +302,10 @@ func (s *Stack) Close() error {
 
 // ReadAt reads the content of the regular file n at off into p, verifying
 // every chunk it touches. It returns io.EOF at the end of the file.
+//
+// A read whose bytes are all in the cache's memory tier allocates nothing:
+// it looks each chunk up with Cache.Peek, and only a miss sets up what a
+// fill needs (the read's deadline, a fill function, an error).
 func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) (int, error) {
 	if off >= n.Size {
 		return 0, io.EOF
@@ -289,25 +313,23 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 	if n.Layer < 0 || n.Layer >= len(s.layers) {
 		return 0, fmt.Errorf("read %s: no layer %d", n.Name, n.Layer)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
-	defer cancel()
+	rc := readContext{parent: ctx, timeout: s.readTimeout}
+	defer rc.release()
 	l := s.layers[n.Layer]
 	if l.Index.Format.Seekable() {
-		return s.readSpans(ctx, l, n, p, off)
+		return s.readSpans(&rc, l, n, p, off)
 	}
 	chunks := n.Chunks
 	i := sort.Search(len(chunks), func(i int) bool { return chunks[i].Offset+chunks[i].Size > off })
 	done := 0
 	for ; i < len(chunks) && done < len(p); i++ {
 		c := &chunks[i]
-		// Chunks are keyed by content, so equal chunks of different
-		// layers and images share one cache entry.
-		data, err := s.cache.Get(ctx, cache.NewKey(c.Digest, 0, c.Size), func(ctx context.Context) ([]byte, error) {
-			// The fill outlives a waiter that gives up; bound it too.
-			ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
-			defer cancel()
-			return s.readChunk(ctx, l, c)
-		})
+		key := l.chunkKey(c)
+		data, ok := s.cache.Peek(key)
+		var err error
+		if !ok {
+			data, err = s.cache.Get(rc.get(), key, s.chunkFill(l, c))
+		}
 		if err == nil && int64(len(data)) != c.Size {
 			err = fmt.Errorf("cached chunk is %d bytes, index says %d: %w", len(data), c.Size, ErrDigest)
 		}
@@ -322,9 +344,44 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 	return done, nil
 }
 
+// readContext is the context of one ReadAt: the caller's, bounded by the
+// read timeout from the first time get is called. Reads served from
+// memory never call it, and so never make a timer.
+type readContext struct {
+	parent  context.Context
+	timeout time.Duration
+	ctx     context.Context    // set by the first get
+	cancel  context.CancelFunc // set by the first get
+}
+
+// get returns the bounded context, making it on the first call.
+func (r *readContext) get() context.Context {
+	if r.ctx == nil {
+		r.ctx, r.cancel = context.WithTimeout(r.parent, r.timeout)
+	}
+	return r.ctx
+}
+
+// release frees the timer of the bounded context, if one was made.
+func (r *readContext) release() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
+// chunkFill returns the fill function of chunk c for Cache.Get.
+func (s *Stack) chunkFill(l *LayerState, c *index.Chunk) func(context.Context) ([]byte, error) {
+	return func(ctx context.Context) ([]byte, error) {
+		// The fill outlives a waiter that gives up; bound it too.
+		ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+		defer cancel()
+		return s.readChunk(ctx, l, c)
+	}
+}
+
 // readSpans serves a read of a file in a seekable layer from the spans of
 // the layer's tar that hold it.
-func (s *Stack) readSpans(ctx context.Context, l *LayerState, n *index.Node, p []byte, off int64) (int, error) {
+func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byte, off int64) (int, error) {
 	chunks := n.Chunks
 	i := sort.Search(len(chunks), func(i int) bool { return chunks[i].Offset+chunks[i].Size > off })
 	done := 0
@@ -337,14 +394,12 @@ func (s *Stack) readSpans(ctx context.Context, l *LayerState, n *index.Node, p [
 			return done, fmt.Errorf("read %s at %d: %w: no span holds tar offset %d", n.Name, pos, index.ErrMalformed, tarPos)
 		}
 		out, _ := l.Index.SpanRanges(si)
-		// Keyed by what determines the decoded bytes, not by the layer
-		// digest alone: indexes of one layer from different sources share
-		// entries only when they decode alike.
-		data, err := s.cache.Get(ctx, cache.NewKey(l.spanKey(si), 0, out.End-out.Start), func(ctx context.Context) ([]byte, error) {
-			ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
-			defer cancel()
-			return s.readSpan(ctx, l, si)
-		})
+		key := l.spanKey(si)
+		data, ok := s.cache.Peek(key)
+		var err error
+		if !ok {
+			data, err = s.cache.Get(rc.get(), key, s.spanFill(l, si))
+		}
 		if err == nil && int64(len(data)) != out.End-out.Start {
 			err = fmt.Errorf("cached span is %d bytes, index says %d: %w", len(data), out.End-out.Start, ErrDigest)
 		}
@@ -362,6 +417,16 @@ func (s *Stack) readSpans(ctx context.Context, l *LayerState, n *index.Node, p [
 		return done, io.EOF
 	}
 	return done, nil
+}
+
+// spanFill returns the fill function of span si for Cache.Get.
+func (s *Stack) spanFill(l *LayerState, si int) func(context.Context) ([]byte, error) {
+	return func(ctx context.Context) ([]byte, error) {
+		// The fill outlives a waiter that gives up; bound it too.
+		ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+		defer cancel()
+		return s.readSpan(ctx, l, si)
+	}
 }
 
 // readSpan fetches span si of a seekable layer and decodes it; the index
