@@ -3,7 +3,7 @@
 GO ?= go
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build deps demo test test-unit lint clean
+.PHONY: all build deps demo test test-unit lint clean bench
 
 all: build
 
@@ -29,6 +29,12 @@ test: deps lint
 # Fast unit tests of the leaf packages.
 test-unit:
 	$(GO) test -race -count=1 ./index/ ./cache/ ./fetch/
+
+# The benchmark of issue 6 (root; builds Debian images once under
+# /var/cache/lazyroot-bench, then takes a few minutes a run). Not part of
+# test. BENCH_RTT, BENCH_RATE, BENCH_CACHE, BENCH_ARGS: see scripts/bench.sh.
+bench:
+	scripts/bench.sh
 
 clean:
 	rm -rf bin

@@ -1,0 +1,223 @@
+// Command lzbench is lazyroot's benchmark (make bench). As root:
+//
+//	lzbench [run] [--cache DIR] [--lazyroot BIN] [--rtt 20ms] [--rate 200mbit] [--out FILE]
+//
+// builds the images from the Debian roots scripts/bench-images.sh made,
+// serves them behind an emulated network and prints the table. It is also
+// its own helpers: "lzbench proxy" (the delaying proxy, run in the
+// namespace) and "lzbench pull" (the full-pull baseline).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lazyroot/lazyroot/bench"
+	"github.com/spf13/pflag"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = run(args)
+	case "proxy":
+		err = proxy(args)
+	case "pull":
+		err = pull(args)
+	default:
+		err = fmt.Errorf("unknown command %q: want run, proxy or pull", cmd)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lzbench %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
+
+// ParseRate reads "200mbit", "1gbit", "500kbit" or plain bits per second.
+func parseRate(s string) (int64, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}} {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 {
+		return 0, fmt.Errorf("bad rate %q", s)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+func run(args []string) error {
+	fs := pflag.NewFlagSet("run", pflag.ExitOnError)
+	cache := fs.String("cache", envOr("BENCH_CACHE", "/var/cache/lazyroot-bench"), "where roots, layers, blobs, registry storage and results live ($BENCH_CACHE)")
+	lazyroot := fs.String("lazyroot", "bin/lazyroot", "the lazyroot binary to measure")
+	rtt := fs.Duration("rtt", 20*time.Millisecond, "emulated round-trip time")
+	rate := fs.String("rate", "200mbit", "emulated link rate")
+	formats := fs.StringSlice("formats", []string{"estargz", "gzip"}, "layer formats lazyroot mounts")
+	workloads := fs.StringSlice("workloads", nil, "workloads to run (default all: python3, gcc, ls-lR-usr, read-all, seq-read-1GiB)")
+	out := fs.String("out", "", "write the markdown report here too (default CACHE/results/latest.md)")
+	_ = fs.Parse(args)
+	rateBits, err := parseRate(*rate)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	lr, err := filepath.Abs(*lazyroot)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		*out = filepath.Join(*cache, "results", "latest.md")
+	}
+	cfg := bench.Config{
+		Cache: *cache, Lazyroot: lr, Self: self, RTT: *rtt, RateBits: rateBits,
+		Formats: *formats, Workloads: *workloads, Net: bench.DefaultNetwork(),
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	h := bench.New(cfg)
+	defer h.Close()
+	if err := h.Setup(ctx); err != nil {
+		return err
+	}
+	results := h.Run(ctx)
+	h.Close()
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "Run %s on %s (%d cores), lazyroot %s; network: %v round trip, %s (tc tbf + delaying proxy in a network namespace); registry: Debian docker-registry %s.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel(), numCPU(), gitRev(lr), *rtt, *rate, "2.8")
+	b.WriteString("Images (compressed, as pushed):")
+	for _, img := range bench.Images {
+		for _, f := range *formats {
+			if n := h.ImageBytes()[img.Name+"/"+f]; n > 0 {
+				fmt.Fprintf(&b, " %s/%s %.0f MiB;", img.Name, f, float64(n)/(1<<20))
+			}
+		}
+	}
+	b.WriteString("\n\n")
+	b.WriteString(bench.Table(results))
+	b.WriteString("\n")
+	b.WriteString(bench.TargetTable(bench.Targets(results, *formats)))
+	report := b.String()
+	fmt.Println(report)
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(results, "", "  ")
+	_ = os.WriteFile(strings.TrimSuffix(*out, ".md")+".json", js, 0o644)
+	fmt.Fprintf(os.Stderr, "bench: report in %s\n", *out)
+	for _, r := range results {
+		if r.Err != "" {
+			return fmt.Errorf("some scenarios failed")
+		}
+	}
+	return nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "linux"
+	}
+	return "Linux " + strings.TrimSpace(string(b))
+}
+
+func numCPU() int {
+	n := 0
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "processor") {
+			n++
+		}
+	}
+	return n
+}
+
+func gitRev(bin string) string {
+	out, err := exec.Command("git", "-C", filepath.Dir(filepath.Dir(bin)), "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "(unknown commit)"
+	}
+	return "at " + strings.TrimSpace(string(out)) + " (plus uncommitted work in the tree)"
+}
+
+func proxy(args []string) error {
+	fs := pflag.NewFlagSet("proxy", pflag.ExitOnError)
+	listen := fs.String("listen", "", "address to serve the delayed registry on")
+	stats := fs.String("stats", "", "address to serve /stats on, undelayed")
+	upstream := fs.String("upstream", "", "registry URL")
+	delay := fs.Duration("delay", 10*time.Millisecond, "one-way delay")
+	_ = fs.Parse(args)
+	u, err := url.Parse(*upstream)
+	if err != nil || *listen == "" || *stats == "" {
+		return fmt.Errorf("need --listen, --stats and --upstream")
+	}
+	p := bench.NewProxy(u, *delay)
+	sl, err := net.Listen("tcp", *stats)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/stats", p.StatsHandler())
+	go func() { _ = http.Serve(sl, mux) }()
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGTERM, os.Interrupt)
+		<-ch
+		l.Close()
+	}()
+	return p.Serve(l)
+}
+
+func pull(args []string) error {
+	fs := pflag.NewFlagSet("pull", pflag.ExitOnError)
+	reg := fs.String("registry", "", "registry base URL")
+	repo := fs.String("repo", "", "repository")
+	tag := fs.String("tag", "latest", "tag")
+	dir := fs.String("dir", "", "directory to extract into")
+	jobs := fs.Int("jobs", 3, "layers fetched at once (Docker's default is 3)")
+	_ = fs.Parse(args)
+	_, err := bench.Pull(context.Background(), *reg, *repo, *tag, *dir, *jobs)
+	return err
+}

@@ -1,0 +1,626 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+// Config says how a Harness runs.
+type Config struct {
+	Cache     string        // roots, layers, blobs, registry storage, work dirs
+	Lazyroot  string        // the built lazyroot binary
+	Self      string        // this harness's binary, for the proxy and the puller
+	RTT       time.Duration // emulated round trip
+	RateBits  int64         // emulated rate, bits per second
+	Formats   []string      // lazy layer formats: estargz, gzip
+	Workloads []string      // names to run; empty: all
+	Net       Network
+	Log       io.Writer
+}
+
+// Image is a benchmark image: layers (names of roots, base first).
+type Image struct {
+	Name   string
+	Layers []string
+}
+
+// Images are the benchmark's images. Each layer is the difference between
+// its root and the root before it in the chain base, python, gcc, large;
+// bigfile is one ~1 GiB file over base.
+var Images = []Image{
+	{"python", []string{"base", "python"}},
+	{"gcc", []string{"base", "python", "gcc"}},
+	{"large", []string{"base", "python", "gcc", "large"}},
+	{"bigfile", []string{"base", "bigfile"}},
+}
+
+// parentRoot is the root each layer is the difference from.
+var parentRoot = map[string]string{"base": "", "python": "base", "gcc": "python", "large": "gcc", "bigfile": ""}
+
+// BigFile is where the bigfile layer puts its file.
+const BigFile = "/opt/bench/big.bin"
+
+// Workloads are issue 6's workloads, plus the 1 GiB sequential read.
+var Workloads = []Workload{
+	{"python3", "python", []string{"python3", "-c", "print(1)"}},
+	{"gcc", "gcc", []string{"/bin/sh", "-c", "gcc -c /opt/bench/hello.c -o /tmp/hello.o && echo ok"}},
+	{"ls-lR-usr", "large", []string{"ls", "-lR", "/usr"}},
+	{"read-all", "large", []string{"/bin/sh", "-c", "find / -xdev -type f -print0 | xargs -0 sha256sum"}},
+	{"seq-read-1GiB", "bigfile", []string{"/bin/sh", "-c", "cat " + BigFile + " | wc -c"}},
+}
+
+// Harness runs the benchmark.
+type Harness struct {
+	cfg        Config
+	imageBytes map[string]int64 // image/format -> compressed size
+	procs      []*exec.Cmd      // registry and proxy, stopped by Close
+}
+
+// New returns a harness for cfg.
+func New(cfg Config) *Harness {
+	if cfg.Log == nil {
+		cfg.Log = os.Stderr
+	}
+	return &Harness{cfg: cfg, imageBytes: map[string]int64{}}
+}
+
+func (h *Harness) logf(format string, args ...any) {
+	fmt.Fprintf(h.cfg.Log, "bench: "+format+"\n", args...)
+}
+
+func (h *Harness) path(p ...string) string {
+	return filepath.Join(append([]string{h.cfg.Cache}, p...)...)
+}
+
+// registryAddr is the registry's own port (no delay), used to push before
+// the link is shaped; proxyAddr is what every measured run uses.
+// images returns the images the selected workloads use.
+func (h *Harness) images() []Image {
+	var out []Image
+	for _, img := range Images {
+		for _, w := range Workloads {
+			if w.Image == img.Name && (len(h.cfg.Workloads) == 0 || contains(h.cfg.Workloads, w.Name)) {
+				out = append(out, img)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func (h *Harness) registryAddr() string { return h.cfg.Net.NSAddr + ":5001" }
+func (h *Harness) proxyAddr() string    { return h.cfg.Net.NSAddr + ":5000" }
+func (h *Harness) statsURL() string     { return "http://" + h.cfg.Net.NSAddr + ":5002/stats" }
+
+// Layers makes the layer tars from the roots (once; existing ones are
+// kept) and returns their paths by name.
+func (h *Harness) Layers(ctx context.Context) (map[string]string, error) {
+	if err := os.MkdirAll(h.path("layers"), 0o755); err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, img := range h.images() {
+		for _, l := range img.Layers {
+			want[l] = true
+		}
+	}
+	out := map[string]string{}
+	for _, l := range []string{"base", "python", "gcc", "large", "bigfile"} {
+		if !want[l] {
+			continue
+		}
+		p := h.path("layers", l+".tar")
+		out[l] = p
+		if _, err := os.Stat(p); err == nil {
+			continue
+		}
+		if l == "bigfile" {
+			if err := h.makeBigRoot(); err != nil {
+				return nil, err
+			}
+		}
+		lower := ""
+		if parent := parentRoot[l]; parent != "" {
+			lower = h.path("roots", parent)
+		}
+		f, err := os.Create(p + ".tmp")
+		if err != nil {
+			return nil, err
+		}
+		w := bufio.NewWriterSize(f, 1<<20)
+		st, err := Diff(w, lower, h.path("roots", l))
+		if err == nil {
+			err = w.Flush()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", l, err)
+		}
+		if err := os.Rename(p+".tmp", p); err != nil {
+			return nil, err
+		}
+		h.logf("layer %s: %d entries, %d whiteouts, %s of files", l, st.Entries, st.Whiteouts, mib(st.Bytes))
+	}
+	return out, nil
+}
+
+// makeBigRoot makes roots/bigfile: one 1 GiB file of real binaries (the
+// large root's files under /usr/lib, concatenated and repeated), so it
+// compresses like an image's content does.
+func (h *Harness) makeBigRoot() error {
+	root := h.path("roots", "bigfile")
+	if _, err := os.Stat(filepath.Join(root, BigFile)); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join(root, filepath.Dir(BigFile)), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(root, BigFile))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const want = 1 << 30
+	var n int64
+	src := h.path("roots", "large", "usr", "lib")
+	for n < want {
+		before := n
+		err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() || n >= want {
+				return err
+			}
+			in, err := os.Open(p)
+			if err != nil {
+				return nil
+			}
+			defer in.Close()
+			m, err := io.Copy(f, io.LimitReader(in, want-n))
+			n += m
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		if n == before {
+			return fmt.Errorf("no files under %s", src)
+		}
+	}
+	return f.Close()
+}
+
+// Setup builds what the run needs and brings up the emulated network:
+// layers, compressed blobs, the namespace, the registry (with every image
+// pushed and the gzip images' indexes pushed, before shaping), the proxy,
+// then tc. Close undoes it.
+func (h *Harness) Setup(ctx context.Context) error {
+	layers, err := h.Layers(ctx)
+	if err != nil {
+		return err
+	}
+	blobs := map[string]Blob{}
+	if err := os.MkdirAll(h.path("blobs"), 0o755); err != nil {
+		return err
+	}
+	for _, format := range h.cfg.Formats {
+		for l, p := range layers {
+			b, err := CompressLayer(ctx, p, format, h.path("blobs"))
+			if err != nil {
+				return err
+			}
+			blobs[l+"/"+format] = b
+		}
+	}
+	if err := h.cfg.Net.Up(ctx); err != nil {
+		return err
+	}
+	if err := h.startRegistry(ctx); err != nil {
+		return err
+	}
+	for _, img := range h.images() {
+		for _, format := range h.cfg.Formats {
+			var bs []Blob
+			for _, l := range img.Layers {
+				bs = append(bs, blobs[l+"/"+format])
+			}
+			ref := fmt.Sprintf("%s/bench/%s:%s", h.registryAddr(), img.Name, format)
+			size, err := PushImage(ctx, ref, bs, name.Insecure)
+			if err != nil {
+				return err
+			}
+			h.imageBytes[img.Name+"/"+format] = size
+			h.logf("image %s: %s compressed", ref, mib(size))
+			if format == "gzip" {
+				// Index once per cluster, as the README says a site would, so
+				// cold gzip mounts read the shared index instead of streaming.
+				idxRoot := h.path("work", "index-push")
+				out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "index", "push", "--root", idxRoot,
+					"--insecure-registry", h.registryAddr(), ref).CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("lazyroot index push %s: %w: %s", ref, err, out)
+				}
+			}
+		}
+	}
+	if err := h.startProxy(ctx); err != nil {
+		return err
+	}
+	if err := h.cfg.Net.Shape(ctx, h.cfg.RateBits); err != nil {
+		return err
+	}
+	h.logf("network: %v round trip, %d Mbit/s", h.cfg.RTT, h.cfg.RateBits/1e6)
+	return nil
+}
+
+func (h *Harness) startRegistry(ctx context.Context) error {
+	conf := h.path("registry.yml")
+	storage := h.path("registry")
+	y := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: 0.0.0.0:5001\n", storage)
+	if err := os.WriteFile(conf, []byte(y), 0o644); err != nil {
+		return err
+	}
+	logf, err := os.Create(h.path("registry.log"))
+	if err != nil {
+		return err
+	}
+	cmd := h.cfg.Net.Command(context.Background(), "docker-registry", "serve", conf)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	h.procs = append(h.procs, cmd)
+	return waitHTTP(ctx, "http://"+h.registryAddr()+"/v2/")
+}
+
+func (h *Harness) startProxy(ctx context.Context) error {
+	logf, err := os.Create(h.path("proxy.log"))
+	if err != nil {
+		return err
+	}
+	cmd := h.cfg.Net.Command(context.Background(), h.cfg.Self, "proxy",
+		"--listen", h.proxyAddr(), "--stats", h.cfg.Net.NSAddr+":5002",
+		"--upstream", "http://127.0.0.1:5001", "--delay", (h.cfg.RTT / 2).String())
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	h.procs = append(h.procs, cmd)
+	return waitHTTP(ctx, h.statsURL())
+}
+
+func waitHTTP(ctx context.Context, url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not answering: %w", url, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops the registry and the proxy and removes the namespace.
+func (h *Harness) Close() {
+	for i := len(h.procs) - 1; i >= 0; i-- {
+		p := h.procs[i]
+		if p.Process != nil {
+			_ = p.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = p.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				_ = p.Process.Kill()
+				<-done
+			}
+		}
+	}
+	h.procs = nil
+	h.cfg.Net.Down()
+}
+
+func (h *Harness) proxyStats() (ProxyStats, error) {
+	resp, err := http.Get(h.statsURL())
+	if err != nil {
+		return ProxyStats{}, err
+	}
+	defer resp.Body.Close()
+	var st ProxyStats
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Run runs every selected scenario and returns the results, in table
+// order: per workload the baseline, then cold and warm per format.
+func (h *Harness) Run(ctx context.Context) []Result {
+	var out []Result
+	for _, w := range Workloads {
+		if len(h.cfg.Workloads) > 0 && !contains(h.cfg.Workloads, w.Name) {
+			continue
+		}
+		scen := []Scenario{{Workload: w, Mode: Baseline, Format: "gzip"}}
+		for _, f := range h.cfg.Formats {
+			scen = append(scen, Scenario{w, Cold, f}, Scenario{w, Warm, f})
+		}
+		for _, s := range scen {
+			if ctx.Err() != nil {
+				return out
+			}
+			h.logf("running %s", s)
+			r := h.runScenario(ctx, s)
+			if r.Err != "" {
+				h.logf("%s failed: %s", s, r.Err)
+			} else {
+				h.logf("%s: first output %s, total %s, command %s, %s in %d requests, cpu %s, peak %s", s,
+					secs(r.FirstOutput), secs(r.Total), secs(r.Command), mib(r.Bytes), r.Requests, secs(r.CPU), mib(r.PeakRSS))
+			}
+			out = append(out, r)
+			_ = exec.Command("sync").Run()
+		}
+		_ = os.RemoveAll(h.path("work", "root-"+w.Name))
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *Harness) runScenario(ctx context.Context, s Scenario) Result {
+	r := Result{Scenario: s, ImageBytes: h.imageBytes[s.Workload.Image+"/"+s.Format]}
+	var err error
+	if s.Mode == Baseline {
+		err = h.runBaseline(ctx, s, &r)
+	} else {
+		err = h.runLazy(ctx, s, &r)
+	}
+	if err != nil {
+		r.Err = err.Error()
+	}
+	return r
+}
+
+func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error {
+	dir := h.path("work", "baseline")
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st0, err := h.proxyStats()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, h.cfg.Self, "pull", "--registry", "http://"+h.proxyAddr(),
+		"--repo", "bench/"+s.Workload.Image, "--tag", "gzip", "--dir", dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("pull: %w: %s", err, stderr.String())
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	r.CPU += rusageCPU(ru)
+	r.PeakRSS = ru.Maxrss << 10
+	r.Prepare = time.Since(start)
+	if err := h.runJob(ctx, dir, s.Workload, start, r); err != nil {
+		return err
+	}
+	st1, err := h.proxyStats()
+	if err != nil {
+		return err
+	}
+	d := st1.Sub(st0)
+	r.Requests, r.Bytes = d.Requests, d.BodyBytes
+	return nil
+}
+
+func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
+	root := h.path("work", "root-"+s.Workload.Name, s.Format)
+	if s.Mode == Cold {
+		_ = os.RemoveAll(root)
+	}
+	dir := h.path("work", "mnt")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	ref := fmt.Sprintf("%s/bench/%s:%s", h.proxyAddr(), s.Workload.Image, s.Format)
+	st0, err := h.proxyStats()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, h.cfg.Lazyroot, "mount", "--root", root, "--insecure-registry", h.proxyAddr(), ref, dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lazyroot mount: %w: %s", err, out)
+	}
+	defer func() {
+		if out, err := exec.Command(h.cfg.Lazyroot, "umount", "--root", root, dir).CombinedOutput(); err != nil {
+			h.logf("umount %s: %v: %s", dir, err, out)
+			_ = exec.Command(h.cfg.Lazyroot, "umount", "--lazy", "--root", root, dir).Run()
+		}
+	}()
+	r.CPU += rusageCPU(cmd.ProcessState.SysUsage().(*syscall.Rusage))
+	r.Prepare = time.Since(start)
+	pid, err := h.serverPID(ctx, root, dir)
+	if err != nil {
+		return err
+	}
+	if err := h.runJob(ctx, dir, s.Workload, start, r); err != nil {
+		return err
+	}
+	cpu, hwm, err := procUsage(pid)
+	if err != nil {
+		return fmt.Errorf("server %d: %w", pid, err)
+	}
+	r.CPU += cpu
+	r.PeakRSS = hwm
+	st1, err := h.proxyStats()
+	if err != nil {
+		return err
+	}
+	d := st1.Sub(st0)
+	r.Requests, r.Bytes = d.Requests, d.BodyBytes
+	return nil
+}
+
+func (h *Harness) serverPID(ctx context.Context, root, dir string) (int, error) {
+	out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "status", "--json", "--root", root, dir).Output()
+	if err != nil {
+		return 0, fmt.Errorf("lazyroot status: %w", err)
+	}
+	var st struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil || st.PID == 0 {
+		return 0, fmt.Errorf("lazyroot status: no pid in %q", out)
+	}
+	return st.PID, nil
+}
+
+// runJob runs the workload's command chrooted in dir, noting when its
+// first output came (from start), its run time and its CPU.
+func (h *Harness) runJob(ctx context.Context, dir string, w Workload, start time.Time, r *Result) error {
+	args := append([]string{dir, "/usr/bin/env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root", "LC_ALL=C"}, w.Cmd...)
+	cmd := exec.CommandContext(ctx, "chroot", args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr tailBuffer
+	cmd.Stderr = &stderr
+	t0 := time.Now()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := stdout.Read(buf)
+		if n > 0 {
+			if r.OutputBytes == 0 {
+				r.FirstOutput = time.Since(start)
+			}
+			r.OutputBytes += int64(n)
+		}
+		if err != nil {
+			break
+		}
+	}
+	err = cmd.Wait()
+	r.Command = time.Since(t0)
+	r.Total = time.Since(start)
+	if cmd.ProcessState != nil {
+		r.CPU += rusageCPU(cmd.ProcessState.SysUsage().(*syscall.Rusage))
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(w.Cmd, " "), err, stderr.String())
+	}
+	if r.OutputBytes == 0 {
+		r.FirstOutput = r.Total
+	}
+	return nil
+}
+
+func rusageCPU(ru *syscall.Rusage) time.Duration {
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procUsage returns the user+system time and VmHWM of a running process.
+func procUsage(pid int) (time.Duration, int64, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	cpu, err := ParseStatCPU(string(stat), 100)
+	if err != nil {
+		return 0, 0, err
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	return cpu, ParseVmHWM(string(status)), nil
+}
+
+// ParseStatCPU returns utime+stime from the text of /proc/PID/stat, given
+// the clock ticks per second.
+func ParseStatCPU(stat string, hz int64) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(stat[i+1:])
+	// After the command: state(0) ppid ... utime is field 14 of the whole
+	// line, index 11 here; stime index 12.
+	if len(f) < 13 {
+		return 0, errors.New("short stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed stat times")
+	}
+	return time.Duration((ut + st) * int64(time.Second) / hz), nil
+}
+
+// ParseVmHWM returns the VmHWM line of /proc/PID/status in bytes, or 0.
+func ParseVmHWM(status string) int64 {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n << 10
+			}
+		}
+	}
+	return 0
+}
+
+// tailBuffer keeps the last 4 KiB written to it.
+type tailBuffer struct{ b []byte }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > 4096 {
+		t.b = t.b[len(t.b)-4096:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return strings.TrimSpace(string(t.b)) }
+
+// ImageBytes returns the compressed sizes of the images pushed, by
+// "image/format".
+func (h *Harness) ImageBytes() map[string]int64 { return h.imageBytes }
