@@ -66,6 +66,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyroot/lazyroot/index"
 )
 
 const (
@@ -423,3 +425,182 @@ func (m rawManifest) RawManifest() ([]byte, error)        { return m, nil }
 func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 
 var _ remote.Taggable = rawManifest(nil)
+
+// Access profiles (see profile.go) are shared the same way, as a sibling
+// artifact referring to the image: artifactType ProfileArtifactType, a
+// config of media type profileConfigMediaType (so that registries that
+// report the config media type as a referrer's artifactType, as
+// go-containerregistry's does, keep it apart from index artifacts) holding
+// "{}", and one layer, the profile's JSON, of media type ProfileMediaType.
+const (
+	// ProfileArtifactType is the artifactType of an access profile artifact.
+	ProfileArtifactType = "application/vnd.lazyroot.profile.v1"
+	// ProfileMediaType is the media type of the profile JSON in it.
+	ProfileMediaType = "application/vnd.lazyroot.profile.v1+json"
+	// profileConfigMediaType is its config's media type.
+	profileConfigMediaType = "application/vnd.lazyroot.profile.config.v1+json"
+	// MaxProfileBlobSize bounds one encoded profile pushed or fetched.
+	MaxProfileBlobSize = 16 << 20
+)
+
+// PushProfile pushes p to img's repository as an artifact whose subject is
+// img's manifest, and returns its digest. Like PushIndexes it sets no tag
+// besides the referrers fallback tag, and a local image fails with
+// ErrLocalImage.
+func PushProfile(ctx context.Context, img *Image, p *Profile) (v1.Hash, error) {
+	if img.Local() {
+		return v1.Hash{}, fmt.Errorf("push profile: %w", localError(img))
+	}
+	fail := func(err error) (v1.Hash, error) {
+		return v1.Hash{}, fmt.Errorf("push profile of %s: %w", img.Name(), err)
+	}
+	subject, err := img.subject()
+	if err != nil {
+		return fail(err)
+	}
+	if p.Image != img.Digest.String() {
+		return fail(fmt.Errorf("the profile is of %s", p.Image))
+	}
+	if err := p.Validate(); err != nil {
+		return fail(err)
+	}
+	var buf bytes.Buffer
+	if err := p.Encode(&buf); err != nil {
+		return fail(err)
+	}
+	if buf.Len() > MaxProfileBlobSize {
+		return fail(fmt.Errorf("%d bytes, at most %d", buf.Len(), MaxProfileBlobSize))
+	}
+	cfg := static.NewLayer(emptyJSON, profileConfigMediaType)
+	blob := static.NewLayer(buf.Bytes(), ProfileMediaType)
+	config, err := descriptorOf(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	desc, err := descriptorOf(blob)
+	if err != nil {
+		return fail(err)
+	}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  ProfileArtifactType,
+		Config:        config,
+		Layers:        []v1.Descriptor{desc},
+		Subject:       &subject,
+		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return fail(err)
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return fail(err)
+	}
+	repo := img.Ref.Context()
+	pusher, err := remote.NewPusher(img.remoteOptions(ctx)...)
+	if err != nil {
+		return fail(err)
+	}
+	for _, b := range []v1.Layer{cfg, blob} {
+		if err := pusher.Upload(ctx, repo, b); err != nil {
+			return fail(registryError(err))
+		}
+	}
+	if err := pusher.Put(ctx, repo.Digest(h.String()), rawManifest(raw)); err != nil {
+		return fail(registryError(err))
+	}
+	return h, nil
+}
+
+// FindProfile returns the newest access profile artifact referring to
+// img (by AnnotationCreated, as FindIndexes chooses), checked against its
+// descriptor and validated; nil and no error when there is none. It reads
+// at most maxArtifacts listed artifacts and skips those gone, of another
+// type or subject, or too large. A local image fails with ErrLocalImage.
+func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
+	if img.Local() {
+		return nil, fmt.Errorf("find profile: %w", localError(img))
+	}
+	fail := func(err error) (*Profile, error) {
+		return nil, fmt.Errorf("find profile of %s: %w", img.Name(), registryError(err))
+	}
+	if _, err := img.subject(); err != nil {
+		return fail(err)
+	}
+	repo := img.Ref.Context()
+	puller, err := remote.NewPuller(img.remoteOptions(ctx)...)
+	if err != nil {
+		return fail(err)
+	}
+	listing, err := remote.Referrers(repo.Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
+	if err != nil {
+		return fail(fmt.Errorf("list referrers: %w", err))
+	}
+	list, err := listing.IndexManifest()
+	if err != nil {
+		return fail(fmt.Errorf("list referrers: %w", err))
+	}
+	type candidate struct {
+		pos     int
+		created time.Time
+	}
+	var candidates []candidate
+	for i, d := range list.Manifests {
+		switch d.ArtifactType {
+		case ProfileArtifactType, profileConfigMediaType, "":
+		default:
+			continue
+		}
+		if (d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
+			continue
+		}
+		candidates = append(candidates, candidate{pos: i, created: createdAt(d.Annotations)})
+	}
+	slices.SortStableFunc(candidates, func(a, b candidate) int {
+		if c := b.created.Compare(a.created); c != 0 {
+			return c
+		}
+		return b.pos - a.pos
+	})
+	var best *v1.Descriptor
+	var bestCreated time.Time
+	for _, c := range candidates[:min(len(candidates), maxArtifacts)] {
+		d := list.Manifests[c.pos]
+		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
+		if isNotFound(err) {
+			continue
+		} else if err != nil {
+			return fail(fmt.Errorf("artifact %s: %w", d.Digest, err))
+		}
+		if len(desc.Manifest) > maxArtifactManifestSize {
+			continue
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+		if err != nil || m.ArtifactType != ProfileArtifactType || m.Subject == nil || m.Subject.Digest != img.Digest ||
+			len(m.Layers) != 1 || m.Layers[0].MediaType != ProfileMediaType || m.Layers[0].Size <= 0 || m.Layers[0].Size > MaxProfileBlobSize {
+			continue
+		}
+		if created := createdAt(m.Annotations); best == nil || created.After(bestCreated) {
+			best, bestCreated = &m.Layers[0], created
+		}
+	}
+	if best == nil {
+		return nil, nil
+	}
+	b, err := fetchIndexBlob(ctx, puller, img, *best)
+	if isNotFound(err) {
+		return nil, nil
+	} else if err != nil {
+		return fail(fmt.Errorf("profile blob: %w", err))
+	}
+	p, err := DecodeProfile(bytes.NewReader(b))
+	if err != nil {
+		return fail(err)
+	}
+	if p.Image != img.Digest.String() {
+		return fail(fmt.Errorf("%w: the profile is of %s", index.ErrMalformed, p.Image))
+	}
+	return p, nil
+}

@@ -1,0 +1,737 @@
+package layer
+
+// Prefetch: warming the chunk cache before files are read.
+//
+// A Prefetch runs in two phases after a mount is ready, on goroutines of
+// its own; it never holds the mount back and its errors never fail a read.
+//
+//  1. Priority: the files an eStargz writer put before its prefetch
+//     landmark (Index.Prefetch), then the files of the image's access
+//     profile (found under the Store, else in the registry), in the order
+//     they were first read. A few batches run at once, at full speed.
+//  2. Layers (PrefetchAll only): every span or chunk of every remote layer,
+//     one batch at a time, at most Rate bytes a second, and only while no
+//     on-demand read is in flight (see Activity).
+//
+// Every span and chunk goes through cache.Get with the keys on-demand
+// reads use (prefetchChunkKey, prefetchSpanKey), and is filled by the same verifying
+// decoders (readChunk, readSpan): what prefetch warms is what reads look
+// up, a read and a prefetch of one chunk share one fetch, and bytes that
+// fail a check are not cached. Units whose compressed ranges lie close
+// together in the blob are fetched as one range request (a batch) and cut
+// up locally, so the dozens of small files of a profile cost a few
+// requests; a unit already cached costs no request at all.
+//
+// Concurrency: Prefetch's counters are atomics; its goroutines end when
+// Stop returns.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/fetch"
+	"github.com/lazyroot/lazyroot/index"
+	"golang.org/x/sync/errgroup"
+)
+
+// PrefetchMode says what a mount fetches before it is read.
+type PrefetchMode string
+
+// Prefetch modes.
+const (
+	// PrefetchNone fetches nothing ahead.
+	PrefetchNone PrefetchMode = "none"
+	// PrefetchProfile fetches the TOC's prioritized files and the files of
+	// the image's recorded access profile.
+	PrefetchProfile PrefetchMode = "profile"
+	// PrefetchAll does what PrefetchProfile does, then fetches every layer
+	// whole in the background.
+	PrefetchAll PrefetchMode = "all"
+)
+
+// ParsePrefetchMode checks a --prefetch value.
+func ParsePrefetchMode(s string) (PrefetchMode, error) {
+	switch m := PrefetchMode(s); m {
+	case PrefetchNone, PrefetchProfile, PrefetchAll:
+		return m, nil
+	}
+	return "", fmt.Errorf("prefetch %q: want none, profile or all", s)
+}
+
+const (
+	// priorityJobs bounds the priority batches in flight.
+	priorityJobs = 4
+	// priorityBatch and layerBatch bound the compressed bytes one batch
+	// fetches; the background's are smaller so that an on-demand read
+	// joining one of its fills waits less.
+	priorityBatch = 4 << 20
+	layerBatch    = 1 << 20
+	// batchGap is the largest hole between two units fetched in one
+	// request.
+	batchGap = 64 << 10
+	// idleQuiet is how long after the last on-demand read ends the
+	// background waits before its next batch; idlePoll how often it looks.
+	idleQuiet = 20 * time.Millisecond
+	idlePoll  = 5 * time.Millisecond
+)
+
+// PrefetchOptions configure StartPrefetch.
+type PrefetchOptions struct {
+	// Mode says what to fetch; "" or PrefetchNone fetches nothing.
+	Mode PrefetchMode
+	// Image and Store are where the access profile is looked for (the
+	// Store, then the image's registry); either may be nil.
+	Image *Image
+	Store *Store
+	// Profile, if set, is used instead of looking one up.
+	Profile *Profile
+	// Tree, if set, limits TOC-prioritized files to those visible in the
+	// merged tree (not hidden by an upper layer).
+	Tree *index.Tree
+	// Rate caps the bytes a second the background whole-layer phase
+	// fetches; 0 means no cap.
+	Rate int64
+	// Activity, if set, counts on-demand reads; the background phase
+	// waits while any is in flight.
+	Activity *Activity
+	// Logf receives a summary and the first errors.
+	Logf func(format string, args ...any)
+	// clock paces the rate cap (tests use a fake one).
+	clock clock
+}
+
+// PrefetchStatus is a snapshot of a Prefetch's progress.
+type PrefetchStatus struct {
+	Mode PrefetchMode `json:"mode"`
+	// State is "priority", "layers", "done" or "stopped".
+	State string `json:"state"`
+	// ProfileSource says where the access profile came from: "store",
+	// "registry", "given" or "" (none).
+	ProfileSource string `json:"profileSource,omitempty"`
+	// PriorityFiles counts the prioritized and profile files planned;
+	// PriorityBytes and PriorityDoneBytes the compressed bytes of their
+	// chunks or spans, planned and handled (found cached or fetched).
+	PriorityFiles     int   `json:"priorityFiles"`
+	PriorityBytes     int64 `json:"priorityBytes"`
+	PriorityDoneBytes int64 `json:"priorityDoneBytes"`
+	// LayerBytes and LayerDoneBytes are the same for the whole-layer
+	// phase.
+	LayerBytes     int64 `json:"layerBytes"`
+	LayerDoneBytes int64 `json:"layerDoneBytes"`
+	// FetchedBytes counts the bytes prefetch fetched itself (not found
+	// cached); Errors the batches that failed.
+	FetchedBytes int64 `json:"fetchedBytes"`
+	Errors       int64 `json:"errors"`
+}
+
+// Prefetch is prefetch running for one Stack.
+type Prefetch struct {
+	s      *Stack
+	opts   PrefetchOptions
+	logf   func(string, ...any)
+	cancel context.CancelFunc
+	done   chan struct{} // closed when every phase has ended
+	prio   chan struct{} // closed when the priority phase has ended
+	limit  *limiter      // nil without a rate cap
+
+	state         atomic.Value // string
+	profileSource atomic.Value // string
+	priorityFiles atomic.Int64
+	priorityBytes atomic.Int64
+	priorityDone  atomic.Int64
+	layerBytes    atomic.Int64
+	layerDone     atomic.Int64
+	fetched       atomic.Int64
+	errs          atomic.Int64
+}
+
+// StartPrefetch starts prefetch for s as opts say and returns at once.
+// Stop it before closing s or its cache.
+func StartPrefetch(ctx context.Context, s *Stack, opts PrefetchOptions) *Prefetch {
+	if opts.Mode == "" {
+		opts.Mode = PrefetchNone
+	}
+	if opts.clock == nil {
+		opts.clock = realClock{}
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{})}
+	if p.logf == nil {
+		p.logf = func(string, ...any) {}
+	}
+	if opts.Rate > 0 {
+		p.limit = newLimiter(opts.Rate, opts.clock)
+	}
+	p.state.Store("priority")
+	p.profileSource.Store("")
+	go p.run(ctx)
+	return p
+}
+
+// Stop ends prefetch and waits for its goroutines. Fills already started
+// end within the stack's read timeout and are still cached. Stop is
+// idempotent; a nil Prefetch does nothing.
+func (p *Prefetch) Stop() {
+	if p == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+}
+
+// Done is closed when prefetch has ended, done or stopped.
+func (p *Prefetch) Done() <-chan struct{} { return p.done }
+
+// WaitPriority waits until the priority phase has ended, or ctx has.
+func (p *Prefetch) WaitPriority(ctx context.Context) error {
+	select {
+	case <-p.prio:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Status returns the progress so far.
+func (p *Prefetch) Status() PrefetchStatus {
+	return PrefetchStatus{
+		Mode:              p.opts.Mode,
+		State:             p.state.Load().(string),
+		ProfileSource:     p.profileSource.Load().(string),
+		PriorityFiles:     int(p.priorityFiles.Load()),
+		PriorityBytes:     p.priorityBytes.Load(),
+		PriorityDoneBytes: p.priorityDone.Load(),
+		LayerBytes:        p.layerBytes.Load(),
+		LayerDoneBytes:    p.layerDone.Load(),
+		FetchedBytes:      p.fetched.Load(),
+		Errors:            p.errs.Load(),
+	}
+}
+
+func (p *Prefetch) run(ctx context.Context) {
+	defer close(p.done)
+	start := time.Now()
+	defer func() {
+		if ctx.Err() != nil {
+			p.state.Store("stopped")
+			return
+		}
+		p.state.Store("done")
+		st := p.Status()
+		if st.PriorityBytes+st.LayerBytes > 0 {
+			p.logf("prefetch done in %v: %d priority files, fetched %d bytes, %d errors", time.Since(start).Round(time.Millisecond), st.PriorityFiles, st.FetchedBytes, st.Errors)
+		}
+	}()
+	if p.opts.Mode == PrefetchNone {
+		close(p.prio)
+		return
+	}
+	p.priority(ctx)
+	close(p.prio)
+	if p.opts.Mode == PrefetchAll && ctx.Err() == nil {
+		p.state.Store("layers")
+		p.layers(ctx)
+	}
+}
+
+// priority fetches the TOC-prioritized files and the profile's files.
+func (p *Prefetch) priority(ctx context.Context) {
+	pl := newPlan(p.s)
+	for i, l := range p.s.layers {
+		if !isRemote(l) {
+			continue
+		}
+		for j := range l.Index.Entries[:l.Index.Prefetch] {
+			e := &l.Index.Entries[j]
+			if e.Type != index.TypeReg || !p.visible(i, e) {
+				continue
+			}
+			if pl.addFile(l, e) {
+				p.priorityFiles.Add(1)
+			}
+		}
+	}
+	prof, src := p.opts.Profile, "given"
+	if prof == nil && p.opts.Image != nil && p.opts.Store != nil {
+		// The Store answers at once: use it together with the TOC files.
+		prof, src = p.storedProfile(), "store"
+	}
+	if prof != nil {
+		p.profileSource.Store(src)
+		p.priorityFiles.Add(int64(pl.addProfile(prof)))
+	}
+	p.runPlan(ctx, pl)
+	if prof != nil || p.opts.Profile != nil || p.opts.Image == nil || p.opts.Image.Local() || ctx.Err() != nil {
+		return
+	}
+	// No stored profile: ask the registry, after the TOC's files.
+	prof, err := FindProfile(ctx, p.opts.Image)
+	if err != nil {
+		p.logf("prefetch: no profile from the registry: %v", err)
+		return
+	}
+	if prof == nil {
+		return
+	}
+	if p.opts.Store != nil {
+		if err := p.opts.Store.SaveProfile(prof, FetchedFromRegistry); err != nil {
+			p.logf("prefetch: keeping the registry's profile in memory only: %v", err)
+		}
+	}
+	p.profileSource.Store("registry")
+	pl = newPlan(p.s)
+	p.priorityFiles.Add(int64(pl.addProfile(prof)))
+	p.runPlan(ctx, pl)
+}
+
+// storedProfile is the image's profile from the Store: this node's own,
+// else one taken from the registry earlier.
+func (p *Prefetch) storedProfile() *Profile {
+	d := p.opts.Image.Digest
+	if d.Hex == "" {
+		return nil
+	}
+	for _, prov := range []Provenance{BuiltHere, FetchedFromRegistry} {
+		prof, err := p.opts.Store.LoadProfile(d, prov)
+		if err == nil {
+			return prof
+		}
+		if !isNotExist(err) {
+			p.logf("prefetch: ignoring stored profile: %v", err)
+		}
+	}
+	return nil
+}
+
+// visible reports whether entry e of layer i is what the merged tree shows
+// at its name (always true without a tree).
+func (p *Prefetch) visible(i int, e *index.Entry) bool {
+	if p.opts.Tree == nil {
+		return true
+	}
+	n, ok := p.opts.Tree.Lookup(e.Name)
+	return ok && n.Layer == i && n.Type == index.TypeReg
+}
+
+// runPlan runs the plan's batches, a few at a time, in plan order.
+func (p *Prefetch) runPlan(ctx context.Context, pl *plan) {
+	batches := pl.batches(priorityBatch)
+	for _, b := range batches {
+		p.priorityBytes.Add(b.unitBytes)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(priorityJobs)
+	for _, b := range batches {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			p.runBatch(gctx, b)
+			p.priorityDone.Add(b.unitBytes)
+			return nil
+		})
+	}
+	g.Wait()
+}
+
+// layers fetches every remote layer whole, one batch at a time, yielding
+// to on-demand reads and keeping to the rate cap.
+func (p *Prefetch) layers(ctx context.Context) {
+	var all [][]batch
+	for _, l := range p.s.layers {
+		if !isRemote(l) {
+			continue
+		}
+		pl := newPlan(p.s)
+		pl.addLayer(l)
+		bs := pl.batches(layerBatch)
+		for _, b := range bs {
+			p.layerBytes.Add(b.unitBytes)
+		}
+		all = append(all, bs)
+	}
+	for _, bs := range all {
+		for _, b := range bs {
+			if err := p.waitIdle(ctx); err != nil {
+				return
+			}
+			n := p.runBatch(ctx, b)
+			p.layerDone.Add(b.unitBytes)
+			if p.limit != nil && n > 0 {
+				if err := p.limit.wait(ctx, n); err != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+// waitIdle waits until no on-demand read has been in flight for a while.
+func (p *Prefetch) waitIdle(ctx context.Context) error {
+	a := p.opts.Activity
+	for a != nil && !a.idle(time.Now(), idleQuiet) {
+		t := time.NewTimer(idlePoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return ctx.Err()
+}
+
+// runBatch warms the cache with b's units and returns the bytes it
+// fetched. Errors are counted and logged, never returned: a unit that
+// failed is simply read on demand later.
+func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
+	bb := &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end}
+	view := &LayerState{Layer: b.layer.Layer, Index: b.layer.Index, Origin: b.layer.Origin, blob: bb}
+	var failed error
+	for _, u := range b.units {
+		if ctx.Err() != nil {
+			break
+		}
+		_, err := p.s.cache.Get(ctx, u.key, func(context.Context) ([]byte, error) {
+			// Bounded like an on-demand fill, and ended by Stop.
+			fctx, cancel := context.WithTimeout(ctx, p.s.readTimeout)
+			defer cancel()
+			return u.fill(fctx, view)
+		})
+		if err != nil && ctx.Err() == nil && failed == nil {
+			failed = err
+		}
+	}
+	n := bb.fetched.Load()
+	p.fetched.Add(n)
+	if failed != nil {
+		if k := p.errs.Add(1); k <= 3 {
+			p.logf("prefetch of %s [%d,%d): %v", b.layer.Layer.Descriptor.Digest, b.start, b.end, failed)
+		}
+	}
+	return n
+}
+
+// isRemote reports whether l's bytes come from a registry, the only layers
+// worth prefetching (local files and unpacked copies are on disk).
+func isRemote(l *LayerState) bool {
+	_, ok := l.blob.(*fetch.RemoteBlob)
+	return ok
+}
+
+// prefetchChunkKey is the cache key of chunk c, as Stack.ReadAt uses it:
+// by content, so equal chunks of different layers share one entry.
+func prefetchChunkKey(c *index.Chunk) cache.Key { return cache.NewKey(c.Digest, 0, c.Size) }
+
+// prefetchSpanKey is the cache key of span si of l, as Stack.ReadAt uses
+// it. (TestPrefetchWarmsWhatReadsLookUp checks that both stay so.)
+func prefetchSpanKey(l *LayerState, si int) cache.Key {
+	out, _ := l.Index.SpanRanges(si)
+	return cache.NewKey(l.Index.SpanKey(si), 0, out.End-out.Start)
+}
+
+// unit is one cache entry to warm: a chunk or a span.
+type unit struct {
+	key  cache.Key
+	in   index.Range // the compressed bytes it is decoded from
+	rank int         // its place in the plan's order
+	fill func(ctx context.Context, l *LayerState) ([]byte, error)
+}
+
+// plan collects units per layer, each key once, in the order added.
+type plan struct {
+	s      *Stack
+	seen   map[cache.Key]bool
+	units  map[*LayerState][]unit
+	order  []*LayerState
+	next   int
+	byName map[*LayerState]map[string]*index.Entry
+}
+
+func newPlan(s *Stack) *plan {
+	return &plan{s: s, seen: map[cache.Key]bool{}, units: map[*LayerState][]unit{}, byName: map[*LayerState]map[string]*index.Entry{}}
+}
+
+func (pl *plan) add(l *LayerState, u unit) {
+	if pl.seen[u.key] {
+		return
+	}
+	pl.seen[u.key] = true
+	if _, ok := pl.units[l]; !ok {
+		pl.order = append(pl.order, l)
+	}
+	u.rank = pl.next
+	pl.next++
+	pl.units[l] = append(pl.units[l], u)
+}
+
+func (pl *plan) addChunk(l *LayerState, c *index.Chunk) {
+	pl.add(l, unit{key: prefetchChunkKey(c), in: index.Range{Start: c.BlobOffset, End: c.BlobEnd}, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
+		return pl.s.readChunk(ctx, v, c)
+	}})
+}
+
+func (pl *plan) addSpan(l *LayerState, si int) {
+	_, in := l.Index.SpanRanges(si)
+	pl.add(l, unit{key: prefetchSpanKey(l, si), in: in, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
+		return pl.s.readSpan(ctx, v, si)
+	}})
+}
+
+// addFile plans the chunks or spans of the regular file e of l, and
+// reports whether it added anything.
+func (pl *plan) addFile(l *LayerState, e *index.Entry) bool {
+	before := pl.next
+	for ci := range e.Chunks {
+		c := &e.Chunks[ci]
+		if !l.Index.Format.Seekable() {
+			pl.addChunk(l, c)
+			continue
+		}
+		// A seekable index places chunks in the uncompressed tar.
+		for si := l.Index.FindSpan(c.BlobOffset); si >= 0 && si < len(l.Index.Spans); si++ {
+			pl.addSpan(l, si)
+			if out, _ := l.Index.SpanRanges(si); out.End >= c.BlobEnd {
+				break
+			}
+		}
+	}
+	return pl.next > before
+}
+
+// addProfile plans the profile's files that the stack's remote layers
+// hold, in order, and returns how many it added.
+func (pl *plan) addProfile(prof *Profile) int {
+	n := 0
+	for _, f := range prof.Files {
+		for _, l := range pl.s.layers {
+			if l.Layer.Descriptor.Digest.String() != f.Layer {
+				continue
+			}
+			if e := pl.entry(l, f.Path); e != nil && isRemote(l) && pl.addFile(l, e) {
+				n++
+			}
+			break
+		}
+	}
+	return n
+}
+
+// entry returns l's regular file name, or nil.
+func (pl *plan) entry(l *LayerState, name string) *index.Entry {
+	m, ok := pl.byName[l]
+	if !ok {
+		m = map[string]*index.Entry{}
+		for i := range l.Index.Entries {
+			if e := &l.Index.Entries[i]; e.Type == index.TypeReg {
+				m[e.Name] = e
+			}
+		}
+		pl.byName[l] = m
+	}
+	return m[name]
+}
+
+// addLayer plans every span or chunk of l.
+func (pl *plan) addLayer(l *LayerState) {
+	if l.Index.Format.Seekable() {
+		for si := range l.Index.Spans {
+			pl.addSpan(l, si)
+		}
+		return
+	}
+	for i := range l.Index.Entries {
+		e := &l.Index.Entries[i]
+		for ci := range e.Chunks {
+			pl.addChunk(l, &e.Chunks[ci])
+		}
+	}
+}
+
+// batch is units of one layer fetched with one range request.
+type batch struct {
+	layer      *LayerState
+	start, end int64 // the compressed range fetched
+	units      []unit
+	unitBytes  int64 // the units' compressed bytes
+	rank       int   // the least rank of its units
+}
+
+// batches groups each layer's units by their place in the blob, at most
+// limit bytes and batchGap apart, and orders the batches by their first
+// unit in the plan.
+func (pl *plan) batches(limit int64) []batch {
+	var out []batch
+	for _, l := range pl.order {
+		us := slices.Clone(pl.units[l])
+		slices.SortStableFunc(us, func(a, b unit) int {
+			if a.in.Start != b.in.Start {
+				return cmpInt64(a.in.Start, b.in.Start)
+			}
+			return cmpInt64(a.in.End, b.in.End)
+		})
+		var cur *batch
+		for _, u := range us {
+			if cur != nil && u.in.Start <= cur.end+batchGap && u.in.End-cur.start <= limit {
+				cur.end = max(cur.end, u.in.End)
+			} else {
+				out = append(out, batch{layer: l, start: u.in.Start, end: u.in.End, rank: u.rank})
+				cur = &out[len(out)-1]
+			}
+			cur.units = append(cur.units, u)
+			cur.unitBytes += u.in.End - u.in.Start
+			cur.rank = min(cur.rank, u.rank)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b batch) int { return a.rank - b.rank })
+	return out
+}
+
+func cmpInt64(a, b int64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// batchBlob serves reads inside [start, end) of a blob from one fetch of
+// that range, made on first need, and passes other reads through.
+type batchBlob struct {
+	blobReader
+	start, end int64
+	fetched    atomic.Int64
+
+	mu     sync.Mutex
+	loaded bool   // protected by mu
+	buf    []byte // protected by mu; set once loaded
+	err    error  // protected by mu; set once loaded
+}
+
+func (b *batchBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < b.start || off+int64(len(p)) > b.end {
+		n, err := b.blobReader.ReadAt(ctx, p, off)
+		b.fetched.Add(int64(n))
+		return n, err
+	}
+	buf, err := b.load(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return copy(p, buf[off-b.start:]), nil
+}
+
+func (b *batchBlob) load(ctx context.Context) ([]byte, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.loaded {
+		return b.buf, b.err
+	}
+	buf := make([]byte, b.end-b.start)
+	n, err := b.blobReader.ReadAt(ctx, buf, b.start)
+	b.fetched.Add(int64(n))
+	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+		if ctx.Err() != nil {
+			return nil, err // not loaded: a later unit may try again
+		}
+		b.loaded, b.err = true, err
+		return nil, err
+	}
+	b.loaded, b.buf = true, buf
+	return buf, nil
+}
+
+// Activity counts on-demand reads in flight, for background work to yield
+// to. Its methods are safe for concurrent use and do not allocate.
+type Activity struct {
+	n    atomic.Int64
+	last atomic.Int64 // unix nanoseconds when a read last ended
+}
+
+// Begin notes an on-demand read starting.
+func (a *Activity) Begin() { a.n.Add(1) }
+
+// End notes an on-demand read ending.
+func (a *Activity) End() {
+	a.last.Store(time.Now().UnixNano())
+	a.n.Add(-1)
+}
+
+// InFlight returns the on-demand reads in flight.
+func (a *Activity) InFlight() int64 { return a.n.Load() }
+
+// idle reports whether no read is in flight and none ended in the quiet
+// period before now.
+func (a *Activity) idle(now time.Time, quiet time.Duration) bool {
+	return a.n.Load() == 0 && now.UnixNano()-a.last.Load() >= int64(quiet)
+}
+
+// clock is time as the rate limiter sees it.
+type clock interface {
+	Now() time.Time
+	// Sleep waits d, or until ctx ends.
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+func (realClock) Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// limiter is a token bucket paid after the fact: a transfer of n bytes
+// takes n tokens, and the next waits until the bucket is no longer in
+// debt. Tokens accrue at rate a second up to one second's worth. So over
+// any window of W seconds from the start, transfers total at most
+// rate*(W+1) plus the largest single transfer.
+type limiter struct {
+	rate  float64
+	burst float64
+	clock clock
+
+	mu     sync.Mutex
+	tokens float64   // protected by mu
+	last   time.Time // protected by mu
+}
+
+func newLimiter(rate int64, c clock) *limiter {
+	return &limiter{rate: float64(rate), burst: float64(rate), clock: c, tokens: float64(rate), last: c.Now()}
+}
+
+// wait takes n tokens and waits until the bucket is out of debt.
+func (l *limiter) wait(ctx context.Context, n int64) error {
+	l.mu.Lock()
+	l.refillLocked()
+	l.tokens -= float64(n)
+	debt := -l.tokens
+	l.mu.Unlock()
+	if debt <= 0 {
+		return nil
+	}
+	return l.clock.Sleep(ctx, time.Duration(debt/l.rate*float64(time.Second)))
+}
+
+func (l *limiter) refillLocked() {
+	now := l.clock.Now()
+	if el := now.Sub(l.last); el > 0 {
+		l.tokens = min(l.burst, l.tokens+el.Seconds()*l.rate)
+	}
+	l.last = now
+}

@@ -1,0 +1,124 @@
+package layer
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// fakeClock advances only when slept on.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	return ctx.Err()
+}
+
+func (c *fakeClock) advance(d time.Duration) { c.Sleep(context.Background(), d) }
+
+func TestLimiterBoundsBytesOverAWindow(t *testing.T) {
+	const rate = 1 << 20 // 1 MiB/s
+	for _, unit := range []int64{4 << 10, 300 << 10, 3 << 20} {
+		c := &fakeClock{now: time.Unix(1000, 0)}
+		l := newLimiter(rate, c)
+		start := c.Now()
+		var sent int64
+		// Transfers start only when the limiter lets them: count what is
+		// sent by the time each starts.
+		for range 200 {
+			elapsed := c.Now().Sub(start).Seconds()
+			if bound := rate*(elapsed+1) + float64(unit); float64(sent) > bound {
+				t.Fatalf("unit %d: %d bytes sent after %.2fs; the cap allows %.0f", unit, sent, elapsed, bound)
+			}
+			sent += unit
+			if err := l.wait(context.Background(), unit); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// And the cap is not much lower than asked for.
+		if elapsed := c.Now().Sub(start).Seconds(); float64(sent) < rate*elapsed {
+			t.Errorf("unit %d: %d bytes in %.2fs, below the rate", unit, sent, elapsed)
+		}
+	}
+}
+
+func TestLimiterIdleTimeRefillsOnlyABurst(t *testing.T) {
+	c := &fakeClock{now: time.Unix(1000, 0)}
+	l := newLimiter(1000, c)
+	c.advance(time.Hour)
+	before := c.Now()
+	l.wait(context.Background(), 1000) // the burst
+	if c.Now() != before {
+		t.Fatal("a burst's worth waited")
+	}
+	l.wait(context.Background(), 500)
+	if got := c.Now().Sub(before); got != 500*time.Millisecond {
+		t.Fatalf("after an idle hour, 500 bytes past the burst waited %v, want 500ms", got)
+	}
+}
+
+func TestActivityIdle(t *testing.T) {
+	var a Activity
+	now := time.Now()
+	if !a.idle(now, time.Millisecond) {
+		t.Fatal("a fresh Activity is busy")
+	}
+	a.Begin()
+	if a.idle(now.Add(time.Hour), time.Millisecond) {
+		t.Fatal("idle with a read in flight")
+	}
+	a.End()
+	if a.idle(time.Now(), time.Hour) {
+		t.Fatal("idle right after a read ended")
+	}
+	if !a.idle(time.Now().Add(2*time.Hour), time.Hour) {
+		t.Fatal("busy long after the last read")
+	}
+}
+
+func TestPlanBatches(t *testing.T) {
+	l := &LayerState{Index: &index.Index{Format: index.FormatEStargz}}
+	pl := newPlan(&Stack{layers: []*LayerState{l}})
+	chunk := func(name string, off, end int64) *index.Chunk {
+		return &index.Chunk{Offset: 0, Size: end - off, BlobOffset: off, BlobEnd: end, Digest: name}
+	}
+	// Added in profile order: far, near start, next to it, a huge one, a
+	// duplicate.
+	for _, c := range []*index.Chunk{
+		chunk("far", 10<<20, 10<<20+100),
+		chunk("a", 0, 1000),
+		chunk("b", 1000+batchGap, 2000+batchGap),
+		chunk("huge", 3<<20, 9<<20),
+		chunk("a", 0, 1000),
+	} {
+		pl.addChunk(l, c)
+	}
+	bs := pl.batches(priorityBatch)
+	type want struct {
+		start, end int64
+		units      int
+	}
+	wants := []want{{10 << 20, 10<<20 + 100, 1}, {0, 2000 + batchGap, 2}, {3 << 20, 9 << 20, 1}}
+	if len(bs) != len(wants) {
+		t.Fatalf("%d batches, want %d: %+v", len(bs), len(wants), bs)
+	}
+	for i, w := range wants {
+		if b := bs[i]; b.start != w.start || b.end != w.end || len(b.units) != w.units {
+			t.Errorf("batch %d: [%d,%d) of %d units, want [%d,%d) of %d", i, b.start, b.end, len(b.units), w.start, w.end, w.units)
+		}
+	}
+}

@@ -1,0 +1,404 @@
+package layer_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// prefetchFiles are the files of the prefetch test layers: a dozen files
+// of different sizes, the large ones spanning several chunks or spans.
+func prefetchFiles() map[string][]byte {
+	files := map[string][]byte{}
+	for i := range 12 {
+		files[fmt.Sprintf("f/%02d", i)] = textBytes(uint64(i+1), 1000+i*40_000)
+	}
+	return files
+}
+
+func prefetchEntries(files map[string][]byte) []testutil.Entry {
+	ents := []testutil.Entry{{Name: "f", Type: tar.TypeDir}}
+	for i := range 12 {
+		name := fmt.Sprintf("f/%02d", i)
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name]})
+	}
+	return ents
+}
+
+// prioritizedLayer builds an eStargz layer of files whose writer put
+// prioritized first (before the prefetch landmark).
+func prioritizedLayer(t *testing.T, files map[string][]byte, prioritized []string) (v1.Layer, map[string]string) {
+	t.Helper()
+	raw := testutil.Tar(t, prefetchEntries(files))
+	b, err := estargz.Build(io.NewSectionReader(bytes.NewReader(raw), 0, int64(len(raw))),
+		estargz.WithParallelism(1), estargz.WithChunkSize(32<<10), estargz.WithPrioritizedFiles(prioritized))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	blob, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return static.NewLayer(blob, types.OCILayer), map[string]string{estargz.TOCJSONDigestAnnotation: b.TOCDigest().String()}
+}
+
+// prefetchImage pushes an image of an eStargz layer (with prioritized
+// files) under a plain gzip layer, and returns it resolved, with the files
+// of each layer.
+func prefetchImage(t *testing.T, reg *testutil.Registry, prioritized []string) (*layer.Image, map[string][]byte, map[string][]byte) {
+	t.Helper()
+	base := prefetchFiles()
+	l0, a0 := prioritizedLayer(t, base, prioritized)
+	top := map[string][]byte{}
+	var ents []testutil.Entry
+	for i := range 6 {
+		name := fmt.Sprintf("g/%02d", i)
+		top[name] = textBytes(uint64(100+i), 300_000+i*1000)
+		ents = append(ents, testutil.Entry{Name: name, Content: top[name]})
+	}
+	l1, a1 := testutil.Layer(t, testutil.Tar(t, append([]testutil.Entry{{Name: "g", Type: tar.TypeDir}}, ents...)), testutil.Gzip)
+	ref := reg.Push(t, "pre:latest", testutil.Image(t, []v1.Layer{l0, l1}, []map[string]string{a0, a1}))
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, base, top
+}
+
+// prefetchStack opens img over root with a cache of its own.
+func prefetchStack(t *testing.T, img *layer.Image, root string) (*layer.Stack, *layer.Store, *cache.Cache, *index.Tree) {
+	t.Helper()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	stack, err := layer.Open(context.Background(), img, st, c, layer.StackOptions{SpanSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stack, st, c, tree
+}
+
+// waitPrefetch waits for p to end, failing the test after a generous bound.
+func waitPrefetch(t *testing.T, p *layer.Prefetch) layer.PrefetchStatus {
+	t.Helper()
+	select {
+	case <-p.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("prefetch did not end: %+v", p.Status())
+	}
+	return p.Status()
+}
+
+// blobRequests counts the blob GETs the registry answered since its last
+// Reset.
+func blobRequests(reg *testutil.Registry) int {
+	n := 0
+	for _, r := range reg.Requests() {
+		if r.Blob != "" && r.Method == http.MethodGet {
+			n++
+		}
+	}
+	return n
+}
+
+// readCheck reads name through r and compares it with want.
+func readCheck(t *testing.T, r interface {
+	ReadAt(context.Context, *index.Node, []byte, int64) (int, error)
+}, tree *index.Tree, name string, want []byte) {
+	t.Helper()
+	n, ok := tree.Lookup(name)
+	if !ok {
+		t.Fatalf("%s missing", name)
+	}
+	got := make([]byte, n.Size)
+	if k, err := r.ReadAt(context.Background(), n, got, 0); k != len(got) || (err != nil && !errors.Is(err, io.EOF)) {
+		t.Fatalf("%s: read %d of %d: %v", name, k, len(got), err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: wrong content", name)
+	}
+}
+
+func TestPrefetchPrioritizedFiles(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, _ := prefetchImage(t, reg, []string{"f/07", "f/02"})
+	stack, _, c, tree := prefetchStack(t, img, t.TempDir())
+	if got := stack.Layers()[0].Index.Prefetch; got < 2 {
+		t.Fatalf("eStargz index keeps %d prefetch entries, want the 2 prioritized files", got)
+	}
+	reg.Reset()
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
+	defer p.Stop()
+	st := waitPrefetch(t, p)
+	if st.PriorityFiles != 2 || st.Errors != 0 || st.FetchedBytes == 0 || st.State != "done" {
+		t.Fatalf("status %+v; want 2 priority files fetched without error", st)
+	}
+	if n := blobRequests(reg); n != 1 {
+		t.Errorf("prefetch of two adjacent prioritized files made %d blob requests, want 1", n)
+	}
+	reg.Reset()
+	fills := c.Stats().Fills
+	for _, name := range []string{"f/07", "f/02"} {
+		readCheck(t, stack, tree, name, base[name])
+	}
+	if n := blobRequests(reg); n != 0 || c.Stats().Fills != fills {
+		t.Errorf("reading the prioritized files made %d blob requests and %d fills; want none", n, c.Stats().Fills-fills)
+	}
+	readCheck(t, stack, tree, "f/05", base["f/05"])
+	if blobRequests(reg) == 0 {
+		t.Error("a file that was not prioritized was prefetched too")
+	}
+}
+
+func TestProfileRecordSaveAndReplay(t *testing.T) {
+	reg := testutil.NewRegistry(t, testutil.WithReferrers())
+	img, base, top := prefetchImage(t, reg, nil)
+	root := t.TempDir()
+	stack, st, _, tree := prefetchStack(t, img, root)
+
+	// Mount 1: record reads of A, B, C (and A again).
+	rec := layer.NewRecorder(stack, layer.RecorderOptions{})
+	r := layer.NewTrackedReader(stack, rec)
+	order := []string{"g/03", "f/09", "f/01", "g/03"}
+	for _, name := range order {
+		want := base[name]
+		if want == nil {
+			want = top[name]
+		}
+		readCheck(t, r, tree, name, want)
+	}
+	rec.Stop()
+	readCheck(t, r, tree, "f/04", base["f/04"]) // after the recording
+	prof := rec.Profile(img)
+	if prof == nil || len(prof.Files) != 3 || prof.Files[0].Path != "g/03" || prof.Files[1].Path != "f/09" || prof.Files[2].Path != "f/01" ||
+		prof.Files[0].Layer != img.Layers[1].Descriptor.Digest.String() || prof.Files[1].Layer != img.Layers[0].Descriptor.Digest.String() {
+		t.Fatalf("profile %+v; want g/03, f/09, f/01 with their layers", prof)
+	}
+	if err := st.SaveProfile(prof, layer.BuiltHere); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := layer.PushProfile(context.Background(), img, prof); err != nil || d.Hex == "" {
+		t.Fatalf("push profile: %v", err)
+	}
+
+	check := func(t *testing.T, p *layer.Prefetch, stack *layer.Stack, c *cache.Cache, tree *index.Tree, source string) {
+		t.Helper()
+		defer p.Stop()
+		s := waitPrefetch(t, p)
+		if s.ProfileSource != source || s.PriorityFiles != 3 || s.Errors != 0 {
+			t.Fatalf("status %+v; want the 3 files of the %s profile", s, source)
+		}
+		reg.Reset()
+		fills := c.Stats().Fills
+		readCheck(t, stack, tree, "g/03", top["g/03"])
+		readCheck(t, stack, tree, "f/09", base["f/09"])
+		readCheck(t, stack, tree, "f/01", base["f/01"])
+		if n := blobRequests(reg); n != 0 || c.Stats().Fills != fills {
+			t.Errorf("reading the profile's files made %d blob requests and %d fills; want none", n, c.Stats().Fills-fills)
+		}
+	}
+	t.Run("same store", func(t *testing.T) {
+		stack, st, c, tree := prefetchStack(t, img, root) // fresh cache
+		check(t, layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Image: img, Store: st}), stack, c, tree, "store")
+	})
+	t.Run("registry", func(t *testing.T) {
+		img, err := layer.Resolve(context.Background(), img.Ref.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := t.TempDir()
+		stack, st, c, tree := prefetchStack(t, img, root) // fresh root
+		check(t, layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Image: img, Store: st}), stack, c, tree, "registry")
+		if _, err := st.LoadProfile(img.Digest, layer.FetchedFromRegistry); err != nil {
+			t.Errorf("the registry's profile was not stored: %v", err)
+		}
+		// The profile artifact does not hide the index artifact.
+		if _, n, err := layer.Publish(context.Background(), img, stack.Layers()); err != nil || n != 1 {
+			t.Fatalf("publish: %d, %v", n, err)
+		}
+		found, err := layer.FindIndexes(context.Background(), img, []v1.Hash{img.Layers[1].Descriptor.Digest})
+		if err != nil || len(found) != 1 {
+			t.Fatalf("find indexes beside a profile: %d, %v", len(found), err)
+		}
+		if p, err := layer.FindProfile(context.Background(), img); err != nil || p == nil || len(p.Files) != 3 {
+			t.Fatalf("find profile beside indexes: %+v, %v", p, err)
+		}
+	})
+}
+
+func TestRecorderBound(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, _ := prefetchImage(t, reg, nil)
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	rec := layer.NewRecorder(stack, layer.RecorderOptions{MaxFiles: 2})
+	r := layer.NewTrackedReader(stack, rec)
+	for _, name := range []string{"f/00", "f/01", "f/02"} {
+		readCheck(t, r, tree, name, base[name])
+	}
+	select {
+	case <-rec.Ended():
+	default:
+		t.Fatal("recording did not end at its bound")
+	}
+	if p := rec.Profile(img); p == nil || len(p.Files) != 2 {
+		t.Fatalf("profile %+v; want 2 files", p)
+	}
+}
+
+func TestPrefetchAllFillsTheCacheAndStops(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, top := prefetchImage(t, reg, nil)
+	stack, _, c, tree := prefetchStack(t, img, t.TempDir())
+	reg.Reset()
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchAll, Tree: tree, Rate: 0})
+	defer p.Stop()
+	st := waitPrefetch(t, p)
+	if st.State != "done" || st.LayerBytes == 0 || st.LayerDoneBytes != st.LayerBytes || st.Errors != 0 {
+		t.Fatalf("status %+v; want every layer byte handled", st)
+	}
+	requests := blobRequests(reg)
+	fills := c.Stats().Fills
+	for name, want := range base {
+		readCheck(t, stack, tree, name, want)
+	}
+	for name, want := range top {
+		readCheck(t, stack, tree, name, want)
+	}
+	if n := blobRequests(reg); n != requests || c.Stats().Fills != fills {
+		t.Errorf("reads after a whole prefetch made %d blob requests and %d fills; want none", n-requests, c.Stats().Fills-fills)
+	}
+}
+
+func TestPrefetchYieldsToOnDemandReads(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, _ := prefetchImage(t, reg, nil)
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	r := layer.NewTrackedReader(stack, nil)
+	act := r.Activity()
+	// An on-demand read is in flight (as if it waited for the registry)
+	// when prefetch starts.
+	act.Begin()
+	reg.Reset()
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchAll, Activity: act})
+	defer p.Stop()
+	// Another read starts and completes; prefetch still waits, for the
+	// first one.
+	readCheck(t, r, tree, "f/10", base["f/10"])
+	onDemand := reg.Requests()
+	if len(onDemand) == 0 {
+		t.Fatal("the on-demand read made no request")
+	}
+	for _, q := range onDemand {
+		if q.Blob != img.Layers[0].Descriptor.Digest.String() {
+			t.Fatalf("a request for %s %s came before the on-demand read ended; background prefetch did not wait", q.Blob, q.Range)
+		}
+	}
+	act.End()
+	if st := waitPrefetch(t, p); st.State != "done" || st.LayerDoneBytes != st.LayerBytes {
+		t.Fatalf("status %+v after the read ended", st)
+	}
+	if len(reg.Requests()) <= len(onDemand) {
+		t.Error("background prefetch fetched nothing once reads were done")
+	}
+}
+
+func TestPrefetchErrorsNeverFailReadsNorCacheWrongBytes(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, top := prefetchImage(t, reg, []string{"f/03"})
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	var corrupt atomic.Bool
+	corrupt.Store(true)
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !corrupt.Load() || r.Header.Get("Range") == "" || !strings.Contains(r.URL.Path, "/blobs/") {
+				next.ServeHTTP(w, r)
+				return
+			}
+			next.ServeHTTP(&flipWriter{ResponseWriter: w}, r)
+		})
+	})
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchAll, Tree: tree})
+	defer p.Stop()
+	if st := waitPrefetch(t, p); st.Errors == 0 || st.State != "done" {
+		t.Fatalf("status %+v; want errors counted and prefetch done", st)
+	}
+	corrupt.Store(false)
+	for name, want := range base {
+		readCheck(t, stack, tree, name, want)
+	}
+	for name, want := range top {
+		readCheck(t, stack, tree, name, want)
+	}
+}
+
+// flipWriter flips one bit in the middle of every body it writes.
+type flipWriter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (f *flipWriter) Write(p []byte) (int, error) {
+	if !f.done && len(p) > 0 {
+		q := bytes.Clone(p)
+		q[len(q)/2] ^= 0x10
+		f.done = true
+		return f.ResponseWriter.Write(q)
+	}
+	return f.ResponseWriter.Write(p)
+}
+
+func TestProfileStoreRefusesBadProfiles(t *testing.T) {
+	st, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &layer.Profile{Version: layer.ProfileVersion, Image: "sha256:" + strings.Repeat("a", 64),
+		Files: []layer.ProfileFile{{Layer: "sha256:" + strings.Repeat("b", 64), Path: "usr/bin/x"}}}
+	if err := st.SaveProfile(good, layer.BuiltHere); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := v1.NewHash(good.Image)
+	if p, err := st.LoadProfile(d, layer.BuiltHere); err != nil || len(p.Files) != 1 {
+		t.Fatalf("load: %+v, %v", p, err)
+	}
+	for _, bad := range []layer.Profile{
+		{Version: 2, Image: good.Image},
+		{Version: layer.ProfileVersion, Image: "nope"},
+		{Version: layer.ProfileVersion, Image: good.Image, Files: []layer.ProfileFile{{Layer: good.Files[0].Layer, Path: "../etc/passwd"}}},
+		{Version: layer.ProfileVersion, Image: good.Image, Files: []layer.ProfileFile{{Layer: "x", Path: "a"}}},
+	} {
+		if err := st.SaveProfile(&bad, layer.BuiltHere); err == nil {
+			t.Errorf("saved a bad profile %+v", bad)
+		}
+	}
+}
