@@ -45,6 +45,12 @@ type mountFlags struct {
 	uidMap      []string
 	gidMap      []string
 	layers      []string
+	// prefetch
+	prefetch       string
+	prefetchRate   string
+	prefetchWait   time.Duration
+	recordProfile  bool
+	publishProfile bool
 }
 
 // registerMountFlags adds the flags that say how an image is mounted,
@@ -61,6 +67,11 @@ func (f *mountFlags) registerMountFlags(fset *pflag.FlagSet) {
 	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
 	fset.StringVar(&f.spanSize, "span-size", "4MiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
 	fset.BoolVar(&f.publish, "publish-index", false, "push the indexes this node builds to the registry for other nodes (needs push rights)")
+	fset.StringVar(&f.prefetch, "prefetch", "profile", "what to fetch ahead once mounted, in the background: none; profile (the files an eStargz layer prioritizes, then those of the image's recorded access profile, from --root or the registry); all (profile, then every layer whole, yielding to reads and within --prefetch-rate)")
+	fset.StringVar(&f.prefetchRate, "prefetch-rate", "0", "cap on the bytes a second the whole-layer prefetch of --prefetch=all fetches, e.g. 20MiB (0: no cap)")
+	fset.DurationVar(&f.prefetchWait, "prefetch-wait", 0, "wait up to this long, before reporting the mount ready, for the prioritized and profile files (0: do not wait)")
+	fset.BoolVar(&f.recordProfile, "record-profile", false, fmt.Sprintf("record the files this mount reads first (at most %d, in its first %v) as the image's access profile under --root, for later mounts to prefetch", layer.DefaultProfileFiles, layer.DefaultProfileWindow))
+	fset.BoolVar(&f.publishProfile, "publish-profile", false, "with --record-profile: also push the profile to the registry for other nodes (needs push rights)")
 	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 	f.register(fset)
 }
@@ -106,6 +117,9 @@ func (f *mountFlags) check(image string) (memBytes int64, err error) {
 	}
 	if _, err := f.sessionOptions(""); err != nil {
 		return 0, err
+	}
+	if f.publishProfile && !f.recordProfile {
+		return 0, fmt.Errorf("%w: --publish-profile needs --record-profile", errUsage)
 	}
 	if f.root, err = filepath.Abs(f.root); err != nil {
 		return 0, fmt.Errorf("state root: %w", err)
@@ -310,7 +324,19 @@ func (f *mountFlags) sessionOptions(work string) (sessionOptions, error) {
 			return sessionOptions{}, fmt.Errorf("--upper: %w", err)
 		}
 	}
-	return sessionOptions{readOnly: f.readOnly, work: work, upper: upper, allowSetuid: f.suid, uidMap: uids, gidMap: gids, debug: f.debug}, nil
+	mode, err := layer.ParsePrefetchMode(f.prefetch)
+	if err != nil {
+		return sessionOptions{}, fmt.Errorf("%w: --prefetch: %v", errUsage, err)
+	}
+	rate, err := humanize.ParseBytes(strings.TrimSuffix(f.prefetchRate, "/s"))
+	if err != nil {
+		return sessionOptions{}, fmt.Errorf("%w: --prefetch-rate %q: want bytes a second such as 20MiB, or 0", errUsage, f.prefetchRate)
+	}
+	if f.prefetchWait < 0 {
+		return sessionOptions{}, fmt.Errorf("%w: --prefetch-wait %v is negative", errUsage, f.prefetchWait)
+	}
+	return sessionOptions{readOnly: f.readOnly, work: work, upper: upper, allowSetuid: f.suid, uidMap: uids, gidMap: gids, debug: f.debug,
+		prefetch: mode, prefetchRate: int64(rate), prefetchWait: f.prefetchWait, recordProfile: f.recordProfile, publishProfile: f.publishProfile}, nil
 }
 
 // imageLabel names what is mounted, for log lines.
@@ -327,6 +353,11 @@ type mounted struct {
 	stack *layer.Stack
 	tree  *index.Tree
 	cache *cache.Cache
+	store *layer.Store
+	// prefetch and recorder are set by openSession before the control
+	// socket serves; either may be nil.
+	prefetch *layer.Prefetch
+	recorder *layer.Recorder
 }
 
 func (m *mounted) close() {
@@ -398,7 +429,7 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	for i, l := range stack.Layers() {
 		logger.Printf("layer %d %s: %s, index from %s, %d entries", i, l.Layer.Descriptor.Digest, l.Index.Format, l.Origin, len(l.Index.Entries))
 	}
-	return &mounted{img: img, stack: stack, tree: tree, cache: c}, nil
+	return &mounted{img: img, stack: stack, tree: tree, cache: c, store: st}, nil
 }
 
 // mountStatus is what the control socket reports.
@@ -419,6 +450,10 @@ type mountStatus struct {
 	// storage host.
 	Hosts     map[string]fetch.HostStats `json:"hosts,omitempty"`
 	DiskBytes int64                      `json:"diskBytes"`
+	// Prefetch is the prefetch's progress; ProfileFiles the files
+	// recorded so far with --record-profile.
+	Prefetch     *layer.PrefetchStatus `json:"prefetch,omitempty"`
+	ProfileFiles int                   `json:"profileFiles,omitempty"`
 }
 
 type layerStatus struct {
@@ -439,6 +474,13 @@ func (m *mounted) status(rec mountRecord) mountStatus {
 		Inodes: m.tree.Inodes, FileBytes: m.tree.Bytes,
 		CacheHits: cs.MemoryHits, CacheMisses: cs.Misses, CacheHeldBytes: cs.MemoryBytes,
 		DiskHits: cs.DiskHits, DiskBytes: cs.DiskBytes, CacheFills: cs.Fills, Hosts: fs.Hosts,
+	}
+	if m.prefetch != nil {
+		ps := m.prefetch.Status()
+		s.Prefetch = &ps
+	}
+	if m.recorder != nil {
+		s.ProfileFiles = m.recorder.Len()
 	}
 	for _, l := range m.stack.Layers() {
 		d := l.Layer.Descriptor

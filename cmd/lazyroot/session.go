@@ -8,6 +8,7 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
+	"github.com/lazyroot/lazyroot/layer"
 )
 
 // session is a mounted image: the read-only tree, and the overlay over it
@@ -33,6 +35,10 @@ type session struct {
 	// done is closed when the tree's FUSE server has stopped.
 	done   chan struct{}
 	logger *log.Logger
+	// profileOnce saves (and publishes) the recorded profile once: when
+	// recording ends, or when the session closes.
+	profileOnce    sync.Once
+	publishProfile bool
 }
 
 // sessionOptions say how to mount a prepared image.
@@ -45,6 +51,14 @@ type sessionOptions struct {
 	allowSetuid    bool
 	uidMap, gidMap fs.IDMap
 	debug          bool
+	// prefetch says what to fetch ahead, prefetchRate caps the whole-layer
+	// phase (bytes a second, 0: none), prefetchWait bounds how long the
+	// mount waits for the priority phase.
+	prefetch       layer.PrefetchMode
+	prefetchRate   int64
+	prefetchWait   time.Duration
+	recordProfile  bool
+	publishProfile bool
 }
 
 // openSession mounts m at dir: the tree alone when read-only, else the
@@ -56,7 +70,16 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 			s.close()
 		}
 	}()
-	root := fs.NewRoot(m.tree, m.stack, logger)
+	if o.recordProfile && m.img.Digest.Hex != "" {
+		m.recorder = layer.NewRecorder(m.stack, layer.RecorderOptions{})
+		s.publishProfile = o.publishProfile
+	} else if o.recordProfile {
+		logger.Printf("not recording a profile: %s has no digest to keep it under", m.img.Name())
+	}
+	// The tree reads through a TrackedReader: it notes the reads for the
+	// recorder, and tells prefetch when on-demand reads are in flight.
+	reader := layer.NewTrackedReader(m.stack, m.recorder)
+	root := fs.NewRoot(m.tree, reader, logger)
 	root.MapIDs(o.uidMap, o.gidMap)
 	fopts := fs.Options{FsName: m.img.Name(), Logger: logger, Debug: o.debug, AllowSetuid: o.allowSetuid}
 	treeDir := dir
@@ -78,6 +101,7 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	s.server = server
 	go func() { s.server.Wait(); close(s.done) }()
 	if o.readOnly {
+		s.startPrefetch(o, reader)
 		return s, nil
 	}
 	upperDir := o.upper
@@ -95,7 +119,73 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	if err := fs.MountOverlay(dir, s.lower, s.upper, fs.OverlayOptions{AllowSetuid: o.allowSetuid}); err != nil {
 		return nil, err
 	}
+	s.startPrefetch(o, reader)
 	return s, nil
+}
+
+// startPrefetch starts prefetch in the background once the tree is
+// mounted, waits for its priority phase up to o.prefetchWait, and saves
+// the recorded profile once recording ends.
+func (s *session) startPrefetch(o sessionOptions, reader *layer.TrackedReader) {
+	m := s.m
+	if o.prefetch != layer.PrefetchNone && o.prefetch != "" {
+		m.prefetch = layer.StartPrefetch(context.Background(), m.stack, layer.PrefetchOptions{
+			Mode: o.prefetch, Image: m.img, Store: m.store, Tree: m.tree, Rate: o.prefetchRate,
+			Activity: reader.Activity(), Logf: s.logger.Printf,
+		})
+		if o.prefetchWait > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), o.prefetchWait)
+			if err := m.prefetch.WaitPriority(ctx); err != nil {
+				s.logger.Printf("mounting without waiting longer for prefetch (--prefetch-wait %v)", o.prefetchWait)
+			}
+			cancel()
+		}
+	}
+	if rec := m.recorder; rec != nil {
+		go func() {
+			select {
+			case <-rec.Ended():
+				s.saveProfile()
+			case <-s.done:
+			}
+		}()
+	}
+}
+
+// saveProfile stores the recorded profile under the state root, and pushes
+// it with --publish-profile; once per session. Failures are logged only.
+func (s *session) saveProfile() {
+	rec := s.m.recorder
+	if rec == nil {
+		return
+	}
+	s.profileOnce.Do(func() {
+		rec.Stop()
+		p := rec.Profile(s.m.img)
+		if p == nil {
+			s.logger.Printf("no file was read: no profile recorded")
+			return
+		}
+		if err := s.m.store.SaveProfile(p, layer.BuiltHere); err != nil {
+			s.logger.Printf("saving the access profile: %v", err)
+			return
+		}
+		s.logger.Printf("recorded an access profile of %d files for %s", len(p.Files), p.Image)
+		if !s.publishProfile {
+			return
+		}
+		if s.m.img.Local() {
+			s.logger.Printf("not publishing the profile of local image %s", s.m.img.Name())
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if d, err := layer.PushProfile(ctx, s.m.img, p); err != nil {
+			s.logger.Printf("publishing the access profile: %v", err)
+		} else {
+			s.logger.Printf("published the access profile as %s", d)
+		}
+	})
 }
 
 // digestString names the mounted image's content: its manifest digest, or
@@ -162,6 +252,8 @@ func (s *session) gone(ctx context.Context) <-chan struct{} {
 // removes a temporary upper. A busy mount is detached: the kernel ends it
 // when its last user lets go.
 func (s *session) close() {
+	// Prefetch reads the stack and its cache, which close after us.
+	s.m.prefetch.Stop()
 	if s.upper != nil && isLazyrootMount(s.dir) {
 		if err := syscall.Unmount(s.dir, 0); err != nil {
 			s.logger.Printf("unmount %s: %v; detaching", s.dir, err)
@@ -192,4 +284,5 @@ func (s *session) close() {
 		os.Remove(s.lower)
 		os.Remove(filepath.Dir(s.lower))
 	}
+	s.saveProfile()
 }
