@@ -58,6 +58,23 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 			st.Dir, st.Image, st.Digest, st.PID, st.Inodes, humanize.IBytes(uint64(st.FileBytes)),
 			humanize.IBytes(uint64(st.FetchedBytes)), humanize.IBytes(uint64(st.ImageBytes)), pct, st.FetchRequests,
 			st.CacheHits, st.DiskHits, st.CacheFills)
+		if p := st.Prefetch; p != nil {
+			fmt.Fprintf(stdout, "  prefetch %s: %s; %d priority files, %s of %s", p.Mode, p.State, p.PriorityFiles,
+				humanize.IBytes(uint64(p.PriorityDoneBytes)), humanize.IBytes(uint64(p.PriorityBytes)))
+			if p.LayerBytes > 0 {
+				fmt.Fprintf(stdout, "; layers %s of %s", humanize.IBytes(uint64(p.LayerDoneBytes)), humanize.IBytes(uint64(p.LayerBytes)))
+			}
+			if p.ProfileSource != "" {
+				fmt.Fprintf(stdout, "; profile from %s", p.ProfileSource)
+			}
+			if p.Errors > 0 {
+				fmt.Fprintf(stdout, "; %d failed batches", p.Errors)
+			}
+			fmt.Fprintln(stdout)
+		}
+		if st.ProfileFiles > 0 {
+			fmt.Fprintf(stdout, "  recording the access profile: %d files so far\n", st.ProfileFiles)
+		}
 		switch {
 		case st.Upper == "":
 			fmt.Fprintln(stdout, "  read-only")
