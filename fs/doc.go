@@ -7,8 +7,14 @@
 // Every inode is created when the file system is mounted (the tree is
 // already in memory), so lookups never block on the network; hardlinked
 // names share one inode. Because the tree never changes, entries and
-// attributes are cached by the kernel for a long time and opened files keep
-// their page cache (FOPEN_KEEP_CACHE). File content is asked of a
+// attributes are cached by the kernel for a long time, opened files keep
+// their page cache (FOPEN_KEEP_CACHE) and need no FLUSH on close,
+// directory listings are cached by the kernel (FOPEN_CACHE_DIR), and
+// POSIX ACLs are left to the kernel, which caches them. Reads are up to
+// 1 MiB and readahead is raised past the kernel's 128 KiB default (see
+// mount.go for the numbers and why). A read whose bytes the
+// ContentReader serves from memory allocates nothing here (the read
+// result is recycled). File content is asked of a
 // ContentReader, whose errors are turned into errno values by toErrno:
 // cancellation becomes EINTR, a missing file ENOENT, anything else EIO with
 // a log line, so a job sees a failed read rather than a hang.

@@ -193,6 +193,23 @@ func (n *baseNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 // dirNode is a directory; its children are added by Root.OnAdd.
 type dirNode struct{ baseNode }
 
+var _ = (fusefs.NodeOpendirHandler)((*dirNode)(nil))
+
+// OpendirHandle lists the directory from the tree and lets the kernel
+// cache the listing (FOPEN_CACHE_DIR, kept across opens): the tree never
+// changes, so a directory is listed by this server once while the kernel
+// keeps its pages. "." and ".." are left to the kernel, as go-fuse's own
+// listing does.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
+	names := d.entry.Names()
+	list := make([]fuse.DirEntry, len(names))
+	for i, name := range names {
+		c := d.entry.Children[name]
+		list[i] = fuse.DirEntry{Name: name, Ino: c.Ino, Mode: fileType(c)}
+	}
+	return fusefs.NewListDirStream(list), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
 // symlinkNode is a symbolic link.
 type symlinkNode struct{ baseNode }
 
@@ -214,22 +231,25 @@ type fileNode struct {
 var _ = (fusefs.NodeOpener)((*fileNode)(nil))
 var _ = (fusefs.NodeReader)((*fileNode)(nil))
 
-// Open allows reading only; the page cache is kept across opens since the
-// content never changes.
+// Open allows reading only. The page cache is kept across opens since the
+// content never changes, and closing needs no FLUSH round trip since
+// nothing is ever written.
 func (f *fileNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
-// Read reads file content through the ContentReader.
+// Read reads file content through the ContentReader. A read the reader
+// serves without allocating allocates nothing here either (see
+// readResult).
 func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := f.root.reader.ReadAt(ctx, f.entry, dest, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, toErrno(f.root.logger, err)
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return newReadResult(dest[:n]), 0
 }
 
 // toErrno maps an error to the errno a reader should see, logging
