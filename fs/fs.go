@@ -36,7 +36,7 @@ type Root struct {
 	// tree has an extended attribute.
 	noXattrs bool
 	uids     IDMap
-	gids   IDMap
+	gids     IDMap
 }
 
 var _ = (fusefs.NodeOnAdder)((*Root)(nil))
