@@ -62,6 +62,8 @@ type LayerState struct {
 	// chunkKeys maps *index.Chunk to its cache.Key, for the chunks read
 	// so far: built once per chunk, so a warm read builds no key.
 	chunkKeys sync.Map
+	// ahead widens the fetches of misses that follow each other.
+	ahead readahead
 }
 
 // spanKey returns the cache key of span i.
@@ -375,7 +377,7 @@ func (s *Stack) chunkFill(l *LayerState, c *index.Chunk) func(context.Context) (
 		// The fill outlives a waiter that gives up; bound it too.
 		ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 		defer cancel()
-		return s.readChunk(ctx, l, c)
+		return s.readChunkAhead(ctx, l, c)
 	}
 }
 

@@ -1,0 +1,132 @@
+package layer
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// Readahead window of on-demand chunk misses: none for a miss that does
+// not follow the last one in the blob, then growing from the minimum to
+// the maximum while misses keep following each other (a job reading many
+// files in layer order: a build, a scan, a copy of a tree).
+const (
+	readaheadMin = 256 << 10
+	readaheadMax = 4 << 20
+	// readaheadGap is how far past the last miss's end a miss may start
+	// and still count as following it (files of other layers, or ones
+	// the job skipped, sit in between).
+	readaheadGap = 64 << 10
+)
+
+// readahead tracks the on-demand misses of one chunked layer. Its methods
+// are safe for concurrent use.
+type readahead struct {
+	mu      sync.Mutex
+	nextOff int64 // guarded by mu; blob offset where the last miss's fetch ended
+	window  int64 // guarded by mu; bytes fetched past the next miss
+
+	orderOnce sync.Once
+	order     []*index.Chunk // the layer's chunks in blob order; set once by orderOnce
+
+	// last is the latest widened fetch: a miss inside it is served from
+	// its bytes, whether or not the background fill got there first.
+	last atomic.Pointer[batchBlob]
+}
+
+// plan notes a miss of chunk c of l and returns the chunks after it in the
+// blob to fetch with it, in blob order: none unless the miss follows the
+// last one.
+func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	follows := r.nextOff > 0 && c.BlobOffset >= r.nextOff-readaheadGap && c.BlobOffset <= r.nextOff+readaheadGap
+	switch {
+	case !follows:
+		r.window = 0
+	case r.window == 0:
+		r.window = readaheadMin
+	default:
+		r.window = min(2*r.window, readaheadMax)
+	}
+	r.nextOff = c.BlobEnd
+	if r.window == 0 {
+		return nil
+	}
+	order := r.chunks(l)
+	i := sort.Search(len(order), func(i int) bool { return order[i].BlobOffset >= c.BlobEnd })
+	var extra []*index.Chunk
+	for ; i < len(order) && order[i].BlobEnd-c.BlobEnd <= r.window; i++ {
+		if order[i].BlobOffset == c.BlobOffset {
+			continue
+		}
+		extra = append(extra, order[i])
+	}
+	if len(extra) > 0 {
+		r.nextOff = extra[len(extra)-1].BlobEnd
+	}
+	return extra
+}
+
+// chunks returns the layer's chunks in blob order, one per blob offset.
+func (r *readahead) chunks(l *LayerState) []*index.Chunk {
+	r.orderOnce.Do(func() {
+		seen := map[int64]bool{}
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			for j := range e.Chunks {
+				c := &e.Chunks[j]
+				if c.Digest == "" || seen[c.BlobOffset] {
+					continue
+				}
+				seen[c.BlobOffset] = true
+				r.order = append(r.order, c)
+			}
+		}
+		sort.Slice(r.order, func(i, j int) bool { return r.order[i].BlobOffset < r.order[j].BlobOffset })
+	})
+	return r.order
+}
+
+// readChunkAhead reads chunk c of l, and when its miss follows the last
+// one, the chunks after it in the same request; those are verified and
+// cached in the background, each as an on-demand read would.
+func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chunk) ([]byte, error) {
+	if !isRemote(l) {
+		return s.readChunk(ctx, l, c)
+	}
+	if bb := l.ahead.last.Load(); bb != nil && c.BlobOffset >= bb.start && c.BlobEnd <= bb.end {
+		if data, err := s.readChunk(ctx, &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: bb}, c); err == nil {
+			return data, nil
+		}
+		// Whatever went wrong with the widened fetch, fetch c alone.
+	}
+	extra := l.ahead.plan(l, c)
+	if len(extra) == 0 {
+		return s.readChunk(ctx, l, c)
+	}
+	bb := &batchBlob{blobReader: l.blob, start: c.BlobOffset, end: extra[len(extra)-1].BlobEnd}
+	view := &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: bb}
+	data, err := s.readChunk(ctx, view, c)
+	if err != nil {
+		return nil, err
+	}
+	l.ahead.last.Store(bb)
+	go func() {
+		for _, ec := range extra {
+			key := l.chunkKey(ec)
+			if _, ok := s.cache.Peek(key); ok {
+				continue
+			}
+			s.cache.Get(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+				ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+				defer cancel()
+				return s.readChunk(ctx, view, ec)
+			})
+		}
+	}()
+	return data, nil
+}

@@ -1,0 +1,95 @@
+package layer_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// TestReadaheadFollowsSequentialMisses: reading every file of a chunked
+// layer in layer order costs a few widened requests, not one per file;
+// reads that jump around fetch about their own chunks; every byte read is
+// right either way.
+func TestReadaheadFollowsSequentialMisses(t *testing.T) {
+	const files = 300
+	var ents []testutil.Entry
+	want := map[string][]byte{}
+	for i := range files {
+		name := fmt.Sprintf("data/f%03d", i)
+		content := textBytes(uint64(i), 3000+i)
+		ents = append(ents, testutil.Entry{Name: name, Content: content})
+		want[name] = content
+	}
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked, testutil.Uncompressed} {
+		t.Run(string(f), func(t *testing.T) {
+			reg := testutil.NewRegistry(t)
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
+			ref := reg.Push(t, "ahead:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+			digest, _ := l.Digest()
+			ctx := context.Background()
+			img, err := layer.Resolve(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ := layer.NewStore(t.TempDir())
+			open := func() (*layer.Stack, *index.Tree) {
+				stack, err := layer.Open(ctx, img, st, newCache(t), layer.StackOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { stack.Close() })
+				tree, err := index.Merge(stack.Indexes())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return stack, tree
+			}
+			read := func(stack *layer.Stack, tree *index.Tree, name string) {
+				t.Helper()
+				n, ok := tree.Lookup(name)
+				if !ok {
+					t.Fatalf("%s not in the tree", name)
+				}
+				buf := make([]byte, n.Size)
+				if k, err := stack.ReadAt(ctx, n, buf, 0); (err != nil && err != io.EOF) || !bytes.Equal(buf[:k], want[name]) {
+					t.Fatalf("%s: read %d bytes, %v; content differs: %v", name, k, err, !bytes.Equal(buf[:k], want[name]))
+				}
+			}
+			blobGets := func() (n int, bytes int64) {
+				for _, r := range reg.Requests() {
+					if r.Blob == digest.String() && r.Method == "GET" {
+						n++
+						bytes += r.Bytes
+					}
+				}
+				return n, bytes
+			}
+
+			stack, tree := open()
+			reg.Reset()
+			for i := range files {
+				read(stack, tree, fmt.Sprintf("data/f%03d", i))
+			}
+			if n, _ := blobGets(); n > files/10 {
+				t.Errorf("reading %d files in layer order took %d blob requests; want at most %d", files, n, files/10)
+			}
+
+			stack, tree = open()
+			reg.Reset()
+			for _, i := range []int{0, 150, 75, 299, 30} {
+				read(stack, tree, fmt.Sprintf("data/f%03d", i))
+			}
+			if n, b := blobGets(); n != 5 || b > 5*8000 {
+				t.Errorf("5 scattered reads took %d blob requests, %d bytes; want 5, about their own chunks", n, b)
+			}
+		})
+	}
+}
