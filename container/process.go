@@ -41,18 +41,21 @@ type Command struct {
 }
 
 // keptCapabilities are the capabilities a root command keeps: those
-// container runtimes grant by default. Everything else, CAP_SYS_ADMIN
-// (mounts), CAP_SYS_PTRACE (reaching the caller through /proc/1/root) and
-// CAP_SYS_MODULE among them, is dropped from its bounding set.
+// container runtimes grant by default, less CAP_SYS_CHROOT (a job in a
+// chroot, not a pivoted root, could leave it with another chroot) and
+// CAP_NET_RAW (the job shares the node's network). Everything else,
+// CAP_SYS_ADMIN (mounts), CAP_SYS_PTRACE (reaching the caller through
+// /proc/1/root) and CAP_SYS_MODULE among them, is dropped from its
+// bounding set.
 var keptCapabilities = map[int]bool{
 	unix.CAP_CHOWN: true, unix.CAP_DAC_OVERRIDE: true, unix.CAP_FOWNER: true, unix.CAP_FSETID: true,
 	unix.CAP_KILL: true, unix.CAP_SETGID: true, unix.CAP_SETUID: true, unix.CAP_SETPCAP: true,
-	unix.CAP_NET_BIND_SERVICE: true, unix.CAP_NET_RAW: true, unix.CAP_SYS_CHROOT: true,
-	unix.CAP_MKNOD: true, unix.CAP_AUDIT_WRITE: true, unix.CAP_SETFCAP: true,
+	unix.CAP_NET_BIND_SERVICE: true, unix.CAP_MKNOD: true, unix.CAP_AUDIT_WRITE: true, unix.CAP_SETFCAP: true,
 }
 
 // dropCapabilities removes every capability not kept from the bounding
-// set, so the command cannot gain it, root or not.
+// set, and clears the inheritable and ambient sets, so the command cannot
+// gain a dropped one, root or not.
 func dropCapabilities() error {
 	last := unix.CAP_LAST_CAP
 	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
@@ -67,6 +70,18 @@ func dropCapabilities() error {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("drop capability %d: %w", c, err)
 		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear inheritable capabilities: %w", err)
 	}
 	return nil
 }

@@ -239,7 +239,18 @@ func remountReadOnly(root, path string, flags uint64) error {
 	}
 	defer unix.Close(fd)
 	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | flags}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
+	err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
+	if errors.Is(err, unix.ENOSYS) {
+		// Before Linux 5.12: the top mount only.
+		var ms uintptr = unix.MS_BIND | unix.MS_REMOUNT | unix.MS_RDONLY
+		for _, f := range [][2]uint64{{unix.MOUNT_ATTR_NOSUID, unix.MS_NOSUID}, {unix.MOUNT_ATTR_NODEV, unix.MS_NODEV}, {unix.MOUNT_ATTR_NOEXEC, unix.MS_NOEXEC}} {
+			if flags&f[0] != 0 {
+				ms |= uintptr(f[1])
+			}
+		}
+		err = unix.Mount("", fdPath(fd), "", ms, "")
+	}
+	if err != nil {
 		return fmt.Errorf("make %s read-only: %w", path, err)
 	}
 	return nil

@@ -60,9 +60,6 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 	i := sort.Search(len(order), func(i int) bool { return order[i].BlobOffset >= c.BlobEnd })
 	var extra []*index.Chunk
 	for ; i < len(order) && order[i].BlobEnd-c.BlobEnd <= r.window; i++ {
-		if order[i].BlobOffset == c.BlobOffset {
-			continue
-		}
 		extra = append(extra, order[i])
 	}
 	if len(extra) > 0 {
@@ -93,29 +90,48 @@ func (r *readahead) chunks(l *LayerState) []*index.Chunk {
 
 // readChunkAhead reads chunk c of l, and when its miss follows the last
 // one, the chunks after it in the same request; those are verified and
-// cached in the background, each as an on-demand read would.
+// cached in the background, each as an on-demand read would. A widened
+// fetch that fails leaves c to be fetched alone.
 func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chunk) ([]byte, error) {
 	if !isRemote(l) {
 		return s.readChunk(ctx, l, c)
 	}
 	if bb := l.ahead.last.Load(); bb != nil && c.BlobOffset >= bb.start && c.BlobEnd <= bb.end {
-		if data, err := s.readChunk(ctx, &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: bb}, c); err == nil {
+		// Inside a widened fetch, made or in flight: share it.
+		if data, err := s.readChunk(ctx, l.view(bb), c); err == nil {
 			return data, nil
 		}
-		// Whatever went wrong with the widened fetch, fetch c alone.
+		return s.readChunk(ctx, l, c)
 	}
 	extra := l.ahead.plan(l, c)
+	// What is cached already need not be fetched again.
+	for i, ec := range extra {
+		if _, ok := s.cache.Peek(l.chunkKey(ec)); ok {
+			extra = extra[:i]
+			break
+		}
+	}
 	if len(extra) == 0 {
 		return s.readChunk(ctx, l, c)
 	}
 	bb := &batchBlob{blobReader: l.blob, start: c.BlobOffset, end: extra[len(extra)-1].BlobEnd}
-	view := &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: bb}
+	// Published before the fetch, so misses inside it wait for it rather
+	// than fetching their chunks again.
+	l.ahead.last.Store(bb)
+	view := l.view(bb)
 	data, err := s.readChunk(ctx, view, c)
 	if err != nil {
-		return nil, err
+		l.ahead.last.CompareAndSwap(bb, nil)
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return s.readChunk(ctx, l, c)
 	}
-	l.ahead.last.Store(bb)
+	s.background.Add(1)
 	go func() {
+		defer s.background.Done()
+		// Its bytes are in the cache once this is done: let them go.
+		defer l.ahead.last.CompareAndSwap(bb, nil)
 		for _, ec := range extra {
 			key := l.chunkKey(ec)
 			if _, ok := s.cache.Peek(key); ok {
@@ -129,4 +145,9 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		}
 	}()
 	return data, nil
+}
+
+// view is l reading its blob through b.
+func (l *LayerState) view(b blobReader) *LayerState {
+	return &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: b}
 }

@@ -98,6 +98,9 @@ type Stack struct {
 	layers      []*LayerState
 	cache       *cache.Cache
 	readTimeout time.Duration
+	// background counts the fills of widened fetches still running;
+	// Close waits for them.
+	background sync.WaitGroup
 }
 
 // StackOptions tune a Stack.
@@ -290,6 +293,7 @@ func (s *Stack) Indexes() []*index.Index {
 // Close releases the unpacked copies the stack reads. The files of a local
 // image stay open: they are the Image's to close.
 func (s *Stack) Close() error {
+	s.background.Wait()
 	var errs []error
 	for _, l := range s.layers {
 		if l == nil {

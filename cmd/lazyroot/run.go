@@ -197,7 +197,7 @@ func runOuter(root string, args []string, auth string) error {
 			cmd.Process.Signal(sig)
 		case err := <-waited:
 			var ee *exec.ExitError
-			if code := cmd.ProcessState.ExitCode(); code != exitRunFailed && code >= 0 {
+			if cmd.ProcessState.ExitCode() == 0 {
 				// lazyroot's log of a run that worked is not kept.
 				os.Remove(filepath.Join(root, "logs", "run-"+name+".log"))
 			}
@@ -413,9 +413,9 @@ func noteScaffold(diff, lower string, binds []container.Bind) *scaffold {
 	}
 	sc := &scaffold{diff: diff, lower: map[string]bool{}}
 	for _, p := range paths {
-		if _, err := os.Lstat(filepath.Join(diff, p)); errors.Is(err, os.ErrNotExist) {
+		if _, err := statNoFollow(diff, p); errors.Is(err, unix.ENOENT) {
 			sc.fresh = append(sc.fresh, p)
-			_, err := os.Lstat(filepath.Join(lower, p))
+			_, err := statNoFollow(lower, p)
 			sc.lower[p] = err == nil
 		}
 	}
@@ -423,31 +423,70 @@ func noteScaffold(diff, lower string, binds []container.Bind) *scaffold {
 }
 
 // remove deletes the fresh paths that are still empty directories or
-// empty files, deepest first; whatever the job put there stays.
+// empty files, deepest first; whatever the job put there stays. No
+// symlink is followed on the way, so one the job left in the upper
+// cannot turn a removal to the node's files.
 func (sc *scaffold) remove() {
 	if sc == nil {
 		return
 	}
 	for i := len(sc.fresh) - 1; i >= 0; i-- {
-		p := filepath.Join(sc.diff, sc.fresh[i])
-		fi, err := os.Lstat(p)
+		rel := sc.fresh[i]
+		parent, name, err := openParentNoFollow(sc.diff, rel)
 		if err != nil {
 			continue
 		}
-		switch {
-		case fi.Mode().IsRegular() && fi.Size() == 0:
-			os.Remove(p)
-		case fi.IsDir():
-			// An empty opaque directory over one of the image's was
-			// emptied by the job; only the mount points setup itself
-			// replaced go regardless.
-			_, err := unix.Lgetxattr(p, "trusted.overlay.opaque", nil)
-			if err == nil && sc.lower[sc.fresh[i]] && !slices.Contains([]string{"proc", "dev", "sys"}, sc.fresh[i]) {
-				continue
+		var st unix.Stat_t
+		if unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			switch st.Mode & unix.S_IFMT {
+			case unix.S_IFREG:
+				if st.Size == 0 {
+					unix.Unlinkat(parent, name, 0)
+				}
+			case unix.S_IFDIR:
+				// An empty opaque directory over one of the image's was
+				// emptied by the job; only the mount points setup itself
+				// replaced go regardless.
+				_, err := unix.Lgetxattr(fmt.Sprintf("/proc/self/fd/%d/%s", parent, name), "trusted.overlay.opaque", nil)
+				if err != nil || !sc.lower[rel] || slices.Contains([]string{"proc", "dev", "sys"}, rel) {
+					unix.Unlinkat(parent, name, unix.AT_REMOVEDIR) // fails, harmlessly, if not empty
+				}
 			}
-			os.Remove(p) // fails, harmlessly, on a directory that is not empty
 		}
+		unix.Close(parent)
 	}
+}
+
+// openParentNoFollow opens the directory holding rel inside dir, following
+// no symlink, and returns it with rel's last name.
+func openParentNoFollow(dir, rel string) (int, string, error) {
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, "", err
+	}
+	defer unix.Close(dfd)
+	for {
+		fd, err := unix.Openat2(dfd, path.Dir(rel), &unix.OpenHow{
+			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS,
+		})
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return fd, path.Base(rel), err
+	}
+}
+
+// statNoFollow stats rel inside dir without following any symlink.
+func statNoFollow(dir, rel string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	parent, name, err := openParentNoFollow(dir, rel)
+	if err != nil {
+		return st, err
+	}
+	defer unix.Close(parent)
+	err = unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	return st, err
 }
 
 // runLogger logs to a file under the state root, or to stderr with

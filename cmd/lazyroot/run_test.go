@@ -352,9 +352,9 @@ func TestRunContainsTheJob(t *testing.T) {
 	fifo := push("hostile/fifo:v1", []testutil.Entry{{Name: "etc/passwd", Type: tar.TypeFifo, Mode: 0o644}})
 	root := t.TempDir()
 
-	script := `grep CapBnd /proc/self/status; cat /proc/1/environ >/dev/null 2>&1 || echo no-environ; ls /proc/1/root/ >/dev/null 2>&1 || echo no-root; ls /dev/null /dev/fd >/dev/null && echo dev-ok`
+	script := `grep -E '^Cap(Inh|Prm|Bnd|Amb)' /proc/self/status; cat /proc/1/environ >/dev/null 2>&1 || echo no-environ; ls /proc/1/root/ >/dev/null 2>&1 || echo no-root; ls /dev/null /dev/fd >/dev/null && echo dev-ok`
 	out, errOut, code := runCmd(t, root, "-u", "0", "--auth", "dXNlcjpzM2NyZXQ=", ref, "--", "/bin/bash", "-c", script)
-	if code != 0 || out != "CapBnd:\t00000000a80425fb\nno-environ\nno-root\ndev-ok\n" {
+	if code != 0 || out != "CapInh:\t0000000000000000\nCapPrm:\t00000000a80005fb\nCapBnd:\t00000000a80005fb\nCapAmb:\t0000000000000000\nno-environ\nno-root\ndev-ok\n" {
 		t.Errorf("root job: code %d, stdout %q, stderr %s", code, out, errOut)
 	}
 	if entries, _ := os.ReadDir(hostDir); len(entries) != 0 {
