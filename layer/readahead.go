@@ -9,9 +9,9 @@ import (
 	"github.com/lazyroot/lazyroot/index"
 )
 
-// Readahead window of on-demand chunk misses: none for a miss that does
-// not follow the last one in the blob, then growing from the minimum to
-// the maximum while misses keep following each other (a job reading many
+// Readahead window of on-demand chunk misses: none until a few misses in a
+// row each follow the last one in the blob, then growing from the minimum
+// to the maximum while they keep doing so (a job reading many
 // files in layer order: a build, a scan, a copy of a tree).
 const (
 	readaheadMin = 256 << 10
@@ -20,6 +20,9 @@ const (
 	// and still count as following it (files of other layers, or ones
 	// the job skipped, sit in between).
 	readaheadGap = 64 << 10
+	// readaheadStreak is how many misses in a row must follow each other
+	// before fetches widen.
+	readaheadStreak = 2
 )
 
 // readahead tracks the on-demand misses of one chunked layer. Its methods
@@ -27,6 +30,7 @@ const (
 type readahead struct {
 	mu      sync.Mutex
 	nextOff int64 // guarded by mu; blob offset where the last miss's fetch ended
+	streak  int   // guarded by mu; misses in a row that followed the one before
 	window  int64 // guarded by mu; bytes fetched past the next miss
 
 	orderOnce sync.Once
@@ -44,9 +48,15 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	follows := r.nextOff > 0 && c.BlobOffset >= r.nextOff-readaheadGap && c.BlobOffset <= r.nextOff+readaheadGap
+	if follows {
+		r.streak++
+	}
 	switch {
 	case !follows:
-		r.window = 0
+		r.streak, r.window = 0, 0
+	case r.streak < readaheadStreak:
+		// Two files next to each other are common in any start-up; a
+		// run of them is a job reading in order.
 	case r.window == 0:
 		r.window = readaheadMin
 	default:
