@@ -14,7 +14,7 @@ import (
 // to the maximum while they keep doing so (a job reading many
 // files in layer order: a build, a scan, a copy of a tree).
 const (
-	readaheadMin = 256 << 10
+	readaheadMin = 128 << 10
 	readaheadMax = 4 << 20
 	// readaheadGap is how far past the last miss's end a miss may start
 	// and still count as following it (files of other layers, or ones
@@ -22,7 +22,7 @@ const (
 	readaheadGap = 64 << 10
 	// readaheadStreak is how many misses in a row must follow each other
 	// before fetches widen.
-	readaheadStreak = 2
+	readaheadStreak = 1
 )
 
 // readahead tracks the on-demand misses of one chunked layer. Its methods
@@ -114,12 +114,13 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		return s.readChunk(ctx, l, c)
 	}
 	extra := l.ahead.plan(l, c)
-	// What is cached already need not be fetched again.
-	for i, ec := range extra {
-		if _, ok := s.cache.Peek(l.chunkKey(ec)); ok {
-			extra = extra[:i]
+	// A cached tail need not be fetched again (cached chunks in the
+	// middle are, to keep one request: the fill skips them).
+	for len(extra) > 0 {
+		if _, ok := s.cache.Peek(l.chunkKey(extra[len(extra)-1])); !ok {
 			break
 		}
+		extra = extra[:len(extra)-1]
 	}
 	if len(extra) == 0 {
 		return s.readChunk(ctx, l, c)
