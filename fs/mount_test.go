@@ -305,7 +305,8 @@ func TestLazinessCountedAtRegistry(t *testing.T) {
 		if _, err := os.Lstat(p); err != nil {
 			return err
 		}
-		if _, err := unix.Llistxattr(p, make([]byte, 1024)); err != nil {
+		// A tree without extended attributes says so (EOPNOTSUPP).
+		if _, err := unix.Llistxattr(p, make([]byte, 1024)); err != nil && !errors.Is(err, unix.EOPNOTSUPP) {
 			return err
 		}
 		count++
