@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -347,6 +348,18 @@ func imageLabel(image string, layers []string) string {
 	return image
 }
 
+// limitHeap asks the Go collector to keep this serving process near the
+// memory cache's bound plus working room (a soft limit: it collects
+// harder, it never fails), unless GOMEMLIMIT says otherwise. Without it,
+// garbage from reads let a job reading a whole image take the server to
+// two or three times --cache-mem.
+func limitHeap(memBytes int64) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(memBytes + memBytes/2 + 128<<20)
+}
+
 // mounted is an image made ready to serve.
 type mounted struct {
 	img   *layer.Image
@@ -368,6 +381,7 @@ func (m *mounted) close() {
 
 // prepare resolves the image, indexes its layers and merges them.
 func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, logger *log.Logger) (*mounted, error) {
+	limitHeap(memBytes)
 	opts, err := f.options()
 	if err != nil {
 		return nil, err
