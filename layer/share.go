@@ -155,51 +155,9 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 		layers = append(layers, desc)
 		blobs = append(blobs, blob)
 	}
-	config, err := descriptorOf(blobs[0])
+	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers)
 	if err != nil {
 		return fail(err)
-	}
-	m := v1.Manifest{
-		SchemaVersion: 2,
-		MediaType:     types.OCIManifestSchema1,
-		ArtifactType:  IndexArtifactType,
-		Config:        config,
-		Layers:        layers,
-		Subject:       &subject,
-		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
-	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return fail(err)
-	}
-	h, _, err := v1.SHA256(bytes.NewReader(raw))
-	if err != nil {
-		return fail(err)
-	}
-
-	repo := img.Ref.Context()
-	pusher, err := remote.NewPusher(img.remoteOptions(ctx)...)
-	if err != nil {
-		return fail(err)
-	}
-	// The first upload, alone, sets up the pusher's connection to the
-	// repository (ping, token) with ctx rather than a group context that
-	// ends with the group.
-	if err := pusher.Upload(ctx, repo, blobs[0]); err != nil {
-		return fail(registryError(err))
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(shareJobs)
-	for _, b := range blobs[1:] {
-		g.Go(func() error { return pusher.Upload(gctx, repo, b) })
-	}
-	if err := g.Wait(); err != nil {
-		return fail(registryError(err))
-	}
-	// Put, unlike Push, always sends the manifest, so the fallback tag is
-	// updated even when an identical artifact was pushed before.
-	if err := pusher.Put(ctx, repo.Digest(h.String()), rawManifest(raw)); err != nil {
-		return fail(registryError(err))
 	}
 	return h, nil
 }
@@ -386,6 +344,59 @@ func (im *Image) remoteOptions(ctx context.Context) []remote.Option {
 	return append(slices.Clip(im.remoteOpts), remote.WithContext(ctx))
 }
 
+// pushArtifact pushes to img's repository an OCI artifact of artifactType
+// whose subject is subject: the config blob, the blobs described by descs,
+// and the manifest, which it sends with Put (unlike Push, always sent, so
+// the referrers fallback tag is updated even when an identical artifact
+// was pushed before). It returns the manifest's digest; errors are not
+// wrapped with the artifact's kind.
+func pushArtifact(ctx context.Context, img *Image, subject v1.Descriptor, artifactType string, config v1.Layer, blobs []v1.Layer, descs []v1.Descriptor) (v1.Hash, error) {
+	configDesc, err := descriptorOf(config)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  artifactType,
+		Config:        configDesc,
+		Layers:        descs,
+		Subject:       &subject,
+		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	repo := img.Ref.Context()
+	pusher, err := remote.NewPusher(img.remoteOptions(ctx)...)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	// The first upload, alone, sets up the pusher's connection to the
+	// repository (ping, token) with ctx rather than a group context that
+	// ends with the group.
+	if err := pusher.Upload(ctx, repo, config); err != nil {
+		return v1.Hash{}, registryError(err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(shareJobs)
+	for _, b := range blobs {
+		g.Go(func() error { return pusher.Upload(gctx, repo, b) })
+	}
+	if err := g.Wait(); err != nil {
+		return v1.Hash{}, registryError(err)
+	}
+	if err := pusher.Put(ctx, repo.Digest(h.String()), rawManifest(raw)); err != nil {
+		return v1.Hash{}, registryError(err)
+	}
+	return h, nil
+}
+
 // descriptorOf describes blob (digest, size and media type).
 func descriptorOf(blob v1.Layer) (v1.Descriptor, error) {
 	d, err := blob.Digest()
@@ -473,43 +484,13 @@ func PushProfile(ctx context.Context, img *Image, p *Profile) (v1.Hash, error) {
 	}
 	cfg := static.NewLayer(emptyJSON, profileConfigMediaType)
 	blob := static.NewLayer(buf.Bytes(), ProfileMediaType)
-	config, err := descriptorOf(cfg)
-	if err != nil {
-		return fail(err)
-	}
 	desc, err := descriptorOf(blob)
 	if err != nil {
 		return fail(err)
 	}
-	m := v1.Manifest{
-		SchemaVersion: 2,
-		MediaType:     types.OCIManifestSchema1,
-		ArtifactType:  ProfileArtifactType,
-		Config:        config,
-		Layers:        []v1.Descriptor{desc},
-		Subject:       &subject,
-		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
-	}
-	raw, err := json.Marshal(m)
+	h, err := pushArtifact(ctx, img, subject, ProfileArtifactType, cfg, []v1.Layer{blob}, []v1.Descriptor{desc})
 	if err != nil {
 		return fail(err)
-	}
-	h, _, err := v1.SHA256(bytes.NewReader(raw))
-	if err != nil {
-		return fail(err)
-	}
-	repo := img.Ref.Context()
-	pusher, err := remote.NewPusher(img.remoteOptions(ctx)...)
-	if err != nil {
-		return fail(err)
-	}
-	for _, b := range []v1.Layer{cfg, blob} {
-		if err := pusher.Upload(ctx, repo, b); err != nil {
-			return fail(registryError(err))
-		}
-	}
-	if err := pusher.Put(ctx, repo.Digest(h.String()), rawManifest(raw)); err != nil {
-		return fail(registryError(err))
 	}
 	return h, nil
 }
