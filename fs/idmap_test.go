@@ -1,16 +1,12 @@
 package fs_test
 
 import (
-	"context"
 	"path/filepath"
 	"syscall"
 	"testing"
 
-	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/fs"
-	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
-	"github.com/lazyroot/lazyroot/layer"
 )
 
 func TestParseIDMap(t *testing.T) {
@@ -52,39 +48,9 @@ func TestMountShowsMappedOwners(t *testing.T) {
 	requireFUSE(t)
 	reg := testutil.NewRegistry(t)
 	ref, _ := pushStack(t, reg, "idmap:v1", []testutil.Format{testutil.Gzip, testutil.Gzip, testutil.Gzip})
-	ctx := context.Background()
-	img, err := layer.Resolve(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := layer.NewStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cache.New(cache.Options{MemoryBytes: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stack.Close()
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
 	uids, _ := fs.ParseIDMap([]string{"0:100000:1000"})
 	gids, _ := fs.ParseIDMap([]string{"0:200000:65536"})
-	root := fs.NewRoot(tree, stack, nil)
-	root.MapIDs(uids, gids)
-	dir := t.TempDir()
-	server, err := fs.Mount(dir, root, fs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Unmount()
+	dir, _ := mountImage(t, ref, func(r *fs.Root) { r.MapIDs(uids, gids) })
 	for _, c := range []struct {
 		path     string
 		uid, gid uint32

@@ -36,8 +36,9 @@ func requireFUSE(t *testing.T) {
 }
 
 // mountImage resolves ref, indexes it into a fresh state root and mounts it
-// in a temporary directory, unmounted when the test ends.
-func mountImage(t *testing.T, ref string) (string, *layer.Stack) {
+// in a temporary directory, unmounted when the test ends. Each setup
+// function is applied to the root before mounting.
+func mountImage(t *testing.T, ref string, setup ...func(*fs.Root)) (string, *layer.Stack) {
 	t.Helper()
 	ctx := context.Background()
 	img, err := layer.Resolve(ctx, ref)
@@ -61,8 +62,12 @@ func mountImage(t *testing.T, ref string) (string, *layer.Stack) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	root := fs.NewRoot(tree, stack, nil)
+	for _, f := range setup {
+		f(root)
+	}
 	dir := t.TempDir()
-	server, err := fs.Mount(dir, fs.NewRoot(tree, stack, nil), fs.Options{FsName: ref})
+	server, err := fs.Mount(dir, root, fs.Options{FsName: ref})
 	if err != nil {
 		t.Fatal(err)
 	}
