@@ -14,7 +14,6 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -300,8 +299,8 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 		return err
 	}
 	// Runs after the session closes (deferred first).
-	var sc *scaffold
-	defer func() { sc.remove() }()
+	var sc *container.Scaffold
+	defer func() { sc.Remove() }()
 	s, err := openSession(m, rootDir, so, logger)
 	if err != nil {
 		return err
@@ -321,7 +320,7 @@ func runJob(ctx context.Context, f *runFlags, image string, command []string) er
 		binds = append(binds, bind)
 	}
 	if s.upper != nil && !s.tempUpper {
-		sc = noteScaffold(s.upper.Diff, s.lower, binds)
+		sc = container.NoteScaffold(s.upper.Diff, s.lower, binds)
 	}
 	if err := container.SetupRoot(rootDir, container.RootOptions{Binds: binds, StateDir: etc}); err != nil {
 		return err
@@ -387,106 +386,6 @@ func watchParent(life *os.File) {
 	io.Copy(io.Discard, life)
 	unix.Kill(-1, unix.SIGKILL)
 	os.Exit(128 + int(unix.SIGKILL))
-}
-
-// scaffold is what run's setup adds to a kept upper (mount points for
-// /proc, /dev, /sys, the /etc files and binds): taken out again after the
-// job, so the upper holds the job's changes alone and a commit of it does
-// not carry them.
-type scaffold struct {
-	diff  string
-	fresh []string        // relative paths the upper did not have, deepest last
-	lower map[string]bool // which of them the image has
-}
-
-// noteScaffold records which of the paths setup may create are not yet
-// in the upper at diff, and which the image (mounted at lower) has.
-func noteScaffold(diff, lower string, binds []container.Bind) *scaffold {
-	paths := []string{"proc", "dev", "sys", "etc", "etc/resolv.conf", "etc/hosts"}
-	for _, b := range binds {
-		rel := strings.TrimPrefix(path.Clean("/"+b.Target), "/")
-		var parts []string
-		for _, part := range strings.Split(rel, "/") {
-			parts = append(parts, part)
-			paths = append(paths, strings.Join(parts, "/"))
-		}
-	}
-	sc := &scaffold{diff: diff, lower: map[string]bool{}}
-	for _, p := range paths {
-		if _, err := statNoFollow(diff, p); errors.Is(err, unix.ENOENT) {
-			sc.fresh = append(sc.fresh, p)
-			_, err := statNoFollow(lower, p)
-			sc.lower[p] = err == nil
-		}
-	}
-	return sc
-}
-
-// remove deletes the fresh paths that are still empty directories or
-// empty files, deepest first; whatever the job put there stays. No
-// symlink is followed on the way, so one the job left in the upper
-// cannot turn a removal to the node's files.
-func (sc *scaffold) remove() {
-	if sc == nil {
-		return
-	}
-	for i := len(sc.fresh) - 1; i >= 0; i-- {
-		rel := sc.fresh[i]
-		parent, name, err := openParentNoFollow(sc.diff, rel)
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
-			switch st.Mode & unix.S_IFMT {
-			case unix.S_IFREG:
-				if st.Size == 0 {
-					unix.Unlinkat(parent, name, 0)
-				}
-			case unix.S_IFDIR:
-				// An empty opaque directory over one of the image's was
-				// emptied by the job; only the mount points setup itself
-				// replaced go regardless.
-				_, err := unix.Lgetxattr(fmt.Sprintf("/proc/self/fd/%d/%s", parent, name), "trusted.overlay.opaque", nil)
-				if err != nil || !sc.lower[rel] || slices.Contains([]string{"proc", "dev", "sys"}, rel) {
-					unix.Unlinkat(parent, name, unix.AT_REMOVEDIR) // fails, harmlessly, if not empty
-				}
-			}
-		}
-		unix.Close(parent)
-	}
-}
-
-// openParentNoFollow opens the directory holding rel inside dir, following
-// no symlink, and returns it with rel's last name.
-func openParentNoFollow(dir, rel string) (int, string, error) {
-	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, "", err
-	}
-	defer unix.Close(dfd)
-	for {
-		fd, err := unix.Openat2(dfd, path.Dir(rel), &unix.OpenHow{
-			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_SYMLINKS,
-		})
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return fd, path.Base(rel), err
-	}
-}
-
-// statNoFollow stats rel inside dir without following any symlink.
-func statNoFollow(dir, rel string) (unix.Stat_t, error) {
-	var st unix.Stat_t
-	parent, name, err := openParentNoFollow(dir, rel)
-	if err != nil {
-		return st, err
-	}
-	defer unix.Close(parent)
-	err = unix.Fstatat(parent, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-	return st, err
 }
 
 // runLogger logs to a file under the state root, or to stderr with
