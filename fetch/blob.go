@@ -71,10 +71,7 @@ func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 	if err := ctx.Err(); err != nil {
 		return 0, b.fail(off, end, err)
 	}
-	key := flightKey{repo: b.flightID, digest: b.digest, off: off, end: end}
-	n, err := b.client.shared(ctx, key, p[:want], func(p []byte) (int, error) {
-		return b.fetch(ctx, p, off)
-	})
+	n, err := b.readAt(ctx, p[:want], off)
 	if err != nil {
 		return n, b.fail(off+int64(n), end, err)
 	}
@@ -82,6 +79,16 @@ func (b *RemoteBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, erro
 		return int(want), io.EOF
 	}
 	return int(want), nil
+}
+
+// readAt fills p, not empty and within the blob, with the bytes at off,
+// sharing the request with concurrent reads of the same bytes. It returns
+// how many bytes it got and, if not all, a *failure.
+func (b *RemoteBlob) readAt(ctx context.Context, p []byte, off int64) (int, error) {
+	key := flightKey{repo: b.flightID, digest: b.digest, off: off, end: off + int64(len(p))}
+	return b.client.shared(ctx, key, p, func(p []byte) (int, error) {
+		return b.fetch(ctx, p, off)
+	})
 }
 
 // tries is what one read learned about the endpoints.
@@ -99,44 +106,57 @@ func (b *RemoteBlob) newTries() *tries {
 // retrying the last endpoint with backoff. It returns how many bytes it
 // got and, if not all, a *failure.
 func (b *RemoteBlob) fetch(ctx context.Context, p []byte, off int64) (int, error) {
+	got := 0
+	err := b.retry(ctx, func(st *tries) (int, bool, error) {
+		bd, i, err := b.open(ctx, st, b.single(off+int64(got), off+int64(len(p)), true))
+		if err != nil {
+			return -1, false, err
+		}
+		n, err := io.ReadFull(bd, p[got:])
+		bd.Close()
+		got += n
+		return i, n > 0, err
+	})
+	return got, err
+}
+
+// retry runs attempt until it succeeds, and returns nil, or until no more
+// tries are allowed, and returns the last failure. An attempt reports the
+// endpoint whose answer failed (-1 when no endpoint answered well, see
+// open), and whether it made progress: progress restarts the count of
+// failures that bounds the retries and sets the backoff. After an answer
+// from a mirror fails, the next attempt follows at once (the mirror is
+// skipped); otherwise it follows a pause.
+func (b *RemoteBlob) retry(ctx context.Context, attempt func(st *tries) (endpoint int, progress bool, err error)) error {
 	c := b.client
 	st := b.newTries()
 	var (
-		got      int
 		last     error
 		failures int  // consecutive failed attempts without progress
 		fellBack bool // last was a mirror failing: go on without a pause
 	)
-	for got < len(p) {
+	for {
 		if last != nil {
 			if !fellBack {
 				if err := c.wait(ctx, failures, last); err != nil {
-					return got, err
+					return err
 				}
 				failures++
 				st.round++
 				c.stats.retries.Add(1)
 			} else if ctx.Err() != nil {
-				return got, ctxFailure(ctx, last)
+				return ctxFailure(ctx, last)
 			}
 		}
-		bd, i, err := b.open(ctx, st, off+int64(got), off+int64(len(p)), true)
-		if err != nil {
-			last, fellBack = lastFailure(ctx, last, err), false
-			continue
-		}
-		n, err := io.ReadFull(bd, p[got:])
-		bd.Close()
-		got += n
+		i, progress, err := attempt(st)
 		if err == nil {
-			break
+			return nil
 		}
-		if n > 0 {
+		if progress {
 			failures = 0
 		}
-		last, fellBack = lastFailure(ctx, last, err), b.mirrorFailed(ctx, st, i, err)
+		last, fellBack = lastFailure(ctx, last, err), i >= 0 && b.mirrorFailed(ctx, st, i, err)
 	}
-	return got, nil
 }
 
 // mirrorFailed notes that endpoint i failed with err while a body was
@@ -152,13 +172,15 @@ func (b *RemoteBlob) mirrorFailed(ctx context.Context, st *tries, i int, err err
 	return true
 }
 
-// open returns a body for [off, end) from the first endpoint that answers
-// well, and the endpoint's index. Mirrors that failed during this read are
+// open sends q to the first endpoint that answers well and returns the
+// body and the endpoint's index. Mirrors that failed during this read are
 // skipped, and so, before the first pause, are mirrors that misbehaved
 // lately; a mirror that fails now is passed over for the next endpoint.
 // The last endpoint is always tried; its failure is the result (or, when
-// the context ended, the failure before that).
-func (b *RemoteBlob) open(ctx context.Context, st *tries, off, end int64, ranged bool) (*body, int, error) {
+// the context ended, the failure before that). A multi-range query stops
+// with errMultiRange at the first endpoint that refuses it or whose host
+// is known not to serve it.
+func (b *RemoteBlob) open(ctx context.Context, st *tries, q *query) (*body, int, error) {
 	c := b.client
 	lastIdx := len(b.endpoints) - 1
 	var prev error // a mirror's failure in this pass
@@ -167,9 +189,15 @@ func (b *RemoteBlob) open(ctx context.Context, st *tries, off, end int64, ranged
 		if !last && (st.failed[i] || st.round == 0 && c.penalized(e, b.digest)) {
 			continue
 		}
-		bd, err := b.sendTo(ctx, st, e, off, end, ranged, last)
+		if q.multi && c.noMultiRange(e.host) {
+			return nil, i, &failure{err: errMultiRange}
+		}
+		bd, err := b.sendTo(ctx, st, e, q, last)
 		if err == nil {
 			return bd, i, nil
+		}
+		if refused(err) {
+			return nil, i, err
 		}
 		if last || ctx.Err() != nil {
 			return nil, i, lastFailure(ctx, prev, err)
@@ -244,7 +272,7 @@ func (s *stream) connect() error {
 		}
 		// The first request takes the whole blob; a resumed one asks for
 		// the rest only.
-		bd, i, err := b.open(s.ctx, s.st, s.off, b.size, s.off > 0)
+		bd, i, err := b.open(s.ctx, s.st, b.single(s.off, b.size, s.off > 0))
 		if err != nil {
 			s.last, s.fellBack = lastFailure(s.ctx, s.last, err), false
 			continue

@@ -211,6 +211,9 @@ func TestNotFound(t *testing.T) {
 			_, err := b.Open(context.Background())
 			return err
 		}},
+		{"ReadRanges", func() error {
+			return b.ReadRanges(context.Background(), makeRanges(span{0, 10}, span{20, 30}))
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

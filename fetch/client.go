@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,8 +23,9 @@ import (
 
 // Client fetches blobs from registries and their mirrors. It keeps one
 // authenticated HTTP client per endpoint and repository, the storage URLs
-// registries redirected blobs to, which mirrors misbehaved lately, the
-// reads in flight and the counters. A Client is safe for concurrent use;
+// registries redirected blobs to, which mirrors misbehaved lately, which
+// hosts do not serve multi-range requests, the reads in flight and the
+// counters. A Client is safe for concurrent use;
 // sharing one among all the images of a node makes its per-host limit and
 // its deduplication node-wide.
 type Client struct {
@@ -42,6 +44,7 @@ type Client struct {
 	hosts      map[string]*hostCounters     // protected by mu
 	blobs      map[v1.Hash]*blobCounters    // protected by mu
 	asked      map[string]*atomic.Bool      // foreign hosts that asked for credentials; protected by mu
+	singleOnly map[string]bool              // endpoint hosts, lowercased, that do not serve multi-range requests; protected by mu
 
 	flightMu sync.Mutex
 	flights  map[flightKey]*flight // protected by flightMu
@@ -68,20 +71,24 @@ type blobCounters struct {
 // Stats is a snapshot of a Client's counters since New.
 type Stats struct {
 	// Requests is the number of HTTP GETs sent for blob bytes, retries,
-	// fallbacks and redirect hops included.
+	// fallbacks and redirect hops included. A multi-range request is one.
 	Requests int64
 	// Bytes is the number of response body bytes read from blob GETs,
-	// including bytes skipped when a server ignored Range.
+	// including bytes skipped when a server ignored Range. Of a multipart
+	// answer only the parts' payloads count, not their headers and
+	// boundaries.
 	Bytes int64
 	// Retries is the number of attempts made after a failed one (after a
 	// pause), a failed handshake counting as an attempt. Moving on from a
 	// failed mirror is a fallback, not a retry.
 	Retries int64
-	// Errors is the number of reads (ReadAt calls, Open calls and streams
-	// from Open) that failed. Reaching the end of a blob is not a failure.
+	// Errors is the number of reads (ReadAt, ReadRanges and Open calls,
+	// and streams from Open) that failed. Reaching the end of a blob is
+	// not a failure.
 	Errors int64
-	// Deduplicated is the number of ReadAt calls answered by another
-	// call's request for the same bytes.
+	// Deduplicated is the number of ReadAt calls, and single-range reads
+	// of ReadRanges, answered by another call's request for the same
+	// bytes.
 	Deduplicated int64
 	// Fallbacks is the number of times a mirror failed and the next
 	// endpoint was tried.
@@ -94,7 +101,8 @@ type Stats struct {
 	// read).
 	Reresolves int64
 	// Hosts breaks Requests and Bytes down by the host that served them
-	// (registry, mirror or storage), as host[:port].
+	// (registry, mirror or storage), as host[:port]. It also lists the
+	// endpoint hosts found not to serve multi-range requests.
 	Hosts map[string]HostStats
 }
 
@@ -103,8 +111,11 @@ type HostStats struct {
 	// Requests and Bytes are as in Stats.
 	Requests, Bytes int64
 	// Failures counts requests that failed: no response, an error status
-	// or a broken body.
+	// or a broken body. A refused multi-range request is no failure.
 	Failures int64
+	// NoMultiRange reports that the host, as an endpoint, did not serve a
+	// multi-range request: reads through it ask for single ranges.
+	NoMultiRange bool
 }
 
 // BlobStats counts the requests made for one blob.
@@ -128,6 +139,7 @@ func New(opts ...Option) (*Client, error) {
 		hosts:      make(map[string]*hostCounters),
 		blobs:      make(map[v1.Hash]*blobCounters),
 		asked:      make(map[string]*atomic.Bool),
+		singleOnly: make(map[string]bool),
 		flights:    make(map[flightKey]*flight),
 	}
 	if c.base, err = c.finish(o.transport); err != nil {
@@ -162,10 +174,37 @@ func (c *Client) Stats() Stats {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	listed := make(map[string]bool, len(c.hosts))
 	for h, hc := range c.hosts {
-		s.Hosts[h] = HostStats{Requests: hc.requests.Load(), Bytes: hc.bytes.Load(), Failures: hc.failures.Load()}
+		s.Hosts[h] = HostStats{
+			Requests: hc.requests.Load(), Bytes: hc.bytes.Load(), Failures: hc.failures.Load(),
+			NoMultiRange: c.singleOnly[strings.ToLower(h)],
+		}
+		listed[strings.ToLower(h)] = true
+	}
+	for h := range c.singleOnly {
+		if !listed[h] {
+			s.Hosts[h] = HostStats{NoMultiRange: true}
+		}
 	}
 	return s
+}
+
+// noMultiRange reports whether endpoint host is known not to serve
+// multi-range requests.
+func (c *Client) noMultiRange(host string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.singleOnly[strings.ToLower(host)]
+}
+
+// noteNoMultiRange remembers, for as long as the Client lives, that
+// endpoint host does not serve multi-range requests: reads through it ask
+// for single ranges from now on.
+func (c *Client) noteNoMultiRange(host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.singleOnly[strings.ToLower(host)] = true
 }
 
 // hostCounter returns the counters of host, creating them.
@@ -231,6 +270,24 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 		}
 	}
 	return b, nil
+}
+
+// Prepare starts authenticating to repo's registry in the background, so
+// that the first blob read need not wait for the handshake (and its new
+// connection); wait returns once that attempt has ended. It does nothing
+// with mirrors, which authenticate on first use, and reports nothing: a
+// failed handshake is met again by Blob.
+func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()) {
+	eps, err := c.endpoints(repo)
+	if err != nil || len(eps) != 1 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.authClient(ctx, eps[0], repo) //nolint:errcheck // see above
+	}()
+	return func() { <-done }
 }
 
 // endpoint is an Endpoint made ready for requests.

@@ -16,8 +16,9 @@
 //     pull scope), done once per endpoint and repository and cached in the
 //     [Client], and done again when a registry answers 401; which
 //     credentials each host gets;
-//   - Range requests and the checks on their answers (status,
-//     Content-Range, Content-Length, body length);
+//   - Range requests, single and multi-range ([RemoteBlob.ReadRanges]),
+//     and the checks on their answers (status, Content-Range,
+//     Content-Length, body length, multipart parts);
 //   - retries with exponential backoff and jitter, Retry-After, and
 //     per-attempt timeouts; falling through from a failing mirror to the
 //     next endpoint, and skipping a misbehaving mirror for a while;
@@ -84,6 +85,29 @@
 // once, without a pause; that happens at most once per read, after which
 // failures are retried as usual.
 //
+// # Multi-range reads
+//
+// [RemoteBlob.ReadRanges] reads several ranges of a blob (sorted, not
+// overlapping, within the blob) with one GET naming them all
+// (bytes=a-b,c-d; adjacent ranges merged into one; at most 64 per
+// request), sent like a ReadAt request: endpoints in order, credentials,
+// redirects and storage URLs, retries, limits and counters. A
+// multipart/byteranges answer is parsed as it streams: every part's
+// Content-Range must name bytes asked for (a part may hold several
+// ranges, and the few bytes between ranges a server merged) in a blob of
+// the right size, and its payload must be exactly that long. Besides the
+// bytes asked for, part headers, boundaries and merged gaps may take up
+// 8 KiB and 1 KiB per range; an answer that holds more is cut off. Bytes
+// that did not come are asked for again, and only they. An endpoint host that does not serve multi-range
+// requests (it answers 400 or 416, the whole blob, one range of several,
+// or a multipart answer that fails those checks) is remembered in the
+// Client for as long as it lives (HostStats.NoMultiRange): its ranges are
+// then read one run of adjacent ranges per request, several at a time,
+// a lone range through ReadAt (so shared with concurrent reads of the
+// same bytes). A 400 or 416 is no failure of the blob nor of the host. A
+// mirror's whole-blob answer is dropped unread as for ReadAt; the
+// registry's serves the read, its stream read up to the last range.
+//
 // # Invariants
 //
 //   - The size of a blob comes from its descriptor. fetch never sends a HEAD
@@ -99,6 +123,9 @@
 //     bytes were skipped. A short body is a temporary failure and the rest
 //     is asked for (from the next endpoint, if a mirror broke off);
 //     ReadAt never returns fewer bytes than asked without an error.
+//     ReadRanges sends closed ranges too, and copies bytes into a buffer
+//     only from a part or body whose Content-Range was checked; it returns
+//     nil only when every buffer is filled.
 //   - fetch does not verify digests. [RemoteBlob.Open] streams the whole blob
 //     and the caller checks its digest; bytes from ReadAt are checked by the
 //     caller against whatever digest its format provides.
@@ -128,7 +155,7 @@
 // # Concurrency
 //
 // A [Client] and the [RemoteBlob] values it returns are safe for concurrent
-// use; ReadAt calls on one blob run in parallel. Calls that ask for the
+// use; ReadAt and ReadRanges calls on one blob run in parallel. Calls that ask for the
 // same bytes of the same blob in the same repository while a request for
 // them is in flight wait for it and copy its bytes; if the call that
 // started the request is canceled first, the others carry on with a

@@ -20,32 +20,59 @@ const maxRedirects = 10
 // the whole blob.
 var errRangeIgnored = errors.New("range ignored: the whole blob was offered")
 
-// sendTo makes one attempt at the bytes [off, end) of the blob on endpoint
-// e: with a closed Range when ranged, else for the whole blob (then off
-// must be 0 and end the size). It returns a body that yields exactly
-// end-off bytes and then io.EOF, or a *failure.
+// query is what one attempt asks an endpoint for, and how the answer is
+// checked.
+type query struct {
+	// rng is the Range header; "" asks for the whole blob.
+	rng string
+	// multi: rng names several ranges. Such a query is not sent to an
+	// endpoint whose host is known not to serve them (see
+	// Client.noMultiRange), and an endpoint that refuses it fails with
+	// errMultiRange, which is no failure of the endpoint.
+	multi bool
+	// accept checks the answer from endpoint e (the last endpoint when
+	// last) and positions bd at the first byte asked for.
+	accept func(resp *http.Response, bd *body, e *endpoint, last bool) error
+}
+
+// single is the query for [off, end): with a closed Range when ranged,
+// else for the whole blob (then off must be 0 and end the size).
+func (b *RemoteBlob) single(off, end int64, ranged bool) *query {
+	q := &query{accept: func(resp *http.Response, bd *body, _ *endpoint, last bool) error {
+		return b.accept(resp, bd, off, end, ranged, last)
+	}}
+	if ranged {
+		q.rng = fmt.Sprintf("bytes=%d-%d", off, end-1)
+	}
+	return q
+}
+
+// sendTo makes one attempt at q on endpoint e. It returns a body that
+// yields the bytes q's accept positioned it at, or a *failure.
 //
 // When the registry redirected this blob before, the storage URL it gave is
 // reused while fresh; if that request fails in any way (an error status,
 // a redirect, no answer, a bad answer), the URL is dropped and the
-// registry is asked again at once, once per read (st). Redirects are
-// followed here, not by net/http: requests to another host than e carry
-// no credentials nor hosts.toml headers and go through the base transport,
-// without e's TLS, proxy or dial settings; the storage URL is remembered.
+// registry is asked again at once, once per read (st). A refused
+// multi-range request (errMultiRange) is not such a failure: the URL is
+// kept. Redirects are followed here, not by net/http: requests to another
+// host than e carry no credentials nor hosts.toml headers and go through
+// the base transport, without e's TLS, proxy or dial settings; the storage
+// URL is remembered.
 // A 401 from e leads to one new handshake and a new request.
 //
 // Only the last endpoint (the registry itself) may answer a partial range
 // with the whole blob: its leading bytes are then skipped. A mirror that
 // does so fails the attempt without its body being read.
-func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, off, end int64, ranged, last bool) (*body, error) {
+func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, q *query, last bool) (*body, error) {
 	c := b.client
 	blobURL := e.blobURL(b.repo, b.digest)
 	if loc, ok := c.cachedLocation(blobURL); ok {
-		bd, err := b.request(ctx, e, c.storage, loc.url, false, off, end, ranged, last)
+		bd, err := b.request(ctx, e, c.storage, loc.url, false, q, last)
 		if err == nil {
 			return bd, nil
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || refused(err) {
 			return nil, err
 		}
 		c.dropLocation(blobURL, loc)
@@ -74,7 +101,7 @@ func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, off, en
 	)
 	for {
 		toEndpoint := client == hc
-		resp, bd, err := b.roundTrip(ctx, e, client, target, toEndpoint, off, end, ranged)
+		resp, bd, err := b.roundTrip(ctx, e, client, target, toEndpoint, q.rng)
 		if err != nil {
 			return nil, err
 		}
@@ -110,9 +137,8 @@ func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, off, en
 			target, client, hops = start, hc, 0
 			continue
 		}
-		if err := b.accept(resp, bd, off, end, ranged, last); err != nil {
-			bd.failed()
-			bd.Close()
+		if err := q.accept(resp, bd, e, last); err != nil {
+			bd.reject(err)
 			return nil, err
 		}
 		if client == c.storage {
@@ -124,14 +150,13 @@ func (b *RemoteBlob) sendTo(ctx context.Context, st *tries, e *endpoint, off, en
 
 // request sends one GET to target and checks the answer; it follows no
 // redirect.
-func (b *RemoteBlob) request(ctx context.Context, e *endpoint, client *http.Client, target *url.URL, toEndpoint bool, off, end int64, ranged, last bool) (*body, error) {
-	resp, bd, err := b.roundTrip(ctx, e, client, target, toEndpoint, off, end, ranged)
+func (b *RemoteBlob) request(ctx context.Context, e *endpoint, client *http.Client, target *url.URL, toEndpoint bool, q *query, last bool) (*body, error) {
+	resp, bd, err := b.roundTrip(ctx, e, client, target, toEndpoint, q.rng)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.accept(resp, bd, off, end, ranged, last); err != nil {
-		bd.failed()
-		bd.Close()
+	if err := q.accept(resp, bd, e, last); err != nil {
+		bd.reject(err)
 		return nil, err
 	}
 	return bd, nil
@@ -146,12 +171,12 @@ func isRedirect(code int) bool {
 	return false
 }
 
-// roundTrip sends one GET for [off, end) to target with client, once a
-// slot for the target host is free. The returned body holds the slot and
+// roundTrip sends one GET to target with client, with Range rng unless it
+// is "", once a slot for the target host is free. The returned body holds the slot and
 // the attempt's context until it is closed: the attempt is canceled when
 // no response, or no body bytes, arrive for the request timeout. Headers
 // from hosts.toml go only to the endpoint's own host.
-func (b *RemoteBlob) roundTrip(ctx context.Context, e *endpoint, client *http.Client, target *url.URL, toEndpoint bool, off, end int64, ranged bool) (*http.Response, *body, error) {
+func (b *RemoteBlob) roundTrip(ctx context.Context, e *endpoint, client *http.Client, target *url.URL, toEndpoint bool, rng string) (*http.Response, *body, error) {
 	c := b.client
 	release, err := c.limits.acquire(ctx, target.Host)
 	if err != nil {
@@ -183,8 +208,8 @@ func (b *RemoteBlob) roundTrip(ctx context.Context, e *endpoint, client *http.Cl
 	// Ask for the bytes as stored: no transparent decompression, so lengths
 	// and ranges refer to the blob itself.
 	req.Header.Set("Accept-Encoding", "identity")
-	if ranged {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end-1))
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	c.stats.requests.Add(1)
 	host.requests.Add(1)
@@ -242,49 +267,74 @@ func (b *RemoteBlob) accept(resp *http.Response, bd *body, off, end int64, range
 // checkContentRange checks that a Content-Range header value ("bytes
 // a-b/total") names exactly [off, end) of a blob of size bytes.
 func checkContentRange(v string, off, end, size int64) error {
+	a, z, err := parseContentRange(v, size)
+	if err != nil {
+		return err
+	}
+	if a != off || z != end {
+		return fmt.Errorf("content-range %q, but asked for bytes %d-%d", v, off, end-1)
+	}
+	return nil
+}
+
+// parseContentRange reads a Content-Range header value ("bytes
+// a-b/total") sent for a blob of size bytes and returns the range it
+// names, [a, b+1). The range must lie within the blob, and total must be
+// size or "*".
+func parseContentRange(v string, size int64) (off, end int64, err error) {
 	if v == "" {
-		return errors.New("partial content without content-range")
+		return 0, 0, errors.New("partial content without content-range")
 	}
 	bad := fmt.Errorf("bad content-range %q", v)
 	unit, rest, ok := strings.Cut(strings.TrimSpace(v), " ")
 	if !ok || !strings.EqualFold(unit, "bytes") {
-		return bad
+		return 0, 0, bad
 	}
 	rng, total, ok := strings.Cut(strings.TrimSpace(rest), "/")
 	if !ok {
-		return bad
+		return 0, 0, bad
 	}
 	first, last, ok := strings.Cut(rng, "-")
 	if !ok {
-		return bad
+		return 0, 0, bad
 	}
 	a, err1 := strconv.ParseInt(first, 10, 64)
 	z, err2 := strconv.ParseInt(last, 10, 64)
-	if err1 != nil || err2 != nil {
-		return bad
-	}
-	if a != off || z != end-1 {
-		return fmt.Errorf("content-range %q, but asked for bytes %d-%d", v, off, end-1)
+	if err1 != nil || err2 != nil || a < 0 || z < a {
+		return 0, 0, bad
 	}
 	if total != "*" {
 		t, err := strconv.ParseInt(total, 10, 64)
 		if err != nil {
-			return bad
+			return 0, 0, bad
 		}
 		if t != size {
-			return fmt.Errorf("content-range %q, but the blob has %d bytes", v, size)
+			return 0, 0, fmt.Errorf("content-range %q, but the blob has %d bytes", v, size)
 		}
 	}
-	return nil
+	if z >= size {
+		return 0, 0, fmt.Errorf("content-range %q past the end of the blob (%d bytes)", v, size)
+	}
+	return a, z + 1, nil
 }
 
 // body is a checked response body. It yields exactly remaining bytes, then
 // io.EOF; a body that ends early fails with a temporary *failure. Every
 // byte read counts in the Client's, the host's and the blob's Bytes and
 // restarts the attempt timer. Close frees the host slot.
+//
+// A framed body (multipart/byteranges) is read differently: see
+// readFramed.
 type body struct {
 	rc        io.ReadCloser // nil until the response arrives
 	remaining int64
+
+	// framed: a multipart body, whose length is only known to its
+	// parser. Then remaining is unused, Read counts no bytes (the parts'
+	// payloads are counted with add) and fails once read runs more than
+	// slack bytes ahead of paid, the bytes put where they were asked for.
+	framed           bool
+	slack, read, pay int64
 
 	ctx     context.Context // the caller's
 	actx    context.Context // the attempt's, a child of ctx
@@ -311,8 +361,21 @@ func (r *body) failed() {
 	}
 }
 
+// reject closes a body whose answer was not accepted because of err. It
+// counts a failure against the host, unless err is a refused multi-range
+// request.
+func (r *body) reject(err error) {
+	if !refused(err) {
+		r.failed()
+	}
+	r.Close()
+}
+
 // Read implements io.Reader.
 func (r *body) Read(p []byte) (int, error) {
+	if r.framed {
+		return r.readFramed(p)
+	}
 	if r.remaining <= 0 {
 		return 0, io.EOF
 	}
@@ -334,6 +397,39 @@ func (r *body) Read(p []byte) (int, error) {
 	case (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF)) && r.ctx.Err() == nil && context.Cause(r.actx) == nil:
 		r.failed()
 		return n, &failure{temporary: true, err: fmt.Errorf("body truncated: %d bytes missing", r.remaining)}
+	default:
+		if r.ctx.Err() == nil {
+			r.failed()
+		}
+		return n, transportFailure(r.ctx, r.actx, r.timeout, err)
+	}
+}
+
+// readFramed reads a framed body. Its end (io.EOF) is passed on for the
+// multipart parser to judge. Reading more than slack bytes beyond those
+// paid for (part headers, boundaries, bytes not asked for, and what the
+// parser buffers) fails with errOverlong, so neither a long answer nor a
+// long part header is read without bound.
+func (r *body) readFramed(p []byte) (int, error) {
+	room := r.slack - (r.read - r.pay)
+	if room <= 0 {
+		r.failed()
+		return 0, &failure{err: fmt.Errorf("%w: more than %d bytes besides those asked for", errOverlong, r.slack)}
+	}
+	if int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := r.rc.Read(p)
+	if n > 0 {
+		r.read += int64(n)
+		r.timer.Reset(r.timeout)
+	}
+	switch {
+	case err == nil || err == io.EOF:
+		return n, err
+	case errors.Is(err, io.ErrUnexpectedEOF) && r.ctx.Err() == nil && context.Cause(r.actx) == nil:
+		r.failed()
+		return n, &failure{temporary: true, err: errors.New("body truncated")}
 	default:
 		if r.ctx.Err() == nil {
 			r.failed()
