@@ -335,8 +335,10 @@ func TestLazinessCountedAtRegistry(t *testing.T) {
 			t.Errorf("blob GET without Range: %+v", r)
 		}
 	}
-	if blobGets != 4 {
-		t.Errorf("mount and stat of everything made %d blob requests, want 4 (footer and TOC of 2 layers)", blobGets)
+	// The tail of each layer holds its footer and, when small enough, its
+	// whole TOC: one request per layer, two for a larger TOC.
+	if blobGets < 2 || blobGets > 4 {
+		t.Errorf("mount and stat of everything made %d blob requests, want 2 to 4 (the tail, and the rest of the TOC, of 2 layers)", blobGets)
 	}
 	metaBytes := layerBytes(reg, layerDigests)
 	if metaBytes > 1<<20 {

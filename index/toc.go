@@ -15,8 +15,14 @@ import (
 // MaxTOCSize bounds the table of contents ReadTOC accepts.
 const MaxTOCSize = 256 << 20
 
-// footerReadSize covers the largest footer of the formats ReadTOC knows.
-const footerReadSize = 64
+// footerSizeMax covers the largest footer of the formats ReadTOC knows.
+const footerSizeMax = 64
+
+// tailReadSize is how much of a blob's end ReadTOC reads first: the footer
+// and, for most layers, the whole TOC before it, in one round trip. A
+// larger TOC costs a second read of only its missing head; a smaller one
+// wastes the tail's other bytes, at most this many.
+const tailReadSize = 256 << 10
 
 // Names eStargz writers add at the layer root for their own use.
 const (
@@ -62,10 +68,12 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 	default:
 		return nil, fmt.Errorf("read toc of %s: format %q has no toc", layer, f)
 	}
-	footer := make([]byte, min(size, footerReadSize))
-	if _, err := r.ReadAt(footer, size-int64(len(footer))); err != nil {
+	tail := make([]byte, min(size, tailReadSize))
+	tailStart := size - int64(len(tail))
+	if _, err := r.ReadAt(tail, tailStart); err != nil {
 		return nil, fmt.Errorf("read footer of %s: %w", layer, err)
 	}
+	footer := tail[max(0, len(tail)-footerSizeMax):]
 	var payloadEnd, tocOffset, tocSize int64
 	var footerErrs []error
 	for _, c := range candidates {
@@ -91,8 +99,16 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 		return nil, fmt.Errorf("read footer of %s: %w: toc at [%d,+%d) in a %d byte blob", layer, ErrMalformed, tocOffset, tocSize, size)
 	}
 	raw := make([]byte, tocSize)
-	if _, err := r.ReadAt(raw, tocOffset); err != nil {
-		return nil, fmt.Errorf("read toc of %s: %w", layer, err)
+	// What the tail holds of the TOC is copied; only the rest is read.
+	have := 0
+	if tocEnd := tocOffset + tocSize; tocEnd > tailStart {
+		from := max(tocOffset, tailStart)
+		have = copy(raw[from-tocOffset:], tail[from-tailStart:tocEnd-tailStart])
+	}
+	if missing := raw[:len(raw)-have]; len(missing) > 0 {
+		if _, err := r.ReadAt(missing, tocOffset); err != nil {
+			return nil, fmt.Errorf("read toc of %s: %w", layer, err)
+		}
 	}
 	if want.Compressed != "" {
 		if got := digestString(sha256Sum(raw)); got != want.Compressed {

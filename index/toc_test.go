@@ -150,3 +150,63 @@ func TestReadTOC(t *testing.T) {
 		})
 	}
 }
+
+// countingReaderAt records the reads made through it.
+type countingReaderAt struct {
+	r     io.ReaderAt
+	reads [][2]int64 // offset, length
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.reads = append(c.reads, [2]int64{off, int64(len(p))})
+	return c.r.ReadAt(p, off)
+}
+
+// TestReadTOCReads: the footer and a TOC that fits in the blob's tail come
+// in one read; a larger TOC takes a second read of its missing head only.
+func TestReadTOCReads(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	entries := func(n int) []tarEntry {
+		var es []tarEntry
+		for i := range n {
+			b := make([]byte, 100)
+			for j := range b {
+				b[j] = byte(rng.IntN(256))
+			}
+			es = append(es, tarEntry{name: fmt.Sprintf("f%05d-%x", i, b[:8]), content: string(b)})
+		}
+		return es
+	}
+	for _, tc := range []struct {
+		name  string
+		files int
+		reads int
+	}{{"small toc", 10, 1}, {"toc larger than the tail", 6000, 2}} {
+		for _, f := range []Format{FormatEStargz, FormatZstdChunked} {
+			t.Run(tc.name+"/"+string(f), func(t *testing.T) {
+				blob, want := buildTOCBlob(t, makeTar(t, entries(tc.files)...), f)
+				cr := &countingReaderAt{r: bytes.NewReader(blob)}
+				x, err := ReadTOC(cr, int64(len(blob)), "sha256:blob", f, want)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(x.Entries) < tc.files {
+					t.Fatalf("%d entries, want at least %d", len(x.Entries), tc.files)
+				}
+				if len(cr.reads) != tc.reads {
+					t.Fatalf("reads %v, want %d", cr.reads, tc.reads)
+				}
+				tail := cr.reads[0]
+				if tail[0]+tail[1] != int64(len(blob)) || tail[1] != min(int64(len(blob)), tailReadSize) {
+					t.Errorf("first read [%d,+%d) of a %d byte blob, want its last %d bytes", tail[0], tail[1], len(blob), tailReadSize)
+				}
+				if tc.reads == 2 {
+					// The head of the TOC, up to where the tail began.
+					if head := cr.reads[1]; head[0]+head[1] != tail[0] {
+						t.Errorf("second read [%d,+%d) does not end where the tail [%d,...) begins", head[0], head[1], tail[0])
+					}
+				}
+			})
+		}
+	}
+}
