@@ -49,6 +49,9 @@ type Image struct {
 	// remoteOpts reach the image's registry with its credentials and
 	// transport, for the manifest-level calls go-containerregistry makes.
 	remoteOpts []remote.Option
+	// puller made the resolving calls; reusing it spares later lookups
+	// (index and profile artifacts) a new handshake.
+	puller *remote.Puller
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
@@ -279,34 +282,6 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 			return nil, fmt.Errorf("resolve %s: credentials: %w", r, err)
 		}
 	}
-	remoteOpts := []remote.Option{
-		remote.WithAuth(auth),
-		remote.WithTransport(transport),
-		remote.WithUserAgent(o.userAgent),
-	}
-	desc, err := remote.Get(r, append(remoteOpts, remote.WithContext(ctx), remote.WithPlatform(o.platform))...)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
-	}
-	img, err := desc.Image()
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s for %s: %w", r, o.platform, registryError(err))
-	}
-	im := &Image{Ref: r, remoteOpts: remoteOpts}
-	if im.Digest, err = img.Digest(); err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
-	}
-	if d, err := partial.Descriptor(img); err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
-	} else {
-		im.descriptor = *d
-	}
-	if im.Manifest, err = img.Manifest(); err != nil {
-		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
-	}
-	if im.Config, err = img.ConfigFile(); err != nil {
-		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
-	}
 	// The guard wraps every transport fetch builds, mirrors' own included.
 	// Explicit credentials are for the image's registry only; otherwise
 	// mirrors on other hosts find theirs in the keychain.
@@ -321,6 +296,41 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	fc, err := fetch.New(append(fopts, fetchOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	// The blob reads' handshake overlaps the manifest's round trips (and
+	// has ended, one way or another, when Resolve returns).
+	defer fc.Prepare(ctx, r.Context())()
+	remoteOpts := []remote.Option{
+		remote.WithAuth(auth),
+		remote.WithTransport(transport),
+		remote.WithUserAgent(o.userAgent),
+	}
+	puller, err := remote.NewPuller(remoteOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(o.platform))...)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s for %s: %w", r, o.platform, registryError(err))
+	}
+	im := &Image{Ref: r, remoteOpts: remoteOpts, puller: puller}
+	if im.Digest, err = img.Digest(); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	}
+	if d, err := partial.Descriptor(img); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
+	} else {
+		im.descriptor = *d
+	}
+	if im.Manifest, err = img.Manifest(); err != nil {
+		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
+	}
+	if im.Config, err = img.ConfigFile(); err != nil {
+		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
 	im.fetcher = fc
 	diffIDs := im.Config.RootFS.DiffIDs

@@ -97,6 +97,17 @@ type opener struct {
 	registry *registryIndexes
 	logf     func(string, ...any)
 	readOnly bool // store nothing (inspect)
+	// later runs work that need not finish before the layer is open; nil
+	// runs it at once.
+	later func(func())
+}
+
+func (o *opener) runLater(f func()) {
+	if o.later == nil {
+		f()
+		return
+	}
+	o.later(f)
 }
 
 func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
@@ -114,9 +125,14 @@ func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
 		switch {
 		case err == nil:
-			if err := o.st.SaveIndex(x, BuiltHere); err != nil {
-				o.logf("keeping index of %s in memory only: %v", d, err)
-			}
+			// The TOC is at hand again from the registry: storing its
+			// index only spares later mounts that fetch, so it need not
+			// hold this mount back.
+			o.runLater(func() {
+				if err := o.st.SaveIndex(x, BuiltHere); err != nil {
+					o.logf("keeping index of %s in memory only: %v", d, err)
+				}
+			})
 			return &LayerState{Layer: l, Index: x, Origin: FromTOC, blob: l.blob}, nil
 		case errors.Is(err, index.ErrTOCDigest), ctx.Err() != nil:
 			// The manifest and the blob disagree, or we were stopped.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -203,8 +204,13 @@ func TestStoreRefusesIndexOfAnotherLayer(t *testing.T) {
 func TestPlainHTTPOnlyForLoopbackAndInsecure(t *testing.T) {
 	// A registry reached by a non-loopback name must be spoken to over
 	// TLS unless named insecure: the request must arrive as https.
+	// Resolve's own requests and the blob client's handshake come from
+	// two goroutines.
+	var mu sync.Mutex
 	var schemes []string
 	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
 		schemes = append(schemes, r.URL.Scheme+"://"+r.URL.Host)
 		return nil, errors.New("stop here")
 	})

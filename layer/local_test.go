@@ -569,9 +569,11 @@ func TestOCILayoutPicksTagAndPlatform(t *testing.T) {
 			t.Fatalf("%s for %s: %v", tc.ref, tc.platform, err)
 		}
 		st, _ := newStore(t)
-		if got, _ := readFile(t, im, st, "etc/which"); got != tc.want {
+		got, stack := readFile(t, im, st, "etc/which")
+		if got != tc.want {
 			t.Errorf("%s for %s: read %q, want %q", tc.ref, tc.platform, got, tc.want)
 		}
+		stack.Close() // the index of a TOC is stored in the background
 		if rep := layer.Describe(t.Context(), im, st, layer.IndexAny); len(rep) != 1 || rep[0].Err != nil || rep[0].Source != "local store" {
 			t.Errorf("%s: describe after a mount: %+v", tc.ref, rep)
 		}

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,15 +68,16 @@ func ParsePrefetchMode(s string) (PrefetchMode, error) {
 
 const (
 	// priorityJobs bounds the priority batches in flight.
-	priorityJobs = 4
+	priorityJobs = 6
 	// priorityBatch and layerBatch bound the compressed bytes one batch
 	// fetches; the background's are smaller so that an on-demand read
 	// joining one of its fills waits less.
-	priorityBatch = 4 << 20
+	priorityBatch = 1 << 20
 	layerBatch    = 1 << 20
-	// batchGap is the largest hole between two units fetched in one
-	// request.
-	batchGap = 64 << 10
+	// batchGap is the largest hole between two units of one batch. The
+	// units' bytes are asked for in one multi-range request, holes left
+	// out (or, where the registry cannot, a request per run of units).
+	batchGap = 1 << 20
 	// idleQuiet is how long after the last on-demand read ends the
 	// background waits before its next batch; idlePoll how often it looks.
 	idleQuiet = 20 * time.Millisecond
@@ -92,6 +94,10 @@ type PrefetchOptions struct {
 	Store *Store
 	// Profile, if set, is used instead of looking one up.
 	Profile *Profile
+	// Lookup, if set, is the registry lookup of the profile, started
+	// early (LookupProfile); prefetch waits for it instead of asking the
+	// registry itself.
+	Lookup *ProfileLookup
 	// Tree, if set, limits TOC-prioritized files to those visible in the
 	// merged tree (not hidden by an upper layer).
 	Tree *index.Tree
@@ -263,32 +269,53 @@ func (p *Prefetch) priority(ctx context.Context) {
 		// The Store answers at once: use it together with the TOC files.
 		prof, src = p.storedProfile(), "store"
 	}
+	asked := false
+	if prof == nil && p.opts.Lookup != nil && p.opts.Lookup.finished() {
+		// The early lookup is back already: the same.
+		prof, src, asked = p.registryProfile(ctx), "registry", true
+	}
 	if prof != nil {
 		p.profileSource.Store(src)
 		p.priorityFiles.Add(int64(pl.addProfile(prof)))
 	}
 	p.runPlan(ctx, pl)
-	if prof != nil || p.opts.Profile != nil || p.opts.Image == nil || p.opts.Image.Local() || ctx.Err() != nil {
+	if prof != nil || asked || p.opts.Image == nil || p.opts.Image.Local() || ctx.Err() != nil {
 		return
 	}
-	// No stored profile: ask the registry, after the TOC's files.
-	prof, err := FindProfile(ctx, p.opts.Image)
+	// No profile yet: wait for the registry's, after the TOC's files.
+	if prof = p.registryProfile(ctx); prof == nil {
+		return
+	}
+	p.profileSource.Store("registry")
+	pl = newPlan(p.s)
+	p.priorityFiles.Add(int64(pl.addProfile(prof)))
+	p.runPlan(ctx, pl)
+}
+
+// registryProfile is the image's profile from its registry, through the
+// early lookup if there is one, kept in the Store for later mounts; nil if
+// there is none or it cannot be had.
+func (p *Prefetch) registryProfile(ctx context.Context) *Profile {
+	var prof *Profile
+	var err error
+	if p.opts.Lookup != nil {
+		prof, err = p.opts.Lookup.Wait(ctx)
+	} else {
+		prof, err = FindProfile(ctx, p.opts.Image)
+	}
 	if err != nil {
 		p.logf("prefetch: no profile from the registry: %v", err)
-		return
+		return nil
 	}
 	if prof == nil {
-		return
+		return nil
 	}
 	if p.opts.Store != nil {
 		if err := p.opts.Store.SaveProfile(prof, FetchedFromRegistry); err != nil {
 			p.logf("prefetch: keeping the registry's profile in memory only: %v", err)
 		}
 	}
-	p.profileSource.Store("registry")
-	pl = newPlan(p.s)
-	p.priorityFiles.Add(int64(pl.addProfile(prof)))
-	p.runPlan(ctx, pl)
+	return prof
 }
 
 // storedProfile is the image's profile from the Store: this node's own,
@@ -392,7 +419,9 @@ func (p *Prefetch) waitIdle(ctx context.Context) error {
 // fetched. Errors are counted and logged, never returned: a unit that
 // failed is simply read on demand later.
 func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
-	bb := &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end}
+	bb := &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end, pieces: b.pieces()}
+	// On-demand reads of its bytes wait for it meanwhile.
+	defer b.layer.inflight.add(bb)()
 	view := &LayerState{Layer: b.layer.Layer, Index: b.layer.Index, Origin: b.layer.Origin, blob: bb}
 	var failed error
 	for _, u := range b.units {
@@ -555,18 +584,35 @@ func (pl *plan) addLayer(l *LayerState) {
 	}
 }
 
-// batch is units of one layer fetched with one range request.
+// batch is units of one layer fetched with one request.
 type batch struct {
 	layer      *LayerState
-	start, end int64 // the compressed range fetched
+	start, end int64 // the compressed range its units lie in
 	units      []unit
 	unitBytes  int64 // the units' compressed bytes
 	rank       int   // the least rank of its units
 }
 
-// batches groups each layer's units by their place in the blob, at most
-// limit bytes and batchGap apart, and orders the batches by their first
-// unit in the plan.
+// pieces returns the byte ranges b's units cover, merged where they touch
+// or overlap, in blob order; nil when that is the whole [start, end).
+func (b batch) pieces() []piece {
+	var ps []piece
+	for _, u := range b.units { // sorted by start
+		if n := len(ps); n > 0 && u.in.Start <= ps[n-1].end {
+			ps[n-1].end = max(ps[n-1].end, u.in.End)
+			continue
+		}
+		ps = append(ps, piece{off: u.in.Start, end: u.in.End})
+	}
+	if len(ps) == 1 && ps[0].off == b.start && ps[0].end == b.end {
+		return nil
+	}
+	return ps
+}
+
+// batches groups each layer's units by their place in the blob, units at
+// most batchGap apart and at most limit of their bytes to a batch, and
+// orders the batches by their first unit in the plan.
 func (pl *plan) batches(limit int64) []batch {
 	var out []batch
 	for _, l := range pl.order {
@@ -579,7 +625,7 @@ func (pl *plan) batches(limit int64) []batch {
 		})
 		var cur *batch
 		for _, u := range us {
-			if cur != nil && u.in.Start <= cur.end+batchGap && u.in.End-cur.start <= limit {
+			if cur != nil && u.in.Start <= cur.end+batchGap && cur.unitBytes+u.in.End-u.in.Start <= limit {
 				cur.end = max(cur.end, u.in.End)
 			} else {
 				out = append(out, batch{layer: l, start: u.in.Start, end: u.in.End, rank: u.rank})
@@ -604,50 +650,105 @@ func cmpInt64(a, b int64) int {
 	return 0
 }
 
-// batchBlob serves reads inside [start, end) of a blob from one fetch of
-// that range, made on first need, and passes other reads through.
+// batchBlob serves reads inside [start, end) of a blob (or inside its
+// pieces, when it has some) from one fetch of those bytes, made on first
+// need, and passes other reads through.
 type batchBlob struct {
 	blobReader
 	start, end int64
-	fetched    atomic.Int64
+	// pieces, if set, are the only bytes of [start, end) fetched: sorted,
+	// disjoint, and read with one multi-range request where the blob can.
+	pieces  []piece
+	fetched atomic.Int64
 
 	mu     sync.Mutex
-	loaded bool   // protected by mu
-	buf    []byte // protected by mu; set once loaded
-	err    error  // protected by mu; set once loaded
+	loaded bool  // protected by mu
+	err    error // protected by mu; set once loaded
+	// buf holds [start, end) once loaded, when there are no pieces.
+	buf []byte // protected by mu
+}
+
+// piece is the bytes [off, end) of a blob, held in buf once loaded.
+type piece struct {
+	off, end int64
+	buf      []byte
+}
+
+// rangesReader is a blob that reads several ranges in one request.
+type rangesReader interface {
+	ReadRanges(ctx context.Context, rs []fetch.Range) error
+}
+
+// holds reports whether [off, end) is among the bytes b fetches.
+func (b *batchBlob) holds(off, end int64) bool {
+	if off < b.start || end > b.end {
+		return false
+	}
+	if b.pieces == nil {
+		return true
+	}
+	i := sort.Search(len(b.pieces), func(i int) bool { return b.pieces[i].end > off })
+	return i < len(b.pieces) && b.pieces[i].off <= off && end <= b.pieces[i].end
 }
 
 func (b *batchBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < b.start || off+int64(len(p)) > b.end {
+	end := off + int64(len(p))
+	if !b.holds(off, end) {
 		n, err := b.blobReader.ReadAt(ctx, p, off)
 		b.fetched.Add(int64(n))
 		return n, err
 	}
-	buf, err := b.load(ctx)
-	if err != nil {
+	if err := b.load(ctx); err != nil {
 		return 0, err
 	}
-	return copy(p, buf[off-b.start:]), nil
+	if b.pieces == nil {
+		return copy(p, b.buf[off-b.start:]), nil
+	}
+	i := sort.Search(len(b.pieces), func(i int) bool { return b.pieces[i].end > off })
+	return copy(p, b.pieces[i].buf[off-b.pieces[i].off:]), nil
 }
 
-func (b *batchBlob) load(ctx context.Context) ([]byte, error) {
+func (b *batchBlob) load(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.loaded {
-		return b.buf, b.err
+		return b.err
 	}
-	buf := make([]byte, b.end-b.start)
-	n, err := b.blobReader.ReadAt(ctx, buf, b.start)
-	b.fetched.Add(int64(n))
-	if err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+	var err error
+	if rr, ok := b.blobReader.(rangesReader); ok && len(b.pieces) > 1 {
+		rs := make([]fetch.Range, len(b.pieces))
+		for i := range b.pieces {
+			b.pieces[i].buf = make([]byte, b.pieces[i].end-b.pieces[i].off)
+			rs[i] = fetch.Range{Off: b.pieces[i].off, Buf: b.pieces[i].buf}
+		}
+		if err = rr.ReadRanges(ctx, rs); err == nil {
+			for _, pc := range b.pieces {
+				b.fetched.Add(pc.end - pc.off)
+			}
+		}
+	} else {
+		// One request for the whole range; pieces share its buffer.
+		buf := make([]byte, b.end-b.start)
+		var n int
+		n, err = b.blobReader.ReadAt(ctx, buf, b.start)
+		b.fetched.Add(int64(n))
+		if errors.Is(err, io.EOF) && n == len(buf) {
+			err = nil
+		}
+		b.buf = buf
+		for i := range b.pieces {
+			b.pieces[i].buf = buf[b.pieces[i].off-b.start : b.pieces[i].end-b.start]
+		}
+	}
+	if err != nil {
 		if ctx.Err() != nil {
-			return nil, err // not loaded: a later unit may try again
+			return err // not loaded: a later unit may try again
 		}
 		b.loaded, b.err = true, err
-		return nil, err
+		return err
 	}
-	b.loaded, b.buf = true, buf
-	return buf, nil
+	b.loaded = true
+	return nil
 }
 
 // Activity counts on-demand reads in flight, for background work to yield

@@ -1,11 +1,13 @@
 package layer
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/lazyroot/lazyroot/fetch"
 	"github.com/lazyroot/lazyroot/index"
 )
 
@@ -121,4 +123,66 @@ func TestPlanBatches(t *testing.T) {
 			t.Errorf("batch %d: [%d,%d) of %d units, want [%d,%d) of %d", i, b.start, b.end, len(b.units), w.start, w.end, w.units)
 		}
 	}
+	// The batch of two units apart fetches only their bytes; the others
+	// are one range each.
+	if ps := bs[1].pieces(); len(ps) != 2 || ps[0].off != 0 || ps[0].end != 1000 || ps[1].off != 1000+batchGap || ps[1].end != 2000+batchGap {
+		t.Errorf("pieces of batch 1: %+v", ps)
+	}
+	if ps := bs[0].pieces(); ps != nil {
+		t.Errorf("pieces of a one-unit batch: %+v, want nil (the whole range)", ps)
+	}
+}
+
+// TestBatchBlobPieces: a batch with pieces serves reads inside them from
+// one multi-range fetch, passes other reads through, and holds exactly its
+// pieces.
+func TestBatchBlobPieces(t *testing.T) {
+	data := make([]byte, 1000)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	src := &rangesBlob{data: data}
+	bb := &batchBlob{blobReader: src, start: 100, end: 900, pieces: []piece{{off: 100, end: 200}, {off: 500, end: 600}, {off: 800, end: 900}}}
+	for _, tc := range []struct {
+		off, end int64
+		holds    bool
+	}{{100, 200, true}, {150, 160, true}, {500, 600, true}, {199, 201, false}, {300, 400, false}, {850, 900, true}, {50, 150, false}, {880, 950, false}} {
+		if got := bb.holds(tc.off, tc.end); got != tc.holds {
+			t.Errorf("holds [%d,%d) = %v, want %v", tc.off, tc.end, got, tc.holds)
+		}
+	}
+	ctx := context.Background()
+	for _, r := range [][2]int64{{150, 170}, {500, 600}, {880, 900}, {300, 310}} {
+		p := make([]byte, r[1]-r[0])
+		if n, err := bb.ReadAt(ctx, p, r[0]); err != nil || n != len(p) || !bytes.Equal(p, data[r[0]:r[1]]) {
+			t.Errorf("read [%d,%d): %d, %v, right bytes %v", r[0], r[1], n, err, bytes.Equal(p, data[r[0]:r[1]]))
+		}
+	}
+	if src.multi != 1 || src.single != 1 {
+		t.Errorf("%d multi-range and %d single reads, want 1 and 1 (the read outside the pieces)", src.multi, src.single)
+	}
+	if got := bb.fetched.Load(); got != 300+10 {
+		t.Errorf("fetched %d bytes, want 310", got)
+	}
+}
+
+// rangesBlob is a blob in memory that counts its reads.
+type rangesBlob struct {
+	data          []byte
+	multi, single int
+}
+
+func (b *rangesBlob) Size() int64 { return int64(len(b.data)) }
+
+func (b *rangesBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	b.single++
+	return copy(p, b.data[off:]), nil
+}
+
+func (b *rangesBlob) ReadRanges(_ context.Context, rs []fetch.Range) error {
+	b.multi++
+	for _, r := range rs {
+		copy(r.Buf, b.data[r.Off:])
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -254,6 +255,24 @@ func TestProfileRecordSaveAndReplay(t *testing.T) {
 			t.Fatalf("find profile beside indexes: %+v, %v", p, err)
 		}
 	})
+	t.Run("registry, looked up early", func(t *testing.T) {
+		img, err := layer.Resolve(context.Background(), img.Ref.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := t.TempDir()
+		st, _ := layer.NewStore(root)
+		lookup := layer.LookupProfile(context.Background(), img, st)
+		if lookup == nil {
+			t.Fatal("no lookup for a store without the profile")
+		}
+		stack, st, c, tree := prefetchStack(t, img, root)
+		check(t, layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Image: img, Store: st, Lookup: lookup}), stack, c, tree, "registry")
+		// Now the store holds it: nothing to look up.
+		if l := layer.LookupProfile(context.Background(), img, st); l != nil {
+			t.Error("a lookup started though the store holds the profile")
+		}
+	})
 }
 
 func TestRecorderBound(t *testing.T) {
@@ -400,5 +419,163 @@ func TestProfileStoreRefusesBadProfiles(t *testing.T) {
 		if err := st.SaveProfile(&bad, layer.BuiltHere); err == nil {
 			t.Errorf("saved a bad profile %+v", bad)
 		}
+	}
+}
+
+// multiRangeMiddleware answers blob GETs asking for several ranges with a
+// multipart/byteranges body, as registries serving blobs from a file do;
+// the in-process registry alone honours only the first range.
+func multiRangeMiddleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.Contains(r.Header.Get("Range"), ",") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		whole := r.Clone(r.Context())
+		whole.Header.Del("Range")
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, whole)
+		if rec.Code != http.StatusOK {
+			w.WriteHeader(rec.Code)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(rec.Body.Bytes()))
+	})
+}
+
+// TestPrefetchProfileInFewRequests: the files of a profile scattered over
+// a layer are fetched in one multi-range request where the registry takes
+// them, and in single ranges where it does not (found out once); either
+// way later reads of them need no request and get the right bytes.
+func TestPrefetchProfileInFewRequests(t *testing.T) {
+	files := map[string][]byte{}
+	ents := []testutil.Entry{{Name: "m", Type: tar.TypeDir}}
+	for i := range 200 {
+		name := fmt.Sprintf("m/%03d.py", i)
+		files[name] = textBytes(uint64(i+7), 2000+(i%7)*300)
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name]})
+	}
+	for _, tc := range []struct {
+		name  string
+		multi bool
+	}{{"multi-range registry", true}, {"single-range registry", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := testutil.NewRegistry(t)
+			if tc.multi {
+				reg.Wrap(multiRangeMiddleware)
+			}
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
+			ref := reg.Push(t, "many:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+			img, err := layer.Resolve(context.Background(), ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+			prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
+			var names []string
+			for i := 190; i >= 0; i -= 10 {
+				name := fmt.Sprintf("m/%03d.py", i)
+				names = append(names, name)
+				prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: name})
+			}
+			reg.Reset()
+			p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+			defer p.Stop()
+			st := waitPrefetch(t, p)
+			if st.PriorityFiles != len(names) || st.Errors != 0 {
+				t.Fatalf("prefetch: %+v", st)
+			}
+			var multi, single int
+			for _, r := range reg.Requests() {
+				if r.Blob == "" || r.Method != http.MethodGet {
+					continue
+				}
+				if strings.Contains(r.Range, ",") {
+					multi++
+				} else {
+					single++
+				}
+			}
+			if tc.multi && (multi != 1 || single != 0) {
+				t.Errorf("%d multi-range and %d single-range requests, want one multi-range request", multi, single)
+			}
+			if !tc.multi && (multi != 1 || single < 2) {
+				t.Errorf("%d multi-range and %d single-range requests, want the one refused, then single ranges", multi, single)
+			}
+			// The pieces, not the range they lie in: far less than the
+			// layer (of which the 20 files are a tenth).
+			if size := img.Layers[0].Descriptor.Size; tc.multi && st.FetchedBytes > size/4 {
+				t.Errorf("fetched %d bytes of a %d byte layer for a tenth of its files", st.FetchedBytes, size)
+			}
+			reg.Reset()
+			for _, name := range names {
+				readCheck(t, stack, tree, name, files[name])
+			}
+			if n := blobRequests(reg); n != 0 {
+				t.Errorf("reading the prefetched files took %d blob requests, want 0", n)
+			}
+		})
+	}
+}
+
+// TestOnDemandReadJoinsPrefetchBatch: a read of a file whose bytes a
+// prefetch request is fetching waits for that request instead of sending
+// its own.
+func TestOnDemandReadJoinsPrefetchBatch(t *testing.T) {
+	files := map[string][]byte{}
+	ents := []testutil.Entry{{Name: "m", Type: tar.TypeDir}}
+	for i := range 50 {
+		name := fmt.Sprintf("m/%03d.py", i)
+		files[name] = textBytes(uint64(i+3), 3000)
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name]})
+	}
+	reg := testutil.NewRegistry(t)
+	release := make(chan struct{})
+	reg.Wrap(func(next http.Handler) http.Handler {
+		mr := multiRangeMiddleware(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.Header.Get("Range"), ",") {
+				<-release
+			}
+			mr.ServeHTTP(w, r)
+		})
+	})
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
+	ref := reg.Push(t, "join:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
+	for _, i := range []int{40, 5, 25} {
+		prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: fmt.Sprintf("m/%03d.py", i)})
+	}
+	reg.Reset()
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	defer p.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for blobRequests(reg) == 0 {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("prefetch sent no request")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		readCheck(t, stack, tree, "m/025.py", files["m/025.py"])
+	}()
+	// Give the read time to send a request of its own, if it would.
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	<-done
+	waitPrefetch(t, p)
+	if n := blobRequests(reg); n != 1 {
+		for _, r := range reg.Requests() {
+			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
+		}
+		t.Errorf("%d blob requests, want the prefetch's one", n)
 	}
 }

@@ -23,6 +23,11 @@ const (
 	// readaheadStreak is how many misses in a row must follow each other
 	// before fetches widen.
 	readaheadStreak = 1
+	// missNeighbours is how far past any other miss its fetch reaches for
+	// whole chunks: the small files next to a file in a layer are often
+	// read next (modules of one package, say), and on a network this many
+	// bytes cost less than another round trip.
+	missNeighbours = 32 << 10
 )
 
 // readahead tracks the on-demand misses of one chunked layer. Its methods
@@ -42,8 +47,8 @@ type readahead struct {
 }
 
 // plan notes a miss of chunk c of l and returns the chunks after it in the
-// blob to fetch with it, in blob order: none unless the miss follows the
-// last one.
+// blob to fetch with it, in blob order: those within missNeighbours, or
+// within the growing window when the miss follows the last one.
 func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -63,13 +68,14 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 		r.window = min(2*r.window, readaheadMax)
 	}
 	r.nextOff = c.BlobEnd
-	if r.window == 0 {
-		return nil
+	window := r.window
+	if window == 0 {
+		window = missNeighbours
 	}
 	order := r.chunks(l)
 	i := sort.Search(len(order), func(i int) bool { return order[i].BlobOffset >= c.BlobEnd })
 	var extra []*index.Chunk
-	for ; i < len(order) && order[i].BlobEnd-c.BlobEnd <= r.window; i++ {
+	for ; i < len(order) && order[i].BlobEnd-c.BlobEnd <= window; i++ {
 		extra = append(extra, order[i])
 	}
 	if len(extra) > 0 {
@@ -111,6 +117,10 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		if data, err := s.readChunk(ctx, l.view(bb), c); err == nil {
 			return data, nil
 		}
+		return s.readChunk(ctx, l, c)
+	}
+	if l.inflight.covering(c.BlobOffset, c.BlobEnd) != nil {
+		// A prefetch batch is fetching it: wait for that.
 		return s.readChunk(ctx, l, c)
 	}
 	extra := l.ahead.plan(l, c)

@@ -87,8 +87,10 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 			for _, i := range []int{0, 150, 75, 299, 30} {
 				read(stack, tree, fmt.Sprintf("data/f%03d", i))
 			}
-			if n, b := blobGets(); n != 5 || b > 5*8000 {
-				t.Errorf("5 scattered reads took %d blob requests, %d bytes; want 5, about their own chunks", n, b)
+			// Each fetches its chunk and at most 32 KiB of whole chunks
+			// after it (files next to a file are often read next).
+			if n, b := blobGets(); n < 4 || n > 5 || b > 5*(8000+32<<10) {
+				t.Errorf("5 scattered reads took %d blob requests, %d bytes; want 4 or 5, about their own chunks and neighbours", n, b)
 			}
 		})
 	}

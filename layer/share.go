@@ -56,6 +56,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -195,7 +196,7 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 		return found, nil
 	}
 	repo := img.Ref.Context()
-	puller, err := remote.NewPuller(img.remoteOptions(ctx)...)
+	puller, err := img.newPuller(ctx)
 	if err != nil {
 		return fail(err)
 	}
@@ -342,6 +343,15 @@ func (im *Image) subject() (v1.Descriptor, error) {
 // remoteOptions are the image's registry options bound to ctx.
 func (im *Image) remoteOptions(ctx context.Context) []remote.Option {
 	return append(slices.Clip(im.remoteOpts), remote.WithContext(ctx))
+}
+
+// newPuller returns the puller that resolved the image, whose handshake
+// with the registry is done, or a new one.
+func (im *Image) newPuller(ctx context.Context) (*remote.Puller, error) {
+	if im.puller != nil {
+		return im.puller, nil
+	}
+	return remote.NewPuller(im.remoteOptions(ctx)...)
 }
 
 // pushArtifact pushes to img's repository an OCI artifact of artifactType
@@ -511,7 +521,7 @@ func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
 		return fail(err)
 	}
 	repo := img.Ref.Context()
-	puller, err := remote.NewPuller(img.remoteOptions(ctx)...)
+	puller, err := img.newPuller(ctx)
 	if err != nil {
 		return fail(err)
 	}
@@ -584,4 +594,55 @@ func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
 		return fail(fmt.Errorf("%w: the profile is of %s", index.ErrMalformed, p.Image))
 	}
 	return p, nil
+}
+
+// ProfileLookup is a FindProfile started ahead of need, so that the
+// registry round trips overlap other work (indexing the layers, say).
+type ProfileLookup struct {
+	done chan struct{}
+	prof *Profile // set before done is closed
+	err  error    // set before done is closed
+}
+
+// LookupProfile starts looking up img's access profile in its registry,
+// unless st already holds one for img or img is local: then it returns
+// nil, for there is nothing to wait for. The lookup ends with ctx.
+func LookupProfile(ctx context.Context, img *Image, st *Store) *ProfileLookup {
+	if img.Local() || img.Digest.Hex == "" {
+		return nil
+	}
+	if st != nil {
+		for _, prov := range []Provenance{BuiltHere, FetchedFromRegistry} {
+			if _, err := os.Stat(st.profilePath(img.Digest, prov)); err == nil {
+				return nil
+			}
+		}
+	}
+	l := &ProfileLookup{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		l.prof, l.err = FindProfile(ctx, img)
+	}()
+	return l
+}
+
+// Wait returns what the lookup found (nil and no error for no profile),
+// waiting for it as long as ctx allows.
+func (l *ProfileLookup) Wait(ctx context.Context) (*Profile, error) {
+	select {
+	case <-l.done:
+		return l.prof, l.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// finished reports whether the lookup has ended.
+func (l *ProfileLookup) finished() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
 }

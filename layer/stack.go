@@ -64,6 +64,55 @@ type LayerState struct {
 	chunkKeys sync.Map
 	// ahead widens the fetches of misses that follow each other.
 	ahead readahead
+	// inflight holds the batch fetches of this layer under way (prefetch
+	// batches): a read inside one waits for its bytes rather than asking
+	// for them again.
+	inflight batchSet
+}
+
+// readBlob reads p at off of l's blob, from a batch fetch in flight that
+// covers it if there is one (falling back to a request of its own if
+// that fetch fails).
+func (l *LayerState) readBlob(ctx context.Context, p []byte, off int64) (int, error) {
+	if bb := l.inflight.covering(off, off+int64(len(p))); bb != nil {
+		if n, err := bb.ReadAt(ctx, p, off); err == nil || ctx.Err() != nil {
+			return n, err
+		}
+	}
+	return l.blob.ReadAt(ctx, p, off)
+}
+
+// batchSet is a set of batch fetches of one blob. Its methods are safe for
+// concurrent use.
+type batchSet struct {
+	mu   sync.Mutex
+	list []*batchBlob // guarded by mu
+}
+
+// add puts b in the set until the returned function is called.
+func (bs *batchSet) add(b *batchBlob) (remove func()) {
+	bs.mu.Lock()
+	bs.list = append(bs.list, b)
+	bs.mu.Unlock()
+	return func() {
+		bs.mu.Lock()
+		defer bs.mu.Unlock()
+		if i := slices.Index(bs.list, b); i >= 0 {
+			bs.list = slices.Delete(bs.list, i, i+1)
+		}
+	}
+}
+
+// covering returns a batch whose range holds [off, end), or nil.
+func (bs *batchSet) covering(off, end int64) *batchBlob {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	for _, b := range bs.list {
+		if b.holds(off, end) {
+			return b
+		}
+	}
+	return nil
 }
 
 // spanKey returns the cache key of span i.
@@ -98,9 +147,18 @@ type Stack struct {
 	layers      []*LayerState
 	cache       *cache.Cache
 	readTimeout time.Duration
-	// background counts the fills of widened fetches still running;
-	// Close waits for them.
+	// background counts the fills of widened fetches and the index saves
+	// still running; Close waits for them.
 	background sync.WaitGroup
+}
+
+// inBackground runs f in a goroutine that Close waits for.
+func (s *Stack) inBackground(f func()) {
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		f()
+	}()
 }
 
 // StackOptions tune a Stack.
@@ -139,7 +197,7 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	}
 	opts.IndexSource = localSource(img, opts.IndexSource)
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
-	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf}
+	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range img.Layers {
@@ -440,7 +498,7 @@ func (s *Stack) spanFill(l *LayerState, si int) func(context.Context) ([]byte, e
 func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	out, in := l.Index.SpanRanges(si)
 	src := make([]byte, in.End-in.Start)
-	if _, err := l.blob.ReadAt(ctx, src, in.Start); err != nil && !(errors.Is(err, io.EOF) && in.End == l.blob.Size()) {
+	if _, err := l.readBlob(ctx, src, in.Start); err != nil && !(errors.Is(err, io.EOF) && in.End == l.blob.Size()) {
 		return nil, err
 	}
 	dst := make([]byte, out.End-out.Start)
@@ -456,7 +514,7 @@ func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, er
 // readChunk fetches, decompresses and verifies one chunk.
 func (s *Stack) readChunk(ctx context.Context, l *LayerState, c *index.Chunk) ([]byte, error) {
 	raw := make([]byte, c.BlobEnd-c.BlobOffset)
-	if _, err := l.blob.ReadAt(ctx, raw, c.BlobOffset); err != nil && !(errors.Is(err, io.EOF) && c.BlobEnd == l.blob.Size()) {
+	if _, err := l.readBlob(ctx, raw, c.BlobOffset); err != nil && !(errors.Is(err, io.EOF) && c.BlobEnd == l.blob.Size()) {
 		return nil, err
 	}
 	var data []byte

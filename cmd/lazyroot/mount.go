@@ -371,9 +371,16 @@ type mounted struct {
 	// socket serves; either may be nil.
 	prefetch *layer.Prefetch
 	recorder *layer.Recorder
+	// profileLookup is the registry lookup of the access profile, started
+	// while the layers are indexed (nil if not needed); endLookup ends it.
+	profileLookup *layer.ProfileLookup
+	endLookup     context.CancelFunc
 }
 
 func (m *mounted) close() {
+	if m.endLookup != nil {
+		m.endLookup()
+	}
 	m.stack.Close()
 	m.cache.Close()
 	m.img.Close()
@@ -402,9 +409,21 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	if err != nil {
 		return nil, err
 	}
+	// Prefetch will want the image's access profile: its registry round
+	// trips overlap the indexing.
+	var lookup *layer.ProfileLookup
+	lookupCtx, endLookup := context.WithCancel(context.Background())
+	if mode, _ := layer.ParsePrefetchMode(f.prefetch); mode != layer.PrefetchNone {
+		lookup = layer.LookupProfile(lookupCtx, img, st)
+	}
+	fail := func(err error) (*mounted, error) {
+		endLookup()
+		img.Close()
+		return nil, err
+	}
 	diskBytes, err := humanize.ParseBytes(f.cacheSize)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	copts := cache.Options{MemoryBytes: memBytes, Logf: logger.Printf}
 	if diskBytes > 0 {
@@ -412,38 +431,37 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	}
 	c, err := cache.New(copts)
 	if err != nil {
-		img.Close()
-		return nil, err
+		return fail(err)
 	}
 	// Indexing may stream whole layers: it is bounded by the fetcher's
 	// stall timeouts and by signals, not by the resolve timeout.
 	src, err := layer.ParseIndexSource(f.indexSource)
 	if err != nil {
-		return nil, err
+		c.Close()
+		return fail(err)
 	}
 	spanSize, err := parseSpanSize(f.spanSize)
 	if err != nil {
-		return nil, err
+		c.Close()
+		return fail(err)
 	}
 	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{
 		ReadTimeout: f.readTimeout, Logf: logger.Printf, IndexSource: src, Publish: f.publish, SpanSize: spanSize,
 	})
 	if err != nil {
 		c.Close()
-		img.Close()
-		return nil, fmt.Errorf("%s: %w", img.Name(), err)
+		return fail(fmt.Errorf("%s: %w", img.Name(), err))
 	}
 	tree, err := index.Merge(stack.Indexes())
 	if err != nil {
 		stack.Close()
 		c.Close()
-		img.Close()
-		return nil, fmt.Errorf("%s: %w", img.Name(), err)
+		return fail(fmt.Errorf("%s: %w", img.Name(), err))
 	}
 	for i, l := range stack.Layers() {
 		logger.Printf("layer %d %s: %s, index from %s, %d entries", i, l.Layer.Descriptor.Digest, l.Index.Format, l.Origin, len(l.Index.Entries))
 	}
-	return &mounted{img: img, stack: stack, tree: tree, cache: c, store: st}, nil
+	return &mounted{img: img, stack: stack, tree: tree, cache: c, store: st, profileLookup: lookup, endLookup: endLookup}, nil
 }
 
 // mountStatus is what the control socket reports.

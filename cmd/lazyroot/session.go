@@ -79,6 +79,8 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	// The tree reads through a TrackedReader: it notes the reads for the
 	// recorder, and tells prefetch when on-demand reads are in flight.
 	reader := layer.NewTrackedReader(m.stack, m.recorder)
+	// Prefetch needs only the stack: it starts while the tree mounts.
+	s.startPrefetch(o, reader)
 	root := fs.NewRoot(m.tree, reader, logger)
 	root.MapIDs(o.uidMap, o.gidMap)
 	fopts := fs.Options{FsName: m.img.Name(), Logger: logger, Debug: o.debug, AllowSetuid: o.allowSetuid}
@@ -101,7 +103,7 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	s.server = server
 	go func() { s.server.Wait(); close(s.done) }()
 	if o.readOnly {
-		s.startPrefetch(o, reader)
+		s.mounted(o)
 		return s, nil
 	}
 	upperDir := o.upper
@@ -119,29 +121,33 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	if err := fs.MountOverlay(dir, s.lower, s.upper, fs.OverlayOptions{AllowSetuid: o.allowSetuid}); err != nil {
 		return nil, err
 	}
-	s.startPrefetch(o, reader)
+	s.mounted(o)
 	return s, nil
 }
 
-// startPrefetch starts prefetch in the background once the tree is
-// mounted, waits for its priority phase up to o.prefetchWait, and saves
-// the recorded profile once recording ends.
+// startPrefetch starts prefetch in the background.
 func (s *session) startPrefetch(o sessionOptions, reader *layer.TrackedReader) {
 	m := s.m
 	if o.prefetch != layer.PrefetchNone && o.prefetch != "" {
 		m.prefetch = layer.StartPrefetch(context.Background(), m.stack, layer.PrefetchOptions{
 			Mode: o.prefetch, Image: m.img, Store: m.store, Tree: m.tree, Rate: o.prefetchRate,
-			Activity: reader.Activity(), Logf: s.logger.Printf,
+			Lookup: m.profileLookup, Activity: reader.Activity(), Logf: s.logger.Printf,
 		})
-		if o.prefetchWait > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), o.prefetchWait)
-			if err := m.prefetch.WaitPriority(ctx); err != nil {
-				s.logger.Printf("mounting without waiting longer for prefetch (--prefetch-wait %v)", o.prefetchWait)
-			}
-			cancel()
-		}
 	}
-	if rec := m.recorder; rec != nil {
+}
+
+// mounted runs once the tree is mounted: it waits for prefetch's
+// priority phase up to o.prefetchWait, and has the recorded profile saved
+// once recording ends.
+func (s *session) mounted(o sessionOptions) {
+	if s.m.prefetch != nil && o.prefetchWait > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), o.prefetchWait)
+		if err := s.m.prefetch.WaitPriority(ctx); err != nil {
+			s.logger.Printf("mounting without waiting longer for prefetch (--prefetch-wait %v)", o.prefetchWait)
+		}
+		cancel()
+	}
+	if rec := s.m.recorder; rec != nil {
 		go func() {
 			select {
 			case <-rec.Ended():
