@@ -58,12 +58,17 @@ const BigFile = "/opt/bench/big.bin"
 
 // Workloads are issue 6's workloads, plus the 1 GiB sequential read.
 var Workloads = []Workload{
-	{"python3", "python", []string{"python3", "-c", "print(1)"}},
-	{"gcc", "gcc", []string{"/bin/sh", "-c", "gcc -c /opt/bench/hello.c -o /tmp/hello.o && echo ok"}},
-	{"ls-lR-usr", "large", []string{"ls", "-lR", "/usr"}},
-	{"read-all", "large", []string{"/bin/sh", "-c", "find / -xdev -type f -print0 | xargs -0 sha256sum"}},
-	{"seq-read-1GiB", "bigfile", []string{"/bin/sh", "-c", "cat " + BigFile + " | wc -c"}},
+	{Name: "python3", Image: "python", Cmd: []string{"python3", "-c", "print(1)"}, Profile: true},
+	{Name: "gcc", Image: "gcc", Cmd: []string{"/bin/sh", "-c", "gcc -c /opt/bench/hello.c -o /tmp/hello.o && echo ok"}, Profile: true},
+	{Name: "ls-lR-usr", Image: "large", Cmd: []string{"ls", "-lR", "/usr"}},
+	{Name: "read-all", Image: "large", Cmd: []string{"/bin/sh", "-c", "find / -xdev -type f -print0 | xargs -0 sha256sum"}},
+	{Name: "seq-read-1GiB", Image: "bigfile", Cmd: []string{"/bin/sh", "-c", "cat " + BigFile + " | wc -c"}},
 }
+
+// profiledRepo is the repository the Profiled mode mounts image from: a
+// copy of its own, so that the profile published there is not found by
+// the plain cold runs.
+func profiledRepo(image string) string { return "bench/" + image + "-profiled" }
 
 // Harness runs the benchmark.
 type Harness struct {
@@ -104,9 +109,26 @@ func (h *Harness) images() []Image {
 	return out
 }
 
+// profiled reports whether a workload to run on image measures the
+// Profiled mode.
+func (h *Harness) profiled(image string) bool {
+	for _, w := range Workloads {
+		if w.Image == image && w.Profile && (len(h.cfg.Workloads) == 0 || contains(h.cfg.Workloads, w.Name)) {
+			return true
+		}
+	}
+	return false
+}
+
 func (h *Harness) registryAddr() string { return h.cfg.Net.NSAddr + ":5001" }
 func (h *Harness) proxyAddr() string    { return h.cfg.Net.NSAddr + ":5000" }
 func (h *Harness) statsURL() string     { return "http://" + h.cfg.Net.NSAddr + ":5002/stats" }
+
+// ProxyAddr is the host:port of the registry behind the emulated network.
+func (h *Harness) ProxyAddr() string { return h.proxyAddr() }
+
+// StatsURL is where the delaying proxy serves its request counters.
+func (h *Harness) StatsURL() string { return h.statsURL() }
 
 // Layers makes the layer tars from the roots (once; existing ones are
 // kept) and returns their paths by name.
@@ -240,21 +262,27 @@ func (h *Harness) Setup(ctx context.Context) error {
 			for _, l := range img.Layers {
 				bs = append(bs, blobs[l+"/"+format])
 			}
-			ref := fmt.Sprintf("%s/bench/%s:%s", h.registryAddr(), img.Name, format)
-			size, err := PushImage(ctx, ref, bs, name.Insecure)
-			if err != nil {
-				return err
+			repos := []string{"bench/" + img.Name}
+			if h.profiled(img.Name) {
+				repos = append(repos, profiledRepo(img.Name))
 			}
-			h.imageBytes[img.Name+"/"+format] = size
-			h.logf("image %s: %s compressed", ref, mib(size))
-			if format == "gzip" {
-				// Index once per cluster, as the README says a site would, so
-				// cold gzip mounts read the shared index instead of streaming.
-				idxRoot := h.path("work", "index-push")
-				out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "index", "push", "--root", idxRoot,
-					"--insecure-registry", h.registryAddr(), ref).CombinedOutput()
+			for _, repo := range repos {
+				ref := fmt.Sprintf("%s/%s:%s", h.registryAddr(), repo, format)
+				size, err := PushImage(ctx, ref, bs, name.Insecure)
 				if err != nil {
-					return fmt.Errorf("lazyroot index push %s: %w: %s", ref, err, out)
+					return err
+				}
+				h.imageBytes[img.Name+"/"+format] = size
+				h.logf("image %s: %s compressed", ref, mib(size))
+				if format == "gzip" {
+					// Index once per cluster, as the README says a site would, so
+					// cold gzip mounts read the shared index instead of streaming.
+					idxRoot := h.path("work", "index-push")
+					out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "index", "push", "--root", idxRoot,
+						"--insecure-registry", h.registryAddr(), ref).CombinedOutput()
+					if err != nil {
+						return fmt.Errorf("lazyroot index push %s: %w: %s", ref, err, out)
+					}
 				}
 			}
 		}
@@ -296,7 +324,7 @@ func (h *Harness) startProxy(ctx context.Context) error {
 	}
 	cmd := h.cfg.Net.Command(context.Background(), h.cfg.Self, "proxy",
 		"--listen", h.proxyAddr(), "--stats", h.cfg.Net.NSAddr+":5002",
-		"--upstream", "http://127.0.0.1:5001", "--delay", (h.cfg.RTT / 2).String())
+		"--upstream", "http://127.0.0.1:5001", "--delay", (h.cfg.RTT / 2).String(), "--log-requests")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return err
@@ -365,6 +393,9 @@ func (h *Harness) Run(ctx context.Context) []Result {
 		scen := []Scenario{{Workload: w, Mode: Baseline, Format: "gzip"}}
 		for _, f := range h.cfg.Formats {
 			scen = append(scen, Scenario{w, Cold, f}, Scenario{w, Warm, f})
+			if w.Profile {
+				scen = append(scen, Scenario{w, Profiled, f})
+			}
 		}
 		for _, s := range scen {
 			if ctx.Err() != nil {
@@ -446,7 +477,7 @@ func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error 
 
 func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	root := h.path("work", "root-"+s.Workload.Name, s.Format)
-	if s.Mode == Cold {
+	if s.Mode != Warm {
 		_ = os.RemoveAll(root)
 	}
 	dir := h.path("work", "mnt")
@@ -454,6 +485,12 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 		return err
 	}
 	ref := fmt.Sprintf("%s/bench/%s:%s", h.proxyAddr(), s.Workload.Image, s.Format)
+	if s.Mode == Profiled {
+		ref = fmt.Sprintf("%s/%s:%s", h.proxyAddr(), profiledRepo(s.Workload.Image), s.Format)
+		if err := h.recordProfile(ctx, ref, dir, s.Workload); err != nil {
+			return fmt.Errorf("record profile: %w", err)
+		}
+	}
 	st0, err := h.proxyStats()
 	if err != nil {
 		return err
@@ -492,6 +529,36 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	d := st1.Sub(st0)
 	r.Requests, r.Bytes = d.Requests, d.BodyBytes
 	return nil
+}
+
+// recordProfile runs w once on ref with a throwaway --root, recording its
+// access profile and publishing it to the registry, as the first node to
+// run an image would. Nothing of it is measured.
+func (h *Harness) recordProfile(ctx context.Context, ref, dir string, w Workload) error {
+	root := h.path("work", "root-record")
+	_ = os.RemoveAll(root)
+	defer os.RemoveAll(root)
+	out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "mount", "--root", root, "--insecure-registry", h.proxyAddr(),
+		"--record-profile", "--publish-profile", ref, dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lazyroot mount: %w: %s", err, out)
+	}
+	var discard Result
+	jobErr := h.runJob(ctx, dir, w, time.Now(), &discard)
+	// The profile is saved and pushed as the mount ends.
+	if out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "umount", "--root", root, dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("lazyroot umount: %w: %s", err, out)
+	}
+	if jobErr != nil {
+		return jobErr
+	}
+	logs, _ := filepath.Glob(filepath.Join(root, "logs", "*.log"))
+	for _, l := range logs {
+		if b, err := os.ReadFile(l); err == nil && strings.Contains(string(b), "published the access profile") {
+			return nil
+		}
+	}
+	return fmt.Errorf("no profile was published (see the mount logs under %s)", root)
 }
 
 func (h *Harness) serverPID(ctx context.Context, root, dir string) (int, error) {

@@ -37,6 +37,7 @@ type Proxy struct {
 	delay    time.Duration
 	clock    clock
 	rp       *httputil.ReverseProxy
+	logf     func(format string, args ...any) // nil: no request log
 
 	requests  atomic.Int64
 	bodyBytes atomic.Int64
@@ -54,6 +55,11 @@ func NewProxy(upstream *url.URL, oneWay time.Duration) *Proxy {
 	return p
 }
 
+// LogRequests makes the proxy log each request it served: when it came,
+// what it asked for, the body bytes and the time taken (delays
+// included only as far as this side sees them).
+func (p *Proxy) LogRequests(logf func(format string, args ...any)) { p.logf = logf }
+
 // Stats returns the counters.
 func (p *Proxy) Stats() ProxyStats {
 	return ProxyStats{p.requests.Load(), p.bodyBytes.Load(), p.wireBytes.Load()}
@@ -62,7 +68,17 @@ func (p *Proxy) Stats() ProxyStats {
 // ServeHTTP counts the request and passes it on.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.requests.Add(1)
-	p.rp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &p.bodyBytes}, r)
+	if p.logf == nil {
+		p.rp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &p.bodyBytes}, r)
+		return
+	}
+	var n atomic.Int64
+	cw := &countingWriter{ResponseWriter: w, n: &n}
+	start := time.Now()
+	p.rp.ServeHTTP(cw, r)
+	p.bodyBytes.Add(n.Load())
+	p.logf("%s %s %s range=%q: %d bytes in %v", start.Format("15:04:05.000"), r.Method, r.URL.Path,
+		r.Header.Get("Range"), n.Load(), time.Since(start).Round(time.Millisecond))
 }
 
 // Serve serves the proxy on l, delaying every accepted connection, until l

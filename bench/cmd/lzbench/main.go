@@ -3,7 +3,12 @@
 //	lzbench [run] [--cache DIR] [--lazyroot BIN] [--rtt 20ms] [--rate 200mbit] [--out FILE]
 //
 // builds the images from the Debian roots scripts/bench-images.sh made,
-// serves them behind an emulated network and prints the table. It is also
+// serves them behind an emulated network and prints the table.
+//
+//	lzbench serve [same flags]
+//
+// sets up the same images, registry and network, prints the references and
+// waits for a signal: for trying one thing by hand. It is also
 // its own helpers: "lzbench proxy" (the delaying proxy, run in the
 // namespace) and "lzbench pull" (the full-pull baseline).
 package main
@@ -12,6 +17,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/url"
@@ -42,8 +48,10 @@ func main() {
 		err = proxy(args)
 	case "pull":
 		err = pull(args)
+	case "serve":
+		err = serve(args)
 	default:
-		err = fmt.Errorf("unknown command %q: want run, proxy or pull", cmd)
+		err = fmt.Errorf("unknown command %q: want run, serve, proxy or pull", cmd)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "lzbench %s: %v\n", cmd, err)
@@ -144,6 +152,45 @@ func run(args []string) error {
 	return nil
 }
 
+// serve sets up what run measures against and keeps it up until a signal.
+func serve(args []string) error {
+	fs := pflag.NewFlagSet("serve", pflag.ExitOnError)
+	cache := fs.String("cache", envOr("BENCH_CACHE", "/var/cache/lazyroot-bench"), "where roots, layers, blobs, registry storage and results live ($BENCH_CACHE)")
+	lazyroot := fs.String("lazyroot", "bin/lazyroot", "the lazyroot binary (used to push the gzip images' indexes)")
+	rtt := fs.Duration("rtt", 20*time.Millisecond, "emulated round-trip time")
+	rate := fs.String("rate", "200mbit", "emulated link rate")
+	formats := fs.StringSlice("formats", []string{"estargz", "gzip"}, "layer formats to push")
+	_ = fs.Parse(args)
+	rateBits, err := parseRate(*rate)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	lr, err := filepath.Abs(*lazyroot)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	h := bench.New(bench.Config{Cache: *cache, Lazyroot: lr, Self: self, RTT: *rtt, RateBits: rateBits,
+		Formats: *formats, Net: bench.DefaultNetwork()})
+	defer h.Close()
+	if err := h.Setup(ctx); err != nil {
+		return err
+	}
+	for _, img := range bench.Images {
+		for _, f := range *formats {
+			fmt.Printf("%s/bench/%s:%s\n", h.ProxyAddr(), img.Name, f)
+		}
+	}
+	fmt.Printf("ready: mount with --insecure-registry %s; counters at %s\n", h.ProxyAddr(), h.StatsURL())
+	<-ctx.Done()
+	return nil
+}
+
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
 		return v
@@ -184,12 +231,16 @@ func proxy(args []string) error {
 	stats := fs.String("stats", "", "address to serve /stats on, undelayed")
 	upstream := fs.String("upstream", "", "registry URL")
 	delay := fs.Duration("delay", 10*time.Millisecond, "one-way delay")
+	logRequests := fs.Bool("log-requests", false, "log every request served to stderr")
 	_ = fs.Parse(args)
 	u, err := url.Parse(*upstream)
 	if err != nil || *listen == "" || *stats == "" {
 		return fmt.Errorf("need --listen, --stats and --upstream")
 	}
 	p := bench.NewProxy(u, *delay)
+	if *logRequests {
+		p.LogRequests(log.New(os.Stderr, "", 0).Printf)
+	}
 	sl, err := net.Listen("tcp", *stats)
 	if err != nil {
 		return err
