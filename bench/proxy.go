@@ -73,10 +73,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var n atomic.Int64
-	cw := &countingWriter{ResponseWriter: w, n: &n}
+	cw := &countingWriter{ResponseWriter: w, n: &p.bodyBytes, req: &n}
 	start := time.Now()
 	p.rp.ServeHTTP(cw, r)
-	p.bodyBytes.Add(n.Load())
 	p.logf("%s %s %s range=%q: %d bytes in %v", start.Format("15:04:05.000"), r.Method, r.URL.Path,
 		r.Header.Get("Range"), n.Load(), time.Since(start).Round(time.Millisecond))
 }
@@ -100,14 +99,20 @@ func (p *Proxy) StatsHandler() http.Handler {
 	})
 }
 
+// countingWriter counts the body bytes written, as they are written, into
+// n (and req, if set).
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n   *atomic.Int64
+	req *atomic.Int64
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(b)
 	c.n.Add(int64(n))
+	if c.req != nil {
+		c.req.Add(int64(n))
+	}
 	return n, err
 }
 

@@ -43,6 +43,11 @@ var (
 	errOverlong = errors.New("answer too long")
 )
 
+// wholeBodySlack is how many bytes beyond twice those asked for a
+// multi-range request may read of a whole blob sent instead (a 200): past
+// that, the answer is dropped unread and the ranges asked for one by one.
+const wholeBodySlack = 1 << 20
+
 // refused reports whether err is a multi-range request not served.
 func refused(err error) bool { return errors.Is(err, errMultiRange) }
 
@@ -312,6 +317,16 @@ func (b *RemoteBlob) acceptRanges(resp *http.Response, bd *body, spans []span, l
 		return nil
 	case http.StatusOK:
 		off, end := spans[0].off, spans[len(spans)-1].end
+		var asked int64
+		for _, sp := range spans {
+			asked += sp.end - sp.off
+		}
+		if end > 2*asked+wholeBodySlack {
+			// The ranges lie far into the blob (or far apart): streaming
+			// the blob from its start to take them costs more than asking
+			// again for each.
+			return refusal(code, fmt.Errorf("the whole blob was sent for %d bytes of ranges ending at %d", asked, end))
+		}
 		if err := b.accept(resp, bd, off, end, true, last); err != nil {
 			return err
 		}

@@ -327,6 +327,32 @@ func TestReadRangesSingleRangeServers(t *testing.T) {
 	}
 }
 
+// TestReadRangesWholeBlobFarAhead: the registry answers a multi-range
+// request with the whole blob (as storage that ignores multi-range
+// requests does) while the ranges lie megabytes into it: the answer is
+// dropped unread and the ranges asked for one by one.
+func TestReadRangesWholeBlobFarAhead(t *testing.T) {
+	t.Parallel()
+	layer := newTestLayer(t, 4<<20)
+	rec := &recorder{}
+	env := newEnv(t, envConfig{layer: &layer, mw: chain(recordBlobGets(rec), onMulti(ignoreRangeFault))})
+	c := env.client(t)
+	b := env.remoteBlob(t, c)
+	rs := makeRanges(span{3 << 20, 3<<20 + 1000}, span{7 << 19, 7<<19 + 1000})
+	if err := b.ReadRanges(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
+	checkBytes(t, layer.blob, rs)
+	hs := rangeHeaders(rec)
+	if len(hs) != 3 || hs[0] != spansOf(rs) || strings.Contains(hs[1], ",") || strings.Contains(hs[2], ",") {
+		t.Errorf("Range headers %q, want the multi-range one, then one per range", hs)
+	}
+	s := c.Stats()
+	if h := s.Hosts[hostOf(env)]; !h.NoMultiRange || s.Bytes != total(rs) {
+		t.Errorf("host stats %+v, Bytes %d: want NoMultiRange and only the %d bytes asked for read", h, s.Bytes, total(rs))
+	}
+}
+
 // TestReadRangesAnswers: answers in multipart/byteranges that are right
 // but not laid out as asked, answers that break off or lack parts (what is
 // missing is asked for again, and only that), and answers fetch does not

@@ -254,7 +254,7 @@ func ParseReference(s string, insecure []string) (name.Reference, error) {
 //
 // PATH is the whole rest when a file of that name exists, else the part
 // before the first colon whose prefix exists.
-func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
+func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err error) {
 	o, err := makeOptions(opts)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", ref, err)
@@ -297,9 +297,17 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
-	// The blob reads' handshake overlaps the manifest's round trips (and
-	// has ended, one way or another, when Resolve returns).
-	defer fc.Prepare(ctx, r.Context())()
+	// The blob reads' handshake overlaps the manifest's round trips; it has
+	// ended when Resolve returns (cut short if Resolve fails).
+	pctx, endPrepare := context.WithCancel(ctx)
+	defer endPrepare()
+	prepared := fc.Prepare(pctx, r.Context())
+	defer func() {
+		if err != nil {
+			endPrepare()
+		}
+		prepared()
+	}()
 	remoteOpts := []remote.Option{
 		remote.WithAuth(auth),
 		remote.WithTransport(transport),

@@ -415,7 +415,9 @@ func TestLocalSourcesMatchTheRegistry(t *testing.T) {
 				}
 				// Read in place: the store holds indexes (and remembered
 				// digests), never a copy of a layer, unless the layer
-				// cannot be read in pieces (zstd in one frame).
+				// cannot be read in pieces (zstd in one frame). A TOC's
+				// index is stored in the background: Close waits for it.
+				stack.Close()
 				for _, p := range storeFiles(t, root) {
 					dir, _, _ := strings.Cut(p, "/")
 					switch {

@@ -304,7 +304,9 @@ func (p *Prefetch) registryProfile(ctx context.Context) *Profile {
 		prof, err = FindProfile(ctx, p.opts.Image)
 	}
 	if err != nil {
-		p.logf("prefetch: no profile from the registry: %v", err)
+		if ctx.Err() == nil {
+			p.logf("prefetch: no profile from the registry: %v", err)
+		}
 		return nil
 	}
 	if prof == nil {
@@ -661,11 +663,13 @@ type batchBlob struct {
 	pieces  []piece
 	fetched atomic.Int64
 
-	mu     sync.Mutex
-	loaded bool  // protected by mu
-	err    error // protected by mu; set once loaded
+	mu sync.Mutex
+	// loading is closed when the load under way ends; nil when none is.
+	loading chan struct{} // protected by mu
+	loaded  bool          // protected by mu
+	err     error         // protected by mu; set once loaded
 	// buf holds [start, end) once loaded, when there are no pieces.
-	buf []byte // protected by mu
+	buf []byte // set before loaded
 }
 
 // piece is the bytes [off, end) of a blob, held in buf once loaded.
@@ -691,6 +695,8 @@ func (b *batchBlob) holds(off, end int64) bool {
 	return i < len(b.pieces) && b.pieces[i].off <= off && end <= b.pieces[i].end
 }
 
+// ReadAt reads p at off, from the batch's bytes if they hold it (loading
+// them first if no one has), else from the blob.
 func (b *batchBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	end := off + int64(len(p))
 	if !b.holds(off, end) {
@@ -701,25 +707,87 @@ func (b *batchBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error
 	if err := b.load(ctx); err != nil {
 		return 0, err
 	}
-	if b.pieces == nil {
-		return copy(p, b.buf[off-b.start:]), nil
-	}
-	i := sort.Search(len(b.pieces), func(i int) bool { return b.pieces[i].end > off })
-	return copy(p, b.pieces[i].buf[off-b.pieces[i].off:]), nil
+	return b.copyOut(p, off), nil
 }
 
-func (b *batchBlob) load(ctx context.Context) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.loaded {
-		return b.err
+// join copies p at off out of the batch's bytes if it holds them and a
+// load of them is done or under way, waiting for that as long as ctx
+// allows. It reports false, having copied nothing, when there is no load
+// to join or it failed: the caller then fetches the bytes itself, rather
+// than load the whole batch for a few of them.
+func (b *batchBlob) join(ctx context.Context, p []byte, off int64) (int, bool) {
+	if !b.holds(off, off+int64(len(p))) {
+		return 0, false
 	}
-	var err error
+	b.mu.Lock()
+	loading, loaded, err := b.loading, b.loaded, b.err
+	b.mu.Unlock()
+	if !loaded {
+		if loading == nil {
+			return 0, false
+		}
+		select {
+		case <-loading:
+		case <-ctx.Done():
+			return 0, false
+		}
+		b.mu.Lock()
+		loaded, err = b.loaded, b.err
+		b.mu.Unlock()
+	}
+	if !loaded || err != nil {
+		return 0, false
+	}
+	return b.copyOut(p, off), true
+}
+
+// copyOut copies p at off out of the loaded bytes, which hold it.
+func (b *batchBlob) copyOut(p []byte, off int64) int {
+	if b.pieces == nil {
+		return copy(p, b.buf[off-b.start:])
+	}
+	i := sort.Search(len(b.pieces), func(i int) bool { return b.pieces[i].end > off })
+	return copy(p, b.pieces[i].buf[off-b.pieces[i].off:])
+}
+
+// load fetches the batch's bytes unless they are loaded, waiting for a
+// load under way instead of starting another.
+func (b *batchBlob) load(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		if b.loaded {
+			err := b.err
+			b.mu.Unlock()
+			return err
+		}
+		loading := b.loading
+		if loading == nil {
+			b.loading = make(chan struct{})
+			b.mu.Unlock()
+			return b.fetchAll(ctx)
+		}
+		b.mu.Unlock()
+		select {
+		case <-loading:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// fetchAll fetches the batch's bytes: its pieces in one multi-range
+// request where the blob can, else [start, end) in one request.
+func (b *batchBlob) fetchAll(ctx context.Context) error {
+	var (
+		buf  []byte
+		bufs = make([][]byte, len(b.pieces))
+		err  error
+	)
 	if rr, ok := b.blobReader.(rangesReader); ok && len(b.pieces) > 1 {
 		rs := make([]fetch.Range, len(b.pieces))
-		for i := range b.pieces {
-			b.pieces[i].buf = make([]byte, b.pieces[i].end-b.pieces[i].off)
-			rs[i] = fetch.Range{Off: b.pieces[i].off, Buf: b.pieces[i].buf}
+		for i, pc := range b.pieces {
+			bufs[i] = make([]byte, pc.end-pc.off)
+			rs[i] = fetch.Range{Off: pc.off, Buf: bufs[i]}
 		}
 		if err = rr.ReadRanges(ctx, rs); err == nil {
 			for _, pc := range b.pieces {
@@ -728,27 +796,32 @@ func (b *batchBlob) load(ctx context.Context) error {
 		}
 	} else {
 		// One request for the whole range; pieces share its buffer.
-		buf := make([]byte, b.end-b.start)
+		buf = make([]byte, b.end-b.start)
 		var n int
 		n, err = b.blobReader.ReadAt(ctx, buf, b.start)
 		b.fetched.Add(int64(n))
 		if errors.Is(err, io.EOF) && n == len(buf) {
 			err = nil
 		}
+		for i, pc := range b.pieces {
+			bufs[i] = buf[pc.off-b.start : pc.end-b.start]
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.loading)
+	b.loading = nil
+	if err != nil && ctx.Err() != nil {
+		return err // not loaded: a later unit may try again
+	}
+	if err == nil {
 		b.buf = buf
 		for i := range b.pieces {
-			b.pieces[i].buf = buf[b.pieces[i].off-b.start : b.pieces[i].end-b.start]
+			b.pieces[i].buf = bufs[i]
 		}
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return err // not loaded: a later unit may try again
-		}
-		b.loaded, b.err = true, err
-		return err
-	}
-	b.loaded = true
-	return nil
+	b.loaded, b.err = true, err
+	return err
 }
 
 // Activity counts on-demand reads in flight, for background work to yield

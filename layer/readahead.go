@@ -137,11 +137,14 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	}
 	bb := &batchBlob{blobReader: l.blob, start: c.BlobOffset, end: extra[len(extra)-1].BlobEnd}
 	// Published before the fetch, so misses inside it wait for it rather
-	// than fetching their chunks again.
+	// than fetching their chunks again (inflight keeps it findable when a
+	// later fetch replaces it as the last).
 	l.ahead.last.Store(bb)
+	remove := l.inflight.add(bb)
 	view := l.view(bb)
 	data, err := s.readChunk(ctx, view, c)
 	if err != nil {
+		remove()
 		l.ahead.last.CompareAndSwap(bb, nil)
 		if ctx.Err() != nil {
 			return nil, err
@@ -152,6 +155,7 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	go func() {
 		defer s.background.Done()
 		// Its bytes are in the cache once this is done: let them go.
+		defer remove()
 		defer l.ahead.last.CompareAndSwap(bb, nil)
 		for _, ec := range extra {
 			key := l.chunkKey(ec)

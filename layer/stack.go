@@ -70,13 +70,13 @@ type LayerState struct {
 	inflight batchSet
 }
 
-// readBlob reads p at off of l's blob, from a batch fetch in flight that
-// covers it if there is one (falling back to a request of its own if
-// that fetch fails).
+// readBlob reads p at off of l's blob, from a batch fetch under way that
+// covers it if there is one, else (or if that fetch fails) with a request
+// of its own.
 func (l *LayerState) readBlob(ctx context.Context, p []byte, off int64) (int, error) {
 	if bb := l.inflight.covering(off, off+int64(len(p))); bb != nil {
-		if n, err := bb.ReadAt(ctx, p, off); err == nil || ctx.Err() != nil {
-			return n, err
+		if n, ok := bb.join(ctx, p, off); ok {
+			return n, nil
 		}
 	}
 	return l.blob.ReadAt(ctx, p, off)

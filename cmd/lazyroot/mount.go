@@ -413,7 +413,7 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 	// trips overlap the indexing.
 	var lookup *layer.ProfileLookup
 	lookupCtx, endLookup := context.WithCancel(context.Background())
-	if mode, _ := layer.ParsePrefetchMode(f.prefetch); mode != layer.PrefetchNone {
+	if mode, err := layer.ParsePrefetchMode(f.prefetch); err == nil && mode != layer.PrefetchNone {
 		lookup = layer.LookupProfile(lookupCtx, img, st)
 	}
 	fail := func(err error) (*mounted, error) {
