@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Config says how a Harness runs.
@@ -107,6 +109,34 @@ func (h *Harness) images() []Image {
 		}
 	}
 	return out
+}
+
+// dropReferrers deletes the referrers tag of the image ref names (the tag
+// under which registries without the referrers API list the artifacts
+// that refer to an image), so that no profile or index published for it
+// is found. Deleting an absent tag is no error.
+func (h *Harness) dropReferrers(ctx context.Context, ref string) error {
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	desc, err := remote.Head(r, remote.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("drop referrers of %s: %w", ref, err)
+	}
+	tag := r.Context().Tag(strings.Replace(desc.Digest.String(), ":", "-", 1))
+	list, err := remote.Head(tag, remote.WithContext(ctx))
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("drop referrers of %s: %w", ref, err)
+	}
+	if err := remote.Delete(r.Context().Digest(list.Digest.String()), remote.WithContext(ctx)); err != nil {
+		return fmt.Errorf("drop referrers of %s: %w", ref, err)
+	}
+	h.logf("dropped the artifacts published for %s", ref)
+	return nil
 }
 
 // profiled reports whether a workload to run on image measures the
@@ -266,11 +296,18 @@ func (h *Harness) Setup(ctx context.Context) error {
 			if h.profiled(img.Name) {
 				repos = append(repos, profiledRepo(img.Name))
 			}
-			for _, repo := range repos {
+			for i, repo := range repos {
 				ref := fmt.Sprintf("%s/%s:%s", h.registryAddr(), repo, format)
 				size, err := PushImage(ctx, ref, bs, name.Insecure)
 				if err != nil {
 					return err
+				}
+				if i == 0 {
+					// The plain repository is for runs without a profile:
+					// forget any published there by hand.
+					if err := h.dropReferrers(ctx, ref); err != nil {
+						return err
+					}
 				}
 				h.imageBytes[img.Name+"/"+format] = size
 				h.logf("image %s: %s compressed", ref, mib(size))
