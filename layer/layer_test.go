@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -204,16 +205,6 @@ func TestStoreRefusesIndexOfAnotherLayer(t *testing.T) {
 func TestPlainHTTPOnlyForLoopbackAndInsecure(t *testing.T) {
 	// A registry reached by a non-loopback name must be spoken to over
 	// TLS unless named insecure: the request must arrive as https.
-	// Resolve's own requests and the blob client's handshake come from
-	// two goroutines.
-	var mu sync.Mutex
-	var schemes []string
-	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		schemes = append(schemes, r.URL.Scheme+"://"+r.URL.Host)
-		return nil, errors.New("stop here")
-	})
 	for _, tc := range []struct {
 		ref       string
 		insecure  []string
@@ -226,14 +217,27 @@ func TestPlainHTTPOnlyForLoopbackAndInsecure(t *testing.T) {
 		{"localhost:5000/app:latest", nil, true},
 		{"127.0.0.1:5000/app:latest", nil, true},
 	} {
-		schemes = nil
+		// Resolve's own requests and the blob client's handshake come
+		// from several goroutines, some of which may outlive Resolve: each
+		// case records into its own list.
+		var mu sync.Mutex
+		var schemes []string
+		rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			schemes = append(schemes, r.URL.Scheme+"://"+r.URL.Host)
+			return nil, errors.New("stop here")
+		})
 		layer.Resolve(context.Background(), tc.ref, layer.WithTransport(rt), layer.WithInsecureRegistries(tc.insecure...))
+		mu.Lock()
+		seen := slices.Clone(schemes)
+		mu.Unlock()
 		sawHTTP := false
-		for _, s := range schemes {
+		for _, s := range seen {
 			sawHTTP = sawHTTP || strings.HasPrefix(s, "http://")
 		}
-		if len(schemes) == 0 || sawHTTP != tc.plainHTTP {
-			t.Errorf("%s insecure=%v: requests went to %v; plain HTTP wanted: %v", tc.ref, tc.insecure, schemes, tc.plainHTTP)
+		if len(seen) == 0 || sawHTTP != tc.plainHTTP {
+			t.Errorf("%s insecure=%v: requests went to %v; plain HTTP wanted: %v", tc.ref, tc.insecure, seen, tc.plainHTTP)
 		}
 	}
 }
