@@ -81,32 +81,17 @@ func parseRate(s string) (int64, error) {
 
 func run(args []string) error {
 	fs := pflag.NewFlagSet("run", pflag.ExitOnError)
-	cache := fs.String("cache", envOr("BENCH_CACHE", "/var/cache/lazyroot-bench"), "where roots, layers, blobs, registry storage and results live ($BENCH_CACHE)")
-	lazyroot := fs.String("lazyroot", "bin/lazyroot", "the lazyroot binary to measure")
-	rtt := fs.Duration("rtt", 20*time.Millisecond, "emulated round-trip time")
-	rate := fs.String("rate", "200mbit", "emulated link rate")
-	formats := fs.StringSlice("formats", []string{"estargz", "gzip"}, "layer formats lazyroot mounts")
+	setup := setupFlags(fs, "the lazyroot binary to measure")
 	workloads := fs.StringSlice("workloads", nil, "workloads to run (default all: python3, gcc, ls-lR-usr, read-all, seq-read-1GiB)")
 	out := fs.String("out", "", "write the markdown report here too (default CACHE/results/latest.md)")
 	_ = fs.Parse(args)
-	rateBits, err := parseRate(*rate)
+	cfg, err := setup()
 	if err != nil {
 		return err
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	lr, err := filepath.Abs(*lazyroot)
-	if err != nil {
-		return err
-	}
+	cfg.Workloads = *workloads
 	if *out == "" {
-		*out = filepath.Join(*cache, "results", "latest.md")
-	}
-	cfg := bench.Config{
-		Cache: *cache, Lazyroot: lr, Self: self, RTT: *rtt, RateBits: rateBits,
-		Formats: *formats, Workloads: *workloads, Net: bench.DefaultNetwork(),
+		*out = filepath.Join(cfg.Cache, "results", "latest.md")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
@@ -120,10 +105,10 @@ func run(args []string) error {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run %s on %s (%d cores), lazyroot %s; network: %v round trip, %s (tc tbf + delaying proxy in a network namespace); registry: Debian docker-registry %s.\n\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel(), numCPU(), gitRev(lr), *rtt, *rate, "2.8")
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel(), numCPU(), gitRev(cfg.Lazyroot), cfg.RTT, fs.Lookup("rate").Value.String(), "2.8")
 	b.WriteString("Images (compressed, as pushed):")
 	for _, img := range bench.Images {
-		for _, f := range *formats {
+		for _, f := range cfg.Formats {
 			if n := h.ImageBytes()[img.Name+"/"+f]; n > 0 {
 				fmt.Fprintf(&b, " %s/%s %.0f MiB;", img.Name, f, float64(n)/(1<<20))
 			}
@@ -132,7 +117,7 @@ func run(args []string) error {
 	b.WriteString("\n\n")
 	b.WriteString(bench.Table(results))
 	b.WriteString("\n")
-	b.WriteString(bench.TargetTable(bench.Targets(results, *formats)))
+	b.WriteString(bench.TargetTable(bench.Targets(results, cfg.Formats)))
 	report := b.String()
 	fmt.Println(report)
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
@@ -155,40 +140,54 @@ func run(args []string) error {
 // serve sets up what run measures against and keeps it up until a signal.
 func serve(args []string) error {
 	fs := pflag.NewFlagSet("serve", pflag.ExitOnError)
-	cache := fs.String("cache", envOr("BENCH_CACHE", "/var/cache/lazyroot-bench"), "where roots, layers, blobs, registry storage and results live ($BENCH_CACHE)")
-	lazyroot := fs.String("lazyroot", "bin/lazyroot", "the lazyroot binary (used to push the gzip images' indexes)")
-	rtt := fs.Duration("rtt", 20*time.Millisecond, "emulated round-trip time")
-	rate := fs.String("rate", "200mbit", "emulated link rate")
-	formats := fs.StringSlice("formats", []string{"estargz", "gzip"}, "layer formats to push")
+	setup := setupFlags(fs, "the lazyroot binary (used to push the gzip images' indexes)")
 	_ = fs.Parse(args)
-	rateBits, err := parseRate(*rate)
-	if err != nil {
-		return err
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	lr, err := filepath.Abs(*lazyroot)
+	cfg, err := setup()
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	h := bench.New(bench.Config{Cache: *cache, Lazyroot: lr, Self: self, RTT: *rtt, RateBits: rateBits,
-		Formats: *formats, Net: bench.DefaultNetwork()})
+	h := bench.New(cfg)
 	defer h.Close()
 	if err := h.Setup(ctx); err != nil {
 		return err
 	}
 	for _, img := range bench.Images {
-		for _, f := range *formats {
+		for _, f := range cfg.Formats {
 			fmt.Printf("%s/bench/%s:%s\n", h.ProxyAddr(), img.Name, f)
 		}
 	}
 	fmt.Printf("ready: mount with --insecure-registry %s; counters at %s\n", h.ProxyAddr(), h.StatsURL())
 	<-ctx.Done()
 	return nil
+}
+
+// setupFlags defines on fs the flags that say what to set up (run and
+// serve share them) and returns the function that, once fs is parsed,
+// turns them into a Config.
+func setupFlags(fs *pflag.FlagSet, lazyrootUsage string) func() (bench.Config, error) {
+	cache := fs.String("cache", envOr("BENCH_CACHE", "/var/cache/lazyroot-bench"), "where roots, layers, blobs, registry storage and results live ($BENCH_CACHE)")
+	lazyroot := fs.String("lazyroot", "bin/lazyroot", lazyrootUsage)
+	rtt := fs.Duration("rtt", 20*time.Millisecond, "emulated round-trip time")
+	rate := fs.String("rate", "200mbit", "emulated link rate")
+	formats := fs.StringSlice("formats", []string{"estargz", "gzip"}, "layer formats lazyroot mounts")
+	return func() (bench.Config, error) {
+		rateBits, err := parseRate(*rate)
+		if err != nil {
+			return bench.Config{}, err
+		}
+		self, err := os.Executable()
+		if err != nil {
+			return bench.Config{}, err
+		}
+		lr, err := filepath.Abs(*lazyroot)
+		if err != nil {
+			return bench.Config{}, err
+		}
+		return bench.Config{Cache: *cache, Lazyroot: lr, Self: self, RTT: *rtt, RateBits: rateBits,
+			Formats: *formats, Net: bench.DefaultNetwork()}, nil
+	}
 }
 
 func envOr(k, def string) string {
