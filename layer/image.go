@@ -1,6 +1,7 @@
 package layer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/lazyroot/lazyroot/fetch"
 )
 
@@ -254,6 +257,13 @@ func ParseReference(s string, insecure []string) (name.Reference, error) {
 //
 // PATH is the whole rest when a file of that name exists, else the part
 // before the first colon whose prefix exists.
+//
+// When the hosts directory (WithHostsDir) names a mirror of the registry
+// that may serve the reference, the manifests and the config are fetched
+// containerd's way, as the layers are: a tag from the endpoints that may
+// resolve, the rest by digest from those that may pull, mirrors first,
+// each checked against its digest (fetch.Client.Manifest); the registry
+// need not answer. Otherwise go-containerregistry asks the registry.
 func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err error) {
 	o, err := makeOptions(opts)
 	if err != nil {
@@ -313,19 +323,67 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 		remote.WithTransport(transport),
 		remote.WithUserAgent(o.userAgent),
 	}
-	puller, err := remote.NewPuller(remoteOpts...)
+	mirrored, err := fc.HasMirrors(r.Context(), mirrorCaps(r))
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
-	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(o.platform))...)
+	puller, err := remote.NewPuller(pullerOptions(remoteOpts, transport, mirrored)...)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	var im *Image
+	if mirrored {
+		im, err = resolveThroughHosts(ctx, fc, r, o.platform)
+	} else {
+		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform)
+	}
+	if err != nil {
+		return nil, err
+	}
+	im.Ref, im.remoteOpts, im.puller = r, remoteOpts, puller
+	im.fetcher = fc
+	diffIDs := im.Config.RootFS.DiffIDs
+	for i, d := range im.Manifest.Layers {
+		l := &Layer{Descriptor: d}
+		if len(diffIDs) == len(im.Manifest.Layers) {
+			l.DiffID = diffIDs[i]
+		}
+		if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
+			return nil, fmt.Errorf("resolve %s: layer %s: %w", r, d.Digest, err)
+		}
+		im.Layers = append(im.Layers, l)
+	}
+	return im, nil
+}
+
+// pullerOptions are the options of the puller that resolves an image and
+// makes its later lookups: remoteOpts, over transport. When mirrors serve
+// the image its registry may be down, and the lookups (index and profile
+// artifacts, optional, for which the registry alone is asked) must then
+// fail soon rather than hang: each answer is bounded by lookupTimeout,
+// and nothing is retried.
+func pullerOptions(remoteOpts []remote.Option, transport http.RoundTripper, mirrored bool) []remote.Option {
+	if !mirrored {
+		return remoteOpts
+	}
+	return append(slices.Clip(remoteOpts),
+		remote.WithTransport(&headerTimeout{next: transport, d: lookupTimeout}),
+		remote.WithRetryPredicate(func(error) bool { return false }))
+}
+
+// resolveFromRegistry fetches the manifest and config of r from its
+// registry alone, with go-containerregistry and puller, whose handshake
+// later lookups reuse.
+func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform) (*Image, error) {
+	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(platform))...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
 	img, err := desc.Image()
 	if err != nil {
-		return nil, fmt.Errorf("resolve %s for %s: %w", r, o.platform, registryError(err))
+		return nil, fmt.Errorf("resolve %s for %s: %w", r, platform, registryError(err))
 	}
-	im := &Image{Ref: r, remoteOpts: remoteOpts, puller: puller}
+	im := &Image{}
 	if im.Digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
@@ -340,19 +398,150 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if im.Config, err = img.ConfigFile(); err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
-	im.fetcher = fc
-	diffIDs := im.Config.RootFS.DiffIDs
-	for i, d := range im.Manifest.Layers {
-		l := &Layer{Descriptor: d}
-		if len(diffIDs) == len(im.Manifest.Layers) {
-			l.DiffID = diffIDs[i]
+	return im, nil
+}
+
+// mirrorCaps are the capabilities a mirror needs to serve any part of
+// resolving r: resolve for a tag, and pull for what is then fetched by
+// digest (the platform's manifest, the config).
+func mirrorCaps(r name.Reference) fetch.Capabilities {
+	if _, ok := r.(name.Digest); ok {
+		return fetch.CapPull
+	}
+	return fetch.CapPull | fetch.CapResolve
+}
+
+// manifestTypes are the media types asked for when resolving through
+// mirrors: OCI and Docker images and indexes.
+func manifestTypes() []string {
+	return []string{
+		string(types.OCIManifestSchema1), string(types.OCIImageIndex),
+		string(types.DockerManifestSchema2), string(types.DockerManifestList),
+	}
+}
+
+// resolveThroughHosts fetches the manifest and config of r as containerd
+// does with a hosts.toml: the tag from the endpoints that may resolve it,
+// all else by digest from those that may pull, mirrors first, each
+// document checked against its digest (see fetch.Client.Manifest). An
+// index is followed to platform's image as for an OCI layout.
+func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform) (*Image, error) {
+	repo := r.Context()
+	top, err := fc.Manifest(ctx, repo, r.Identifier(), manifestTypes())
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", r, err)
+	}
+	d := v1.Descriptor{MediaType: top.MediaType, Size: int64(len(top.Bytes)), Digest: top.Digest}
+	raw := top.Bytes
+	switch isIndex, isImage := kind(d, raw); {
+	case isIndex:
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: index %s: %w", r, d.Digest, err)
 		}
-		if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
-			return nil, fmt.Errorf("resolve %s: layer %s: %w", r, d.Digest, err)
+		lr := &layoutReader{src: &registryManifests{ctx: ctx, fc: fc, repo: repo}, where: r.String(), platform: platform}
+		if d, raw, err = lr.byPlatform(ctx, idx.Manifests, 1); err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", r, err)
 		}
-		im.Layers = append(im.Layers, l)
+	case !isImage:
+		return nil, fmt.Errorf("resolve %s: manifest %s: media type %q is neither an image nor an index", r, d.Digest, d.MediaType)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: manifest %s: %w", r, d.Digest, err)
+	}
+	if m.Config.Size <= 0 || m.Config.Size > maxConfigSize {
+		return nil, fmt.Errorf("resolve %s: config %s: size %d out of bounds", r, m.Config.Digest, m.Config.Size)
+	}
+	rawConfig, err := fc.BlobBytes(ctx, repo, m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: config: %w", r, err)
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(rawConfig))
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: config %s: %w", r, m.Config.Digest, err)
+	}
+	im := &Image{
+		Digest:     d.Digest,
+		Manifest:   m,
+		Config:     cf,
+		descriptor: v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest},
+	}
+	if im.descriptor.MediaType == "" {
+		im.descriptor.MediaType = m.MediaType
 	}
 	return im, nil
+}
+
+// registryManifests gives an index's manifests by digest, through the
+// endpoints fc fetches them from, to a layoutReader, for one call of
+// resolveThroughHosts (whose ctx it keeps). It has no layer sections.
+type registryManifests struct {
+	ctx  context.Context
+	fc   *fetch.Client
+	repo name.Repository
+}
+
+var _ blobSource = (*registryManifests)(nil)
+
+func (s *registryManifests) read(d v1.Hash, limit int64) ([]byte, error) {
+	m, err := s.fc.Manifest(s.ctx, s.repo, d.String(), manifestTypes())
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(m.Bytes)) > limit {
+		return nil, fmt.Errorf("manifest %s: more than %d bytes", d, limit)
+	}
+	return m.Bytes, nil
+}
+
+func (s *registryManifests) section(d v1.Hash) (*fileSection, error) {
+	return nil, fmt.Errorf("blob %s: not a local file", d)
+}
+
+// lookupTimeout bounds the wait for each answer of the registry to the
+// lookups made for an image that mirrors serve (see pullerOptions).
+const lookupTimeout = 5 * time.Second
+
+// headerTimeout fails a request whose response headers take longer than d
+// to arrive.
+type headerTimeout struct {
+	next http.RoundTripper
+	d    time.Duration
+}
+
+var _ http.RoundTripper = (*headerTimeout)(nil)
+
+// RoundTrip implements http.RoundTripper.
+func (h *headerTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(h.d, cancel)
+	resp, err := h.next.RoundTrip(req.WithContext(ctx))
+	if !timer.Stop() && req.Context().Err() == nil {
+		if err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, fmt.Errorf("%s %s: no answer in %s", req.Method, req.URL.Redacted(), h.d)
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose ends a request's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // registryError shortens go-containerregistry's errors to what a user needs.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,8 +30,8 @@ func TestMirrorFromHostsDir(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(hosts, origin.Host, "hosts.toml"), []byte(toml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Layer GETs answered: the config blob comes from the origin with the
-	// manifest, as only blob reads of layers go through mirrors.
+	// Layer GETs answered. The mirror may pull, not resolve: the tag is
+	// resolved by the origin, the config may come from either.
 	isLayer := map[string]bool{}
 	for _, l := range layers {
 		isLayer[digestOf(t, l)] = true
@@ -43,7 +44,7 @@ func TestMirrorFromHostsDir(t *testing.T) {
 		}
 		return n
 	}
-	mountAndRead := func() {
+	mountAndRead := func(hosts, ref string) {
 		t.Helper()
 		root, dir := t.TempDir(), mountDir(t)
 		if _, errOut, code := lazyroot(t, "mount", "--root", root, "--hosts-dir", hosts, ref, dir); code != 0 {
@@ -55,10 +56,13 @@ func TestMirrorFromHostsDir(t *testing.T) {
 				t.Fatalf("read %s: %v", name, err)
 			}
 		}
+		if b, _ := os.ReadFile(filepath.Join(dir, "etc/motd")); string(b) != "hello from the gzip layer\n" {
+			t.Errorf("etc/motd reads %q", b)
+		}
 	}
 
 	origin.Reset()
-	mountAndRead()
+	mountAndRead(hosts, ref)
 	if o, m := blobGETs(origin), blobGETs(mirror); o != 0 || m == 0 {
 		t.Errorf("healthy mirror: %d blob GETs at the origin, %d at the mirror; want none and some", o, m)
 	}
@@ -74,12 +78,47 @@ func TestMirrorFromHostsDir(t *testing.T) {
 		})
 	})
 	origin.Reset()
-	mountAndRead()
+	mountAndRead(hosts, ref)
 	if o := blobGETs(origin); o == 0 {
 		t.Error("with the mirror failing, the origin served no blob")
+	}
+
+	// The origin is down (nothing listens at its address): a mirror that
+	// may resolve serves the manifest and config as well as the layers.
+	mirror.Wrap(nil)
+	mirror.Reset()
+	down := unreachableAddr(t)
+	downHosts := t.TempDir()
+	if err := os.Mkdir(filepath.Join(downHosts, down), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml = fmt.Sprintf("[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+mirror.Host)
+	if err := os.WriteFile(filepath.Join(downHosts, down, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mountAndRead(downHosts, strings.Replace(ref, origin.Host, down, 1))
+	manifestGETs := 0
+	for _, q := range mirror.Requests() {
+		if q.Method == http.MethodGet && strings.Contains(q.Path, "/manifests/") && q.Status == http.StatusOK {
+			manifestGETs++
+		}
+	}
+	if manifestGETs == 0 || blobGETs(mirror) == 0 {
+		t.Errorf("origin down: the mirror served %d manifests and %d layer blobs", manifestGETs, blobGETs(mirror))
 	}
 
 	if _, errOut, code := lazyroot(t, "mount", "--max-conns-per-host", "0", ref, mountDir(t)); code != 2 || !strings.Contains(errOut, "--max-conns-per-host") {
 		t.Errorf("--max-conns-per-host 0: code %d: %s", code, errOut)
 	}
+}
+
+// unreachableAddr is a loopback address where nothing listens.
+func unreachableAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
