@@ -838,7 +838,7 @@ func (d *Disk) scanLocked(list bool) ([]diskEntry, usage, error) {
 		for _, name := range names {
 			path := filepath.Join(shard, name)
 			switch {
-			case isHex(name, sha256.Size*2) && name[:2] == sh.Name():
+			case isHex(name, sha256.Size*2) && name[:2] == sh.Name(), isFileEntryName(name, sh.Name()):
 				var st unix.Stat_t
 				if unix.Lstat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 					continue

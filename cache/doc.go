@@ -77,12 +77,19 @@
 //
 //	DIR/lock                       lock file; its first 32 bytes are the usage record
 //	DIR/ab/abcdef…(64 hex)         an entry: hex SHA-256 of the key, sharded by its first byte
+//	DIR/ab/abcdef….file            a file entry: a whole file's bytes alone (see PutFile)
 //	DIR/ab/.tmp-SIZE-RANDOM        a write in progress that reserved SIZE bytes
 //
 // An entry file is a 20-byte header (magic, CRC-32C of the rest of the
 // file, key length, data length), the key, then the data. The usage
 // record holds the bytes and count of committed entries and the bytes
 // reserved by writes in progress, with its own CRC.
+//
+// A file entry ([Disk.PutFile], [Disk.OpenFile]) holds a whole file's
+// bytes and nothing else, for readers that need a plain file (FUSE
+// passthrough). It has no checksum: the writer checks the bytes it writes,
+// the file is fsynced before it is renamed into place, and an open checks
+// its type and size. It counts against the quota and ages like any entry.
 //
 // An entry's mtime is its LRU clock: set when written, refreshed by a disk
 // hit when more than a minute old (so hits cost no extra syscall most of

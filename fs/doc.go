@@ -19,6 +19,15 @@
 // cancellation becomes EINTR, a missing file ENOENT, anything else EIO with
 // a log line, so a job sees a failed read rather than a hang.
 //
-// The go-fuse server calls node methods from many goroutines; nodes hold no
-// mutable state, so no locks are needed here.
+// With a Backing (Root.UseBacking), a file that has a whole copy on local
+// disk is opened in FUSE passthrough: the kernel reads (and maps) the copy
+// itself, so such reads cost what a local file's do. Once this server has
+// served a file's size in bytes, the Backing is told (ReadWhole) so that
+// it can make that copy for later opens. The kernel serves an inode one
+// way at a time, so a file keeps the way it was opened until its last
+// handle closes (fileNode counts its handles of each kind).
+//
+// The go-fuse server calls node methods from many goroutines; a file node's
+// handle counts and backing file are under its mutex, the rest of a node
+// never changes.
 package fs

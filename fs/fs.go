@@ -37,6 +37,7 @@ type Root struct {
 	noXattrs bool
 	uids     IDMap
 	gids     IDMap
+	backing  Backing // nil: every read comes to the server
 }
 
 var _ = (fusefs.NodeOnAdder)((*Root)(nil))
@@ -238,35 +239,6 @@ func (n *symlinkNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 // specialNode is a device node or fifo: attributes only.
 type specialNode struct{ baseNode }
-
-// fileNode is a regular file whose content the root's ContentReader reads.
-type fileNode struct {
-	baseNode
-}
-
-var _ = (fusefs.NodeOpener)((*fileNode)(nil))
-var _ = (fusefs.NodeReader)((*fileNode)(nil))
-
-// Open allows reading only. The page cache is kept across opens since the
-// content never changes, and closing needs no FLUSH round trip since
-// nothing is ever written.
-func (f *fileNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	return nil, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
-}
-
-// Read reads file content through the ContentReader. A read the reader
-// serves without allocating allocates nothing here either (see
-// readResult).
-func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := f.root.reader.ReadAt(ctx, f.entry, dest, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, toErrno(f.root.logger, err)
-	}
-	return newReadResult(dest[:n]), 0
-}
 
 // toErrno maps an error to the errno a reader should see, logging
 // unexpected ones.

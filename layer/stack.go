@@ -147,9 +147,19 @@ type Stack struct {
 	layers      []*LayerState
 	cache       *cache.Cache
 	readTimeout time.Duration
-	// background counts the fills of widened fetches and the index saves
-	// still running; Close waits for them.
+	// background counts the fills of widened fetches, the index saves and
+	// the passthrough copies still running; Close waits for them.
 	background sync.WaitGroup
+	// life ends when Close gives up waiting for the copies.
+	life    context.Context
+	endLife context.CancelFunc
+	logf    func(format string, args ...any)
+	// backingMin is the smallest file copied for passthrough; copying
+	// holds the keys of the copies under way, fileKeys the keys of whole
+	// files (by *index.Node) computed so far.
+	backingMin int64
+	copying    sync.Map
+	fileKeys   sync.Map
 }
 
 // inBackground runs f in a goroutine that Close waits for.
@@ -176,6 +186,10 @@ type StackOptions struct {
 	// SpanSize is the uncompressed distance between the seek points of
 	// indexes built now; 0 means index.DefaultSpanSize.
 	SpanSize int64
+	// BackingMinSize is the smallest file that is copied whole into the
+	// disk tier for passthrough (see Stack.ReadWhole); 0 means
+	// DefaultBackingMinSize.
+	BackingMinSize int64
 	// Publish pushes the indexes this node built to the registry, as an
 	// artifact referring to the image, for other nodes to use. A failed
 	// push is reported through Logf and does not fail Open.
@@ -196,7 +210,11 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 		logf = func(string, ...any) {}
 	}
 	opts.IndexSource = localSource(img, opts.IndexSource)
-	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout}
+	if opts.BackingMinSize <= 0 {
+		opts.BackingMinSize = DefaultBackingMinSize
+	}
+	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout, logf: logf, backingMin: opts.BackingMinSize}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
 	g, gctx := errgroup.WithContext(ctx)
@@ -350,7 +368,16 @@ func (s *Stack) Indexes() []*index.Index {
 
 // Close releases the unpacked copies the stack reads. The files of a local
 // image stay open: they are the Image's to close.
+//
+// It waits for the work it runs in the background: index saves, and the
+// passthrough copies under way, which it cancels if they have not ended
+// within ten seconds.
 func (s *Stack) Close() error {
+	if s.endLife != nil {
+		giveUp := time.AfterFunc(closeGrace, s.endLife)
+		defer s.endLife()
+		defer giveUp.Stop()
+	}
 	s.background.Wait()
 	var errs []error
 	for _, l := range s.layers {

@@ -52,6 +52,7 @@ type mountFlags struct {
 	prefetchWait   time.Duration
 	recordProfile  bool
 	publishProfile bool
+	passthrough    bool
 }
 
 // registerMountFlags adds the flags that say how an image is mounted,
@@ -73,6 +74,7 @@ func (f *mountFlags) registerMountFlags(fset *pflag.FlagSet) {
 	fset.DurationVar(&f.prefetchWait, "prefetch-wait", 0, "wait up to this long, before reporting the mount ready, for the prioritized and profile files (0: do not wait)")
 	fset.BoolVar(&f.recordProfile, "record-profile", false, fmt.Sprintf("record the files this mount reads first (at most %d, in its first %v) as the image's access profile under --root, for later mounts to prefetch", layer.DefaultProfileFiles, layer.DefaultProfileWindow))
 	fset.BoolVar(&f.publishProfile, "publish-profile", false, "with --record-profile: also push the profile to the registry for other nodes (needs push rights)")
+	fset.BoolVar(&f.passthrough, "passthrough", true, "let the kernel read a file straight from the disk cache (FUSE passthrough) once a mount on the node has read it whole and copied it there; false serves every read through lazyroot (--record-profile implies false)")
 	fset.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 	f.register(fset)
 }
@@ -337,7 +339,8 @@ func (f *mountFlags) sessionOptions(work string) (sessionOptions, error) {
 		return sessionOptions{}, fmt.Errorf("%w: --prefetch-wait %v is negative", errUsage, f.prefetchWait)
 	}
 	return sessionOptions{readOnly: f.readOnly, work: work, upper: upper, allowSetuid: f.suid, uidMap: uids, gidMap: gids, debug: f.debug,
-		prefetch: mode, prefetchRate: int64(rate), prefetchWait: f.prefetchWait, recordProfile: f.recordProfile, publishProfile: f.publishProfile}, nil
+		prefetch: mode, prefetchRate: int64(rate), prefetchWait: f.prefetchWait, recordProfile: f.recordProfile, publishProfile: f.publishProfile,
+		passthrough: f.passthrough}, nil
 }
 
 // imageLabel names what is mounted, for log lines.

@@ -59,6 +59,8 @@ type sessionOptions struct {
 	prefetchWait   time.Duration
 	recordProfile  bool
 	publishProfile bool
+	// passthrough lets the kernel read files the disk cache holds whole.
+	passthrough bool
 }
 
 // openSession mounts m at dir: the tree alone when read-only, else the
@@ -83,6 +85,10 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	s.startPrefetch(o, reader)
 	root := fs.NewRoot(m.tree, reader, logger)
 	root.MapIDs(o.uidMap, o.gidMap)
+	// A recording must see every read, which passthrough would hide.
+	if o.passthrough && m.recorder == nil {
+		root.UseBacking(m.stack)
+	}
 	fopts := fs.Options{FsName: m.img.Name(), Logger: logger, Debug: o.debug, AllowSetuid: o.allowSetuid}
 	treeDir := dir
 	if !o.readOnly {

@@ -1,0 +1,254 @@
+package fs_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/fs"
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// countingReader counts the reads that reach the server.
+type countingReader struct {
+	fs.ContentReader
+	reads atomic.Int64
+}
+
+func (r *countingReader) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) (int, error) {
+	r.reads.Add(1)
+	return r.ContentReader.ReadAt(ctx, n, p, off)
+}
+
+// passthroughMount mounts ref with a disk cache in cacheDir and passthrough
+// on, counting the reads that reach the server.
+func passthroughMount(t *testing.T, ref, cacheDir string) (string, *layer.Stack, *index.Tree, *countingReader) {
+	t.Helper()
+	ctx := context.Background()
+	img, err := layer.Resolve(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20, Dir: cacheDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{SpanSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := &countingReader{ContentReader: stack}
+	root := fs.NewRoot(tree, reader, nil)
+	root.UseBacking(stack)
+	dir := t.TempDir()
+	server, err := fs.Mount(dir, root, fs.Options{FsName: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := server.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		stack.Close()
+		c.Close()
+	})
+	return dir, stack, tree, reader
+}
+
+// readUncached reads the whole file at path after dropping its pages from
+// the page cache, so that a file not passed through is read from the
+// server again.
+func readUncached(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatalf("fadvise %s: %v", path, err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return b
+}
+
+// waitBacking waits for the copy of the node at p to appear.
+func waitBacking(t *testing.T, stack *layer.Stack, tree *index.Tree, p string) {
+	t.Helper()
+	n, ok := tree.Lookup(p)
+	if !ok {
+		t.Fatalf("no %s in the tree", p)
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if f := stack.OpenBacking(n); f != nil {
+			f.Close()
+			return
+		}
+	}
+	t.Fatalf("no passthrough copy of %s after 20s", p)
+}
+
+func TestPassthroughAfterWholeRead(t *testing.T) {
+	requireFUSE(t)
+	reg := testutil.NewRegistry(t)
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.Gzip, testutil.ZstdChunked} {
+		t.Run(string(f), func(t *testing.T) {
+			ref, _ := pushStack(t, reg, "pt/"+string(f), []testutil.Format{f, f, f})
+			want := stackContent(t, "data/big")
+			cacheDir := t.TempDir()
+			dir, stack, tree, reader := passthroughMount(t, ref, cacheDir)
+			big := filepath.Join(dir, "data/big")
+
+			// A partial read makes no copy.
+			f, err := os.Open(big)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head := make([]byte, 4096)
+			if _, err := io.ReadFull(f, head); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			n, _ := tree.Lookup("data/big")
+			if b := stack.OpenBacking(n); b != nil {
+				b.Close()
+				t.Fatal("a copy was made after a partial read")
+			}
+
+			// The first whole read goes through the server and starts a copy.
+			if got := readUncached(t, big); !bytes.Equal(got, want) {
+				t.Fatal("first read: wrong bytes")
+			}
+			if reader.reads.Load() == 0 {
+				t.Fatal("the first read never reached the server")
+			}
+			waitBacking(t, stack, tree, "data/big")
+
+			// Now the kernel reads the copy: no read reaches the server,
+			// though the page cache was dropped.
+			reader.reads.Store(0)
+			if got := readUncached(t, big); !bytes.Equal(got, want) {
+				t.Fatal("passthrough read: wrong bytes")
+			}
+			got := mapFile(t, big)
+			if !bytes.Equal(got, want) {
+				t.Fatal("passthrough mmap: wrong bytes")
+			}
+			if r := reader.reads.Load(); r != 0 {
+				t.Errorf("%d reads reached the server with a copy on disk", r)
+			}
+
+			// A second mount sharing the cache directory finds the copy.
+			dir2, _, _, reader2 := passthroughMount(t, ref, cacheDir)
+			if got := readUncached(t, filepath.Join(dir2, "data/big")); !bytes.Equal(got, want) {
+				t.Fatal("second mount: wrong bytes")
+			}
+			if r := reader2.reads.Load(); r != 0 {
+				t.Errorf("second mount: %d reads reached the server", r)
+			}
+			// Small files are never copied.
+			if got, err := os.ReadFile(filepath.Join(dir2, "etc/passwd")); err != nil || len(got) == 0 {
+				t.Fatalf("read etc/passwd: %v", err)
+			}
+			small, _ := tree.Lookup("etc/passwd")
+			if b := stack.OpenBacking(small); b != nil {
+				b.Close()
+				t.Error("a small file was copied")
+			}
+		})
+	}
+}
+
+// stackContent is the content stackLayers gives the file at name.
+func stackContent(t *testing.T, name string) []byte {
+	t.Helper()
+	for _, l := range stackLayers() {
+		for _, e := range l {
+			if e.Name == name {
+				return e.Content
+			}
+		}
+	}
+	t.Fatalf("no %s in stackLayers", name)
+	return nil
+}
+
+// mapFile reads the file at path through a shared mapping.
+func mapFile(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatalf("mmap %s: %v", path, err)
+	}
+	defer unix.Munmap(m)
+	return bytes.Clone(m)
+}
+
+func TestPassthroughKeepsOpenHandlesWorking(t *testing.T) {
+	requireFUSE(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushStack(t, reg, "pt/handles", []testutil.Format{testutil.EStargz, testutil.EStargz, testutil.EStargz})
+	want := stackContent(t, "data/big2")
+	dir, stack, tree, reader := passthroughMount(t, ref, t.TempDir())
+	p := filepath.Join(dir, "data/big2")
+
+	// A handle opened before the copy exists is served by the server...
+	held, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if got, err := io.ReadAll(held); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read through the held handle: %v", err)
+	}
+	waitBacking(t, stack, tree, "data/big2")
+	// ...and while it is open, new opens are served the same way (the
+	// kernel refuses to mix the two on one inode).
+	for range 3 {
+		if got := readUncached(t, p); !bytes.Equal(got, want) {
+			t.Fatal("read while a served handle is open: wrong bytes")
+		}
+	}
+	if _, err := held.ReadAt(make([]byte, 10), 100); err != nil {
+		t.Fatalf("the held handle fails: %v", err)
+	}
+	held.Close()
+	// Once it is closed, the next open is passed through.
+	reader.reads.Store(0)
+	if got := readUncached(t, p); !bytes.Equal(got, want) {
+		t.Fatal("read after the held handle closed: wrong bytes")
+	}
+	if r := reader.reads.Load(); r != 0 {
+		t.Errorf("%d reads reached the server after the last served handle closed", r)
+	}
+}

@@ -1,0 +1,146 @@
+package layer_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"io/fs"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// backingStack opens img with a cache whose disk tier is in cacheDir; the
+// caller closes the stack (Close waits for the copies).
+func backingStack(t *testing.T, img *layer.Image, cacheDir string, minSize int64) (*layer.Stack, *index.Tree) {
+	t.Helper()
+	st, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20, Dir: cacheDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	stack, err := layer.Open(context.Background(), img, st, c, layer.StackOptions{SpanSize: 256 << 10, BackingMinSize: minSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stack, tree
+}
+
+// fileEntries lists the passthrough copies and temp files under dir.
+func fileEntries(t *testing.T, dir string) (copies, temps int) {
+	t.Helper()
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case strings.HasSuffix(d.Name(), ".file"):
+			copies++
+		case strings.HasPrefix(d.Name(), ".tmp-"):
+			temps++
+		}
+		return nil
+	})
+	return copies, temps
+}
+
+func TestBackingCopies(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, base, top := prefetchImage(t, reg, nil)
+	var corrupt atomic.Bool
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if corrupt.Load() && r.Header.Get("Range") != "" && strings.Contains(r.URL.Path, "/blobs/") {
+				next.ServeHTTP(&flipWriter{ResponseWriter: w}, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	files := map[string][]byte{}
+	for name, b := range top { // a gzip layer (seek index)
+		files[name] = b
+	}
+	for name, b := range base { // an eStargz layer
+		if len(b) >= 100_000 {
+			files[name] = b
+		}
+	}
+	if len(files) < 8 {
+		t.Fatalf("only %d files large enough to copy", len(files))
+	}
+	cacheDir := t.TempDir()
+
+	// Bytes that fail verification never make a copy.
+	corrupt.Store(true)
+	stack, tree := backingStack(t, img, cacheDir, 100_000)
+	for name := range files {
+		n, _ := tree.Lookup(name)
+		stack.ReadWhole(n)
+	}
+	stack.Close() // waits for the copies
+	if copies, temps := fileEntries(t, cacheDir); copies != 0 || temps != 0 {
+		t.Fatalf("after corrupt fetches: %d copies, %d temp files; want none", copies, temps)
+	}
+	corrupt.Store(false)
+
+	// Good bytes do; a second request for one copy makes no second copy,
+	// and small files are left alone.
+	stack, tree = backingStack(t, img, cacheDir, 100_000)
+	for name := range files {
+		n, _ := tree.Lookup(name)
+		stack.ReadWhole(n)
+		stack.ReadWhole(n)
+	}
+	var small *index.Node
+	for name, b := range base {
+		if len(b) < 100_000 {
+			small, _ = tree.Lookup(name)
+			stack.ReadWhole(small)
+			break
+		}
+	}
+	stack.Close()
+	if copies, temps := fileEntries(t, cacheDir); copies != len(files) || temps != 0 {
+		t.Fatalf("%d copies and %d temp files for %d files", copies, temps, len(files))
+	}
+	if f := stack.OpenBacking(small); f != nil {
+		f.Close()
+		t.Error("a file under the minimum size was copied")
+	}
+
+	// Another stack on the same disk tier opens them, each exactly its
+	// file's bytes.
+	stack, tree = backingStack(t, img, cacheDir, 100_000)
+	defer stack.Close()
+	reg.Reset()
+	for name, want := range files {
+		n, _ := tree.Lookup(name)
+		f := stack.OpenBacking(n)
+		if f == nil {
+			t.Fatalf("no copy of %s", name)
+		}
+		got, err := io.ReadAll(f)
+		f.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("copy of %s: %d bytes, %v; want its %d bytes", name, len(got), err, len(want))
+		}
+	}
+	if n := len(reg.Requests()); n != 0 {
+		t.Errorf("opening copies made %d registry requests", n)
+	}
+}
