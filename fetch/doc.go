@@ -27,7 +27,14 @@
 //   - a bound on the requests in flight per host ([WithMaxConnsPerHost]);
 //   - sharing one request among concurrent reads of the same bytes;
 //   - byte and request counters, in total, per host and per blob ([Stats],
-//     [RemoteBlob.Stats]).
+//     [RemoteBlob.Stats]);
+//   - manifests and small blobs (an image config) through the same
+//     endpoints when a registry has mirrors ([Client.Manifest],
+//     [Client.BlobBytes], [Client.HasMirrors]): a tag from the endpoints
+//     that may resolve, anything by digest from those that may pull, the
+//     origin last, every answer by digest checked against its digest and
+//     size before it is used (see manifest.go). These are not counted in
+//     [Stats], which is about layer reads.
 //
 // # Endpoints and mirrors
 //
