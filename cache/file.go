@@ -38,18 +38,26 @@ func isFileEntryName(name, shard string) bool {
 	return ok && isHex(base, sha256.Size*2) && base[:2] == shard
 }
 
+// maxFileFraction bounds a file entry to this fraction of the quota, so
+// that one large file cannot evict most of the cache (the chunks it is
+// being copied from included).
+const maxFileFraction = 8
+
 // PutFile stores a file entry of size bytes under key, written by write.
 // It returns nil without calling write if the entry is there already
 // (keys are content addresses). The room is reserved in the quota first,
 // evicting as Put does; the bytes go to a temp file that is fsynced and
 // renamed into place only if write returned nil and wrote exactly size
-// bytes. A failure leaves nothing behind and is counted and logged like a
-// failed Put.
+// bytes. A file larger than an eighth of the quota is refused
+// (ErrTooLarge). A failure leaves nothing behind and is counted and
+// logged like a failed Put (but ErrTooLarge and ErrClosed are not).
+//
+// write runs without any lock of the Disk held, so it may read from this
+// Disk (as a copy from cached chunks does); if Close happens meanwhile,
+// the write is dropped and PutFile returns ErrClosed.
 func (d *Disk) PutFile(key Key, size int64, write func(w io.Writer) error) error {
-	d.life.RLock()
-	defer d.life.RUnlock()
-	if d.closed {
-		return fmt.Errorf("disk put file %s: %w", key, ErrClosed)
+	if size < 0 || size > d.quota/maxFileFraction {
+		return fmt.Errorf("disk put file %s: %d bytes, more than an eighth of the quota (%d): %w", key, size, d.quota, ErrTooLarge)
 	}
 	if err := d.putFile(key, size, write); err != nil {
 		err = fmt.Errorf("disk put file %s: %w", key, err)
@@ -64,20 +72,8 @@ func (d *Disk) PutFile(key Key, size int64, write func(w io.Writer) error) error
 }
 
 func (d *Disk) putFile(key Key, size int64, write func(w io.Writer) error) error {
-	if size < 0 || size > d.quota {
-		return fmt.Errorf("%d bytes: %w", size, ErrTooLarge)
-	}
-	path := d.filePath(key)
-	var st unix.Stat_t
-	if unix.Lstat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
-		return nil // already stored
-	}
-	shard := filepath.Dir(path)
-	if err := os.Mkdir(shard, dirPerm); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	tmp, fd, err := d.reserve(shard, size)
-	if err != nil {
+	tmp, fd, path, err := d.reserveFile(key, size)
+	if err != nil || fd < 0 {
 		return err
 	}
 	w := &limitedFD{fd: fd, left: size}
@@ -91,7 +87,40 @@ func (d *Disk) putFile(key Key, size int64, write func(w io.Writer) error) error
 			werr = &os.PathError{Op: "fsync", Path: tmp, Err: err}
 		}
 	}
+	d.life.RLock()
+	defer d.life.RUnlock()
+	if d.closed {
+		// The lock file is closed: drop the write without accounting;
+		// the next scan forgets the reservation.
+		unix.Unlink(tmp)
+		unix.Close(fd)
+		return ErrClosed
+	}
 	return d.commit(tmp, path, fd, size, werr)
+}
+
+// reserveFile reserves room for a file entry and creates its temp file,
+// under the Disk's life lock; fd is -1 (and err nil) if the entry exists.
+func (d *Disk) reserveFile(key Key, size int64) (tmp string, fd int, path string, err error) {
+	d.life.RLock()
+	defer d.life.RUnlock()
+	if d.closed {
+		return "", -1, "", ErrClosed
+	}
+	path = d.filePath(key)
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
+		return "", -1, path, nil // already stored
+	}
+	shard := filepath.Dir(path)
+	if err := os.Mkdir(shard, dirPerm); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", -1, "", err
+	}
+	tmp, fd, err = d.reserve(shard, size)
+	if err != nil {
+		return "", -1, "", err
+	}
+	return tmp, fd, path, nil
 }
 
 // limitedFD writes to a file descriptor, refusing to pass left bytes.

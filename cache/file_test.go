@@ -3,8 +3,10 @@ package cache
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -73,14 +75,17 @@ func TestDiskFileRoundTrip(t *testing.T) {
 func TestDiskFileFailedWrites(t *testing.T) {
 	boom := errors.New("boom")
 	for _, tc := range []struct {
-		name  string
-		size  int64
-		write func(io.Writer) error
+		name    string
+		size    int64
+		write   func(io.Writer) error
+		counted uint64 // write errors counted
 	}{
-		{"write error", 100, func(w io.Writer) error { w.Write(make([]byte, 50)); return boom }},
-		{"short", 100, func(w io.Writer) error { _, err := w.Write(make([]byte, 99)); return err }},
-		{"long", 100, func(w io.Writer) error { _, err := w.Write(make([]byte, 101)); return err }},
-		{"past the quota", 2 << 20, func(w io.Writer) error { return nil }},
+		{"write error", 100, func(w io.Writer) error { w.Write(make([]byte, 50)); return boom }, 1},
+		{"short", 100, func(w io.Writer) error { _, err := w.Write(make([]byte, 99)); return err }, 1},
+		{"long", 100, func(w io.Writer) error { _, err := w.Write(make([]byte, 101)); return err }, 1},
+		// An eighth of the quota at most: a larger file would evict most
+		// of the cache.
+		{"past an eighth of the quota", 1<<17 + 1, func(w io.Writer) error { _, err := w.Write(make([]byte, 1<<17+1)); return err }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := newTestDisk(t, t.TempDir(), 1<<20)
@@ -93,8 +98,8 @@ func TestDiskFileFailedWrites(t *testing.T) {
 			if w := checkUsage(t, d); w.entries != 0 || w.temps != 0 || w.total != 0 {
 				t.Errorf("walk after a failed PutFile: %+v; want nothing", w)
 			}
-			if d.stats().writeErrors != 1 {
-				t.Errorf("write errors = %d, want 1", d.stats().writeErrors)
+			if got := d.stats().writeErrors; got != tc.counted {
+				t.Errorf("write errors = %d, want %d", got, tc.counted)
 			}
 		})
 	}
@@ -153,26 +158,33 @@ func TestDiskFileDamaged(t *testing.T) {
 
 func TestDiskFileEviction(t *testing.T) {
 	// File entries and chunk entries share the quota and the LRU clock.
-	d := newTestDisk(t, t.TempDir(), 100_000)
+	d := newTestDisk(t, t.TempDir(), 800_000)
 	old := Key("old-file")
-	if err := putFile(d, old, content(old, 60_000)); err != nil {
+	if err := putFile(d, old, content(old, 100_000)); err != nil {
 		t.Fatal(err)
 	}
 	setMtimePath(t, d.filePath(old), time.Now().Add(-time.Hour))
-	if err := d.Put("chunk", content("chunk", 30_000)); err != nil {
-		t.Fatal(err)
+	var chunks []Key
+	for i := range 6 {
+		k := Key(fmt.Sprintf("chunk-%d", i))
+		if err := d.Put(k, content(k, 100_000)); err != nil {
+			t.Fatal(err)
+		}
+		chunks = append(chunks, k)
 	}
 	// No room for this one without evicting the old file.
-	if err := putFile(d, "new-file", content("new-file", 50_000)); err != nil {
+	if err := putFile(d, "new-file", content("new-file", 100_000)); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := d.OpenFile(old, 60_000); ok {
+	if _, ok := d.OpenFile(old, 100_000); ok {
 		t.Error("the least recently used file entry was not evicted")
 	}
-	if _, ok := d.Get("chunk"); !ok {
-		t.Error("the newer chunk entry was evicted")
+	for _, k := range chunks {
+		if _, ok := d.Get(k); !ok {
+			t.Errorf("the newer chunk entry %s was evicted", k)
+		}
 	}
-	if w := checkUsage(t, d); w.total > 100_000 {
+	if w := checkUsage(t, d); w.total > 800_000 {
 		t.Errorf("files hold %d bytes, past the quota", w.total)
 	}
 	if n, _, err := d.Prune(0); err != nil || n == 0 {
@@ -201,5 +213,43 @@ func setMtimePath(t *testing.T, path string, mt time.Time) {
 	t.Helper()
 	if err := os.Chtimes(path, mt, mt); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestDiskFileWriteReadsWhileClosing(t *testing.T) {
+	// A copy reads chunks from the same Disk while it writes; a Close
+	// arriving meanwhile must neither deadlock nor leave the entry.
+	dir := t.TempDir()
+	d := newTestDisk(t, dir, 1<<20)
+	if err := d.Put("chunk", []byte("chunk bytes")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	var blocked atomic.Bool
+	go func() {
+		done <- d.PutFile("copy", 11, func(w io.Writer) error {
+			closed := make(chan struct{})
+			go func() { d.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				blocked.Store(true)
+				return errors.New("Close is blocked by the write")
+			}
+			b, _ := d.Get("chunk") // a miss after Close
+			_, err := w.Write(append(b, make([]byte, 11-len(b))...))
+			return err
+		})
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) || blocked.Load() {
+			t.Errorf("PutFile across Close: %v (Close blocked: %v), want ErrClosed", err, blocked.Load())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("PutFile deadlocked with Close")
+	}
+	if w := walkDir(t, dir); w.entries != 1 || w.temps != 0 {
+		t.Errorf("after PutFile across Close: %+v; want the chunk alone", w)
 	}
 }

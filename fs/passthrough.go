@@ -70,7 +70,9 @@ func (f *fileNode) Open(ctx context.Context, flags uint32) (fusefs.FileHandle, u
 		}
 		if f.backing != nil {
 			f.passOpens++
-			return &passthroughHandle{f}, fuse.FOPEN_NOFLUSH, 0
+			// go-fuse drops KEEP_CACHE when it passes the file through;
+			// if it cannot, the page cache is kept as for any file.
+			return &passthroughHandle{f}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 		}
 	}
 	f.cachedOpens++

@@ -38,6 +38,9 @@ const (
 	closeGrace = 10 * time.Second
 	// copyBufferSize is the size of the reads a copy makes.
 	copyBufferSize = 1 << 20
+	// copiesAtOnce bounds the copies that run at once (each holds a read
+	// buffer and a reservation in the quota); the others wait their turn.
+	copiesAtOnce = 2
 )
 
 // OpenBacking returns a read-only file holding exactly n's content, if the
@@ -60,7 +63,9 @@ func (s *Stack) OpenBacking(n *index.Node) *os.File {
 // ReadWhole starts a background copy of n's content into the disk tier,
 // unless n is small, the cache has no disk tier, a copy exists or one is
 // under way. The mount calls it when it has served as many bytes of n as n
-// holds, so the chunks are in the cache and the copy costs no fetch.
+// holds, so the chunks are usually in the cache and the copy costs no
+// fetch (what is missing is fetched and verified as any read is). At most
+// copiesAtOnce copies run at a time; the others wait for a turn.
 func (s *Stack) ReadWhole(n *index.Node) {
 	if n.Size < s.backingMin || !s.cache.HasDisk() {
 		return
@@ -74,10 +79,16 @@ func (s *Stack) ReadWhole(n *index.Node) {
 	}
 	s.inBackground(func() {
 		defer s.copying.Delete(key)
+		select {
+		case s.copySlots <- struct{}{}:
+			defer func() { <-s.copySlots }()
+		case <-s.life.Done():
+			return
+		}
 		ctx, cancel := context.WithTimeout(s.life, copyTimeout)
 		defer cancel()
 		err := s.cache.PutFile(key, n.Size, func(w io.Writer) error { return s.copyContent(ctx, n, w) })
-		if err != nil && !errors.Is(err, cache.ErrClosed) {
+		if err != nil && !errors.Is(err, cache.ErrClosed) && !errors.Is(err, cache.ErrTooLarge) {
 			s.logf("no passthrough copy of %s: %v", n.Name, err)
 		}
 	})
@@ -124,12 +135,13 @@ func (s *Stack) fileKey(n *index.Node) (cache.Key, bool) {
 	l := s.layers[n.Layer]
 	h := sha256.New()
 	h.Write([]byte("lazyroot file\x00"))
-	var nums [16]byte
+	var nums [24]byte
 	piece := func(key cache.Key, off, size int64) {
-		h.Write([]byte(key))
-		binary.BigEndian.PutUint64(nums[0:], uint64(off))
-		binary.BigEndian.PutUint64(nums[8:], uint64(size))
+		binary.BigEndian.PutUint64(nums[0:], uint64(len(key)))
+		binary.BigEndian.PutUint64(nums[8:], uint64(off))
+		binary.BigEndian.PutUint64(nums[16:], uint64(size))
 		h.Write(nums[:])
+		h.Write([]byte(key))
 	}
 	for i := range n.Chunks {
 		c := &n.Chunks[i]

@@ -160,6 +160,7 @@ type Stack struct {
 	backingMin int64
 	copying    sync.Map
 	fileKeys   sync.Map
+	copySlots  chan struct{} // a token per copy running
 }
 
 // inBackground runs f in a goroutine that Close waits for.
@@ -213,7 +214,7 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	if opts.BackingMinSize <= 0 {
 		opts.BackingMinSize = DefaultBackingMinSize
 	}
-	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout, logf: logf, backingMin: opts.BackingMinSize}
+	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout, logf: logf, backingMin: opts.BackingMinSize, copySlots: make(chan struct{}, copiesAtOnce)}
 	s.life, s.endLife = context.WithCancel(context.Background())
 	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
