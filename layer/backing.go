@@ -66,7 +66,11 @@ func (s *Stack) OpenBacking(n *index.Node) *os.File {
 // holds, so the chunks are usually in the cache and the copy costs no
 // fetch (what is missing is fetched and verified as any read is). At most
 // copiesAtOnce copies run at a time; the others wait for a turn.
-func (s *Stack) ReadWhole(n *index.Node) {
+func (s *Stack) ReadWhole(n *index.Node) { s.readWhole(n, nil) }
+
+// readWhole is ReadWhole, the copy yielding to the reads act counts (none
+// if nil).
+func (s *Stack) readWhole(n *index.Node, act *Activity) {
 	if n.Size < s.backingMin || !s.cache.HasDisk() {
 		return
 	}
@@ -87,7 +91,7 @@ func (s *Stack) ReadWhole(n *index.Node) {
 		}
 		ctx, cancel := context.WithTimeout(s.life, copyTimeout)
 		defer cancel()
-		err := s.cache.PutFile(key, n.Size, func(w io.Writer) error { return s.copyContent(ctx, n, w) })
+		err := s.cache.PutFile(key, n.Size, func(w io.Writer) error { return s.copyContent(ctx, n, w, act) })
 		if err != nil && !errors.Is(err, cache.ErrClosed) && !errors.Is(err, cache.ErrTooLarge) {
 			s.logf("no passthrough copy of %s: %v", n.Name, err)
 		}
@@ -95,10 +99,13 @@ func (s *Stack) ReadWhole(n *index.Node) {
 }
 
 // copyContent writes n's content to w, read (and verified) through the
-// cache.
-func (s *Stack) copyContent(ctx context.Context, n *index.Node, w io.Writer) error {
+// cache, each piece once the reads act counts leave it idle.
+func (s *Stack) copyContent(ctx context.Context, n *index.Node, w io.Writer, act *Activity) error {
 	buf := make([]byte, min(copyBufferSize, n.Size))
 	for off := int64(0); off < n.Size; {
+		if err := act.waitIdle(ctx); err != nil {
+			return err
+		}
 		k, err := s.ReadAt(ctx, n, buf, off)
 		if k > 0 {
 			if _, werr := w.Write(buf[:k]); werr != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/index"
@@ -157,5 +158,39 @@ func TestBackingCopies(t *testing.T) {
 	}
 	if n := len(reg.Requests()); n != 0 {
 		t.Errorf("opening copies made %d registry requests", n)
+	}
+}
+
+func TestBackingCopyYieldsToReads(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, _, top := prefetchImage(t, reg, nil)
+	cacheDir := t.TempDir()
+	stack, _, tree := backingStack(t, img, cacheDir, 100_000)
+	defer stack.Close()
+	r := layer.NewTrackedReader(stack, nil)
+	var name string
+	for name = range top {
+		break
+	}
+	n, _ := tree.Lookup(name)
+	readCheck(t, r, tree, name, top[name])
+	// While an on-demand read is in flight, the copy waits.
+	r.Activity().Begin()
+	r.ReadWhole(n)
+	time.Sleep(300 * time.Millisecond)
+	if f := r.OpenBacking(n); f != nil {
+		f.Close()
+		r.Activity().End()
+		t.Fatal("the copy was made while a read was in flight")
+	}
+	r.Activity().End()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if f := r.OpenBacking(n); f != nil {
+			f.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no copy 10s after the reads ended")
+		}
 	}
 }

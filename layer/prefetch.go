@@ -403,8 +403,11 @@ func (p *Prefetch) layers(ctx context.Context) {
 }
 
 // waitIdle waits until no on-demand read has been in flight for a while.
-func (p *Prefetch) waitIdle(ctx context.Context) error {
-	a := p.opts.Activity
+func (p *Prefetch) waitIdle(ctx context.Context) error { return p.opts.Activity.waitIdle(ctx) }
+
+// waitIdle waits until no on-demand read has been in flight for idleQuiet;
+// a nil Activity is always idle.
+func (a *Activity) waitIdle(ctx context.Context) error {
 	for a != nil && !a.idle(time.Now(), idleQuiet) {
 		t := time.NewTimer(idlePoll)
 		select {

@@ -238,6 +238,14 @@ func NewTrackedReader(s *Stack, rec *Recorder) *TrackedReader {
 // Activity returns the counter of the reads in flight.
 func (t *TrackedReader) Activity() *Activity { return t.act }
 
+// OpenBacking opens a whole copy of n's content, like Stack.OpenBacking.
+func (t *TrackedReader) OpenBacking(n *index.Node) *os.File { return t.s.OpenBacking(n) }
+
+// ReadWhole copies n's content for passthrough like Stack.ReadWhole, but
+// the copy yields to the on-demand reads made through t: it reads its next
+// piece only once none has been in flight for a moment.
+func (t *TrackedReader) ReadWhole(n *index.Node) { t.s.readWhole(n, t.act) }
+
 // ReadAt reads like Stack.ReadAt.
 func (t *TrackedReader) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) (int, error) {
 	t.act.Begin()

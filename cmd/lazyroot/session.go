@@ -87,7 +87,7 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	root.MapIDs(o.uidMap, o.gidMap)
 	// A recording must see every read, which passthrough would hide.
 	if o.passthrough && m.recorder == nil {
-		root.UseBacking(m.stack)
+		root.UseBacking(reader)
 	}
 	fopts := fs.Options{FsName: m.img.Name(), Logger: logger, Debug: o.debug, AllowSetuid: o.allowSetuid}
 	treeDir := dir
