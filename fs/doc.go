@@ -9,7 +9,9 @@
 // names share one inode. Because the tree never changes, entries and
 // attributes are cached by the kernel for a long time, opened files keep
 // their page cache (FOPEN_KEEP_CACHE) and need no FLUSH on close,
-// directory listings are cached by the kernel (FOPEN_CACHE_DIR), and
+// directory listings are cached by the kernel (FOPEN_CACHE_DIR; the
+// kernel is told once that directories need no OPENDIR, so listing one
+// costs no OPENDIR or RELEASEDIR round trip: see noOpendir), and
 // POSIX ACLs are left to the kernel, which caches them. Reads are up to
 // 1 MiB and readahead is raised past the kernel's 128 KiB default (see
 // mount.go for the numbers and why). A read whose bytes the

@@ -68,6 +68,8 @@ type mountTuning struct {
 	fuse.MountOptions
 	// readAheadKB, if positive, is written to the mount's read_ahead_kb.
 	readAheadKB int
+	// opendir keeps OPENDIR and RELEASEDIR requests (see noOpendir).
+	opendir bool
 }
 
 // Mount serves root at dir, read-only, and returns once the kernel has the
@@ -108,14 +110,22 @@ func Mount(dir string, root *Root, o Options) (*fuse.Server, error) {
 	if o.tune != nil {
 		o.tune(&mt)
 	}
-	server, err := fusefs.Mount(dir, root, &fusefs.Options{
+	var raw fuse.RawFileSystem = fusefs.NewNodeFS(root, &fusefs.Options{
 		MountOptions:    mt.MountOptions,
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		Logger:          o.Logger,
 	})
+	if !mt.opendir {
+		raw = &noOpendir{raw}
+	}
+	server, err := fuse.NewServer(raw, dir, &mt.MountOptions)
 	if err != nil {
+		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
 	}
 	if mt.readAheadKB > 0 {

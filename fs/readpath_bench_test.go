@@ -74,6 +74,7 @@ var benchVariants = []struct {
 		mt.DisableSplice = false
 		mt.readAheadKB = 0
 		mt.EnableAcl = false
+		mt.opendir = true
 	}},
 }
 
