@@ -8,6 +8,7 @@ import (
 	"log"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -208,7 +209,13 @@ func (n *baseNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 }
 
 // dirNode is a directory; its children are added by Root.OnAdd.
-type dirNode struct{ baseNode }
+type dirNode struct {
+	baseNode
+	// listing is the directory's entries in name order, made once: every
+	// listing shares it (go-fuse's list stream copies what it returns).
+	listOnce sync.Once
+	listing  []fuse.DirEntry
+}
 
 var _ = (fusefs.NodeOpendirHandler)((*dirNode)(nil))
 
@@ -217,14 +224,20 @@ var _ = (fusefs.NodeOpendirHandler)((*dirNode)(nil))
 // changes, so a directory is listed by this server once while the kernel
 // keeps its pages. "." and ".." are left to the kernel, as go-fuse's own
 // listing does.
+//
+// Each READDIRPLUS opens a handle of its own (see noOpendir), so the
+// listing is built once per directory, not per handle: a directory of
+// many entries is listed in time proportional to its size.
 func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fusefs.FileHandle, uint32, syscall.Errno) {
-	names := d.entry.Names()
-	list := make([]fuse.DirEntry, len(names))
-	for i, name := range names {
-		c := d.entry.Children[name]
-		list[i] = fuse.DirEntry{Name: name, Ino: c.Ino, Mode: fileType(c)}
-	}
-	return fusefs.NewListDirStream(list), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	d.listOnce.Do(func() {
+		names := d.entry.Names()
+		d.listing = make([]fuse.DirEntry, len(names))
+		for i, name := range names {
+			c := d.entry.Children[name]
+			d.listing[i] = fuse.DirEntry{Name: name, Ino: c.Ino, Mode: fileType(c)}
+		}
+	})
+	return fusefs.NewListDirStream(d.listing), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // symlinkNode is a symbolic link.

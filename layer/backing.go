@@ -31,8 +31,10 @@ const (
 	// when StackOptions.BackingMinSize is 0: below it, reads through the
 	// server cost little and a copy would cost an inode and a write.
 	DefaultBackingMinSize = 256 << 10
-	// copyTimeout bounds the copy of one file.
-	copyTimeout = 10 * time.Minute
+	// copyYield is the longest a copy waits for on-demand reads to pause
+	// before each piece: under reads that never pause it still goes on,
+	// a piece at a time.
+	copyYield = time.Second
 	// closeGrace is how long Close lets copies under way finish before it
 	// cancels them.
 	closeGrace = 10 * time.Second
@@ -83,14 +85,20 @@ func (s *Stack) readWhole(n *index.Node, act *Activity) {
 	}
 	s.inBackground(func() {
 		defer s.copying.Delete(key)
+		// Wait for a pause in the reads before holding a slot and room in
+		// the quota.
+		if act.waitIdleAtMost(s.life, copyYield) != nil {
+			return
+		}
 		select {
 		case s.copySlots <- struct{}{}:
 			defer func() { <-s.copySlots }()
 		case <-s.life.Done():
 			return
 		}
-		ctx, cancel := context.WithTimeout(s.life, copyTimeout)
-		defer cancel()
+		// Each piece's read is bounded by the read timeout; Close ends
+		// the copy through s.life.
+		ctx := s.life
 		err := s.cache.PutFile(key, n.Size, func(w io.Writer) error { return s.copyContent(ctx, n, w, act) })
 		if err != nil && !errors.Is(err, cache.ErrClosed) && !errors.Is(err, cache.ErrTooLarge) {
 			s.logf("no passthrough copy of %s: %v", n.Name, err)
@@ -99,11 +107,12 @@ func (s *Stack) readWhole(n *index.Node, act *Activity) {
 }
 
 // copyContent writes n's content to w, read (and verified) through the
-// cache, each piece once the reads act counts leave it idle.
+// cache, each piece once the reads act counts pause (or copyYield has
+// passed).
 func (s *Stack) copyContent(ctx context.Context, n *index.Node, w io.Writer, act *Activity) error {
 	buf := make([]byte, min(copyBufferSize, n.Size))
 	for off := int64(0); off < n.Size; {
-		if err := act.waitIdle(ctx); err != nil {
+		if err := act.waitIdleAtMost(ctx, copyYield); err != nil {
 			return err
 		}
 		k, err := s.ReadAt(ctx, n, buf, off)

@@ -407,8 +407,16 @@ func (p *Prefetch) waitIdle(ctx context.Context) error { return p.opts.Activity.
 
 // waitIdle waits until no on-demand read has been in flight for idleQuiet;
 // a nil Activity is always idle.
-func (a *Activity) waitIdle(ctx context.Context) error {
-	for a != nil && !a.idle(time.Now(), idleQuiet) {
+func (a *Activity) waitIdle(ctx context.Context) error { return a.waitIdleAtMost(ctx, 0) }
+
+// waitIdleAtMost is waitIdle, giving up the wait (without an error) after
+// max if max is positive.
+func (a *Activity) waitIdleAtMost(ctx context.Context, max time.Duration) error {
+	var until time.Time
+	if max > 0 {
+		until = time.Now().Add(max)
+	}
+	for a != nil && !a.idle(time.Now(), idleQuiet) && (until.IsZero() || time.Now().Before(until)) {
 		t := time.NewTimer(idlePoll)
 		select {
 		case <-ctx.Done():
