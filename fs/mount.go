@@ -126,6 +126,7 @@ func Mount(dir string, root *Root, o Options) (*fuse.Server, error) {
 	}
 	go server.Serve()
 	if err := server.WaitMount(); err != nil {
+		server.Unmount() // ends Serve
 		return nil, fmt.Errorf("fuse mount at %s: %w", dir, err)
 	}
 	if mt.readAheadKB > 0 {
