@@ -461,6 +461,12 @@ func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config %s: %w", r, m.Config.Digest, err)
 	}
+	return imageOf(d, m, cf), nil
+}
+
+// imageOf is the Image of manifest m, which d describes, and config cf,
+// without its layers.
+func imageOf(d v1.Descriptor, m *v1.Manifest, cf *v1.ConfigFile) *Image {
 	im := &Image{
 		Digest:     d.Digest,
 		Manifest:   m,
@@ -470,7 +476,7 @@ func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference
 	if im.descriptor.MediaType == "" {
 		im.descriptor.MediaType = m.MediaType
 	}
-	return im, nil
+	return im
 }
 
 // registryManifests gives an index's manifests by digest, through the

@@ -307,15 +307,7 @@ func (r *layoutReader) image(ctx context.Context, d v1.Descriptor, raw []byte) (
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
-	im := &Image{
-		Digest:     d.Digest,
-		Manifest:   m,
-		Config:     cf,
-		descriptor: v1.Descriptor{MediaType: d.MediaType, Size: d.Size, Digest: d.Digest},
-	}
-	if im.descriptor.MediaType == "" {
-		im.descriptor.MediaType = m.MediaType
-	}
+	im := imageOf(d, m, cf)
 	diffIDs := cf.RootFS.DiffIDs
 	for i, ld := range m.Layers {
 		if err := ctx.Err(); err != nil {
