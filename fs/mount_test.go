@@ -40,6 +40,24 @@ func requireFUSE(t *testing.T) {
 // function is applied to the root before mounting.
 func mountImage(t *testing.T, ref string, setup ...func(*fs.Root)) (string, *layer.Stack) {
 	t.Helper()
+	dir, stack, _ := mountWith(t, ref, mountConfig{setup: setup})
+	return dir, stack
+}
+
+// mountConfig says how mountWith mounts an image.
+type mountConfig struct {
+	// cacheDir holds the cache's disk tier; "" for none.
+	cacheDir string
+	// reader, if set, wraps the stack as the tree's ContentReader.
+	reader func(*layer.Stack) fs.ContentReader
+	// backing serves files through the stack's passthrough copies.
+	backing bool
+	setup   []func(*fs.Root)
+}
+
+// mountWith is mountImage as cfg says, also returning the merged tree.
+func mountWith(t *testing.T, ref string, cfg mountConfig) (string, *layer.Stack, *index.Tree) {
+	t.Helper()
 	ctx := context.Background()
 	img, err := layer.Resolve(ctx, ref)
 	if err != nil {
@@ -49,7 +67,7 @@ func mountImage(t *testing.T, ref string, setup ...func(*fs.Root)) (string, *lay
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20})
+	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20, Dir: cfg.cacheDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +80,15 @@ func mountImage(t *testing.T, ref string, setup ...func(*fs.Root)) (string, *lay
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := fs.NewRoot(tree, stack, nil)
-	for _, f := range setup {
+	var reader fs.ContentReader = stack
+	if cfg.reader != nil {
+		reader = cfg.reader(stack)
+	}
+	root := fs.NewRoot(tree, reader, nil)
+	if cfg.backing {
+		root.UseBacking(stack)
+	}
+	for _, f := range cfg.setup {
 		f(root)
 	}
 	dir := t.TempDir()
@@ -78,7 +103,7 @@ func mountImage(t *testing.T, ref string, setup ...func(*fs.Root)) (string, *lay
 		stack.Close()
 		c.Close()
 	})
-	return dir, stack
+	return dir, stack, tree
 }
 
 func randomBytes(seed uint64, n int) []byte {

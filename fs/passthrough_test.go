@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/fs"
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
@@ -38,41 +37,11 @@ func (r *countingReader) ReadAt(ctx context.Context, n *index.Node, p []byte, of
 // on, counting the reads that reach the server.
 func passthroughMount(t *testing.T, ref, cacheDir string) (string, *layer.Stack, *index.Tree, *countingReader) {
 	t.Helper()
-	ctx := context.Background()
-	img, err := layer.Resolve(ctx, ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := layer.NewStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20, Dir: cacheDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stack, err := layer.Open(ctx, img, st, c, layer.StackOptions{SpanSize: 256 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	reader := &countingReader{ContentReader: stack}
-	root := fs.NewRoot(tree, reader, nil)
-	root.UseBacking(stack)
-	dir := t.TempDir()
-	server, err := fs.Mount(dir, root, fs.Options{FsName: ref})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := server.Unmount(); err != nil {
-			t.Errorf("unmount: %v", err)
-		}
-		stack.Close()
-		c.Close()
+	reader := &countingReader{}
+	dir, stack, tree := mountWith(t, ref, mountConfig{
+		cacheDir: cacheDir,
+		reader:   func(s *layer.Stack) fs.ContentReader { reader.ContentReader = s; return reader },
+		backing:  true,
 	})
 	return dir, stack, tree, reader
 }

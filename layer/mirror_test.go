@@ -31,17 +31,6 @@ func writeMirrorHosts(t *testing.T, dir, host, mirror, caps string) {
 	}
 }
 
-// unreachableHost is a loopback address where nothing listens.
-func unreachableHost(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // silentHost is a loopback address that accepts connections and never
 // answers, until the test ends.
 func silentHost(t *testing.T) string {
@@ -85,7 +74,7 @@ func TestResolveThroughMirrorWithOriginDown(t *testing.T) {
 	_, arm := pushOne(t, mirror, "tmp:arm", "arm64", testutil.Gzip)
 	mirror.PushIndex(t, "multi:latest", map[string]v1.Image{"linux/amd64": amd, "linux/arm64": arm})
 	pushOne(t, mirror, "single:v1", "single", testutil.Gzip)
-	origin := unreachableHost(t)
+	origin := testutil.UnreachableAddr(t)
 	hosts := t.TempDir()
 	writeMirrorHosts(t, hosts, origin, mirror.Host, `["pull", "resolve"]`)
 	armDigest, err := arm.Digest()

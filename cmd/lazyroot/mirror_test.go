@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -87,7 +86,7 @@ func TestMirrorFromHostsDir(t *testing.T) {
 	// may resolve serves the manifest and config as well as the layers.
 	mirror.Wrap(nil)
 	mirror.Reset()
-	down := unreachableAddr(t)
+	down := testutil.UnreachableAddr(t)
 	downHosts := t.TempDir()
 	if err := os.Mkdir(filepath.Join(downHosts, down), 0o755); err != nil {
 		t.Fatal(err)
@@ -110,15 +109,4 @@ func TestMirrorFromHostsDir(t *testing.T) {
 	if _, errOut, code := lazyroot(t, "mount", "--max-conns-per-host", "0", ref, mountDir(t)); code != 2 || !strings.Contains(errOut, "--max-conns-per-host") {
 		t.Errorf("--max-conns-per-host 0: code %d: %s", code, errOut)
 	}
-}
-
-// unreachableAddr is a loopback address where nothing listens.
-func unreachableAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
