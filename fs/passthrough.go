@@ -87,7 +87,8 @@ func (f *fileNode) Read(ctx context.Context, fh fusefs.FileHandle, dest []byte, 
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, toErrno(f.root.logger, err)
 	}
-	if b := f.root.backing; b != nil && f.served.Add(int64(n)) >= f.entry.Size && !f.noted.Swap(true) {
+	// Once noted, a file's reads leave the shared counter alone.
+	if b := f.root.backing; b != nil && !f.noted.Load() && f.served.Add(int64(n)) >= f.entry.Size && !f.noted.Swap(true) {
 		b.ReadWhole(f.entry)
 	}
 	return newReadResult(dest[:n]), 0
