@@ -77,6 +77,9 @@ type Harness struct {
 	cfg        Config
 	imageBytes map[string]int64 // image/format -> compressed size
 	procs      []*exec.Cmd      // registry and proxy, stopped by Close
+	// keptPID is the server a Warm run left keeping its tree for the
+	// Kept run after it (0: none).
+	keptPID int
 }
 
 // New returns a harness for cfg.
@@ -429,7 +432,7 @@ func (h *Harness) Run(ctx context.Context) []Result {
 		}
 		scen := []Scenario{{Workload: w, Mode: Baseline, Format: "gzip"}}
 		for _, f := range h.cfg.Formats {
-			scen = append(scen, Scenario{w, Cold, f}, Scenario{w, Warm, f})
+			scen = append(scen, Scenario{w, Cold, f}, Scenario{w, Warm, f}, Scenario{w, Kept, f})
 			if w.Profile {
 				scen = append(scen, Scenario{w, Profiled, f})
 			}
@@ -447,6 +450,9 @@ func (h *Harness) Run(ctx context.Context) []Result {
 					secs(r.FirstOutput), secs(r.Total), secs(r.Command), mib(r.Bytes), r.Requests, secs(r.CPU), mib(r.PeakRSS))
 			}
 			out = append(out, r)
+			if s.Mode == Kept || r.Err != "" {
+				h.stopKept()
+			}
 			_ = exec.Command("sync").Run()
 		}
 		_ = os.RemoveAll(h.path("work", "root-"+w.Name))
@@ -514,7 +520,7 @@ func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error 
 
 func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	root := h.path("work", "root-"+s.Workload.Name, s.Format)
-	if s.Mode != Warm {
+	if s.Mode != Warm && s.Mode != Kept {
 		_ = os.RemoveAll(root)
 	}
 	dir := h.path("work", "mnt")
@@ -532,8 +538,26 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	if err != nil {
 		return err
 	}
+	args := []string{"mount", "--root", root, "--insecure-registry", h.proxyAddr()}
+	var cpu0 time.Duration
+	switch s.Mode {
+	case Warm:
+		// The Kept run after this one mounts over the same tree.
+		args = append(args, "--keep-lower", "10m")
+	case Kept:
+		if h.keptPID == 0 {
+			return errors.New("no tree was kept by a warm run")
+		}
+		// The kept server's CPU counts from here, and its peak memory.
+		if cpu0, _, err = procUsage(h.keptPID); err != nil {
+			return fmt.Errorf("kept server %d: %w", h.keptPID, err)
+		}
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", h.keptPID), []byte("5"), 0); err != nil {
+			return fmt.Errorf("reset the peak memory of server %d: %w", h.keptPID, err)
+		}
+	}
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, h.cfg.Lazyroot, "mount", "--root", root, "--insecure-registry", h.proxyAddr(), ref, dir)
+	cmd := exec.CommandContext(ctx, h.cfg.Lazyroot, append(args, ref, dir)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("lazyroot mount: %w: %s", err, out)
@@ -550,6 +574,12 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	if err != nil {
 		return err
 	}
+	switch {
+	case s.Mode == Warm:
+		h.keptPID = pid
+	case s.Mode == Kept && pid != h.keptPID:
+		return fmt.Errorf("the mount did not use the kept tree: server %d, not %d", pid, h.keptPID)
+	}
 	if err := h.runJob(ctx, dir, s.Workload, start, r); err != nil {
 		return err
 	}
@@ -557,7 +587,7 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	if err != nil {
 		return fmt.Errorf("server %d: %w", pid, err)
 	}
-	r.CPU += cpu
+	r.CPU += cpu - cpu0
 	r.PeakRSS = hwm
 	st1, err := h.proxyStats()
 	if err != nil {
@@ -566,6 +596,21 @@ func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	d := st1.Sub(st0)
 	r.Requests, r.Bytes = d.Requests, d.BodyBytes
 	return nil
+}
+
+// stopKept stops the server a Warm run left keeping its tree.
+func (h *Harness) stopKept() {
+	pid := h.keptPID
+	h.keptPID = 0
+	if pid == 0 || syscall.Kill(pid, syscall.SIGTERM) != nil {
+		return
+	}
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+	}
+	h.logf("kept server %d did not exit after SIGTERM", pid)
 }
 
 // recordProfile runs w once on ref with a throwaway --root, recording its

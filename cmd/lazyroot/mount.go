@@ -53,6 +53,11 @@ type mountFlags struct {
 	recordProfile  bool
 	publishProfile bool
 	passthrough    bool
+	// keepLower is how long a shared lower stays after its last mount;
+	// lowerKeyArg makes a background server serve the shared lower of
+	// that key.
+	keepLower   time.Duration
+	lowerKeyArg string
 }
 
 // registerMountFlags adds the flags that say how an image is mounted,
@@ -143,6 +148,9 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
+	fset.DurationVar(&f.keepLower, "keep-lower", 0, "keep the image's read-only tree mounted this long after its last writable mount on the node goes, so the next mount of the image starts with the kernel's caches of it warm (0: unmount it with the last mount)")
+	fset.StringVar(&f.lowerKeyArg, "lower-key", "", "serve the shared lower of this key (used by the background server)")
+	_ = fset.MarkHidden("lower-key")
 	f.registerMountFlags(fset)
 	if err := parseArgs(fset, args, 1, 2); err != nil {
 		return err
@@ -164,7 +172,12 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	if err := checkMountpoint(dir); err != nil {
 		return err
 	}
-	if rec, err := readRecord(recordPath(f.root, dir)); err == nil && alive(rec.PID) {
+	if f.keepLower < 0 {
+		return fmt.Errorf("%w: --keep-lower %v is negative", errUsage, f.keepLower)
+	}
+	// A shared lower's server forgets a mount whose overlay went; a
+	// private server still serving a detached mount holds its directory.
+	if rec, err := readRecord(recordPath(f.root, dir)); err == nil && rec.Shared == "" && alive(rec.PID) {
 		// A detached, still busy mount's server: a new mount here would
 		// share its work directory.
 		return fmt.Errorf("mount point %s: the server of an earlier mount there (pid %d) still runs, serving its users after a lazy unmount; wait for them or stop it", dir, rec.PID)
@@ -176,20 +189,24 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	}
 	if !f.foreground {
 		rest, auth := f.takeCredentials(args)
-		return startServer(ctx, f.root, dir, rest, auth)
+		if f.sharesLower() {
+			return mountShared(ctx, &f, image, dir, rest, auth)
+		}
+		return startServer(ctx, f.root, logPath(f.root, dir), rest, auth)
+	}
+	if f.lowerKeyArg != "" {
+		return serveShared(ctx, &f, image, dir, memBytes)
 	}
 	return serve(ctx, &f, image, dir, memBytes)
 }
 
-// startServer runs "mount --foreground" in a new session, logging to a file
-// under the state root, and returns once it reports the mount ready or
-// failed.
-func startServer(ctx context.Context, root, dir string, args []string, auth string) error {
+// startServer runs "mount --foreground" in a new session, logging to
+// logFile, and returns once it reports the mount ready or failed.
+func startServer(ctx context.Context, root, logFile string, args []string, auth string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
-	logFile := logPath(root, dir)
 	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("open log: %w", err)
@@ -489,6 +506,9 @@ type mountStatus struct {
 	// recorded so far with --record-profile.
 	Prefetch     *layer.PrefetchStatus `json:"prefetch,omitempty"`
 	ProfileFiles int                   `json:"profileFiles,omitempty"`
+	// SharedMounts counts the mounts over a shared lower, this one
+	// included; 0 for a mount with a tree of its own.
+	SharedMounts int `json:"sharedMounts,omitempty"`
 }
 
 type layerStatus struct {

@@ -203,12 +203,15 @@ func (s *session) saveProfile() {
 // digestString names the mounted image's content: its manifest digest, or
 // for a stack of local layer files (which has none) a digest of their
 // digests, so an upper made over one stack is refused for another.
-func digestString(m *mounted) string {
-	if m.img.Digest.Hex != "" {
-		return m.img.Digest.String()
+func digestString(m *mounted) string { return imageDigest(m.img) }
+
+// imageDigest is digestString for a resolved image.
+func imageDigest(img *layer.Image) string {
+	if img.Digest.Hex != "" {
+		return img.Digest.String()
 	}
 	h := sha256.New()
-	for _, l := range m.img.Layers {
+	for _, l := range img.Layers {
 		fmt.Fprintln(h, l.Descriptor.Digest)
 	}
 	return fmt.Sprintf("layers:sha256:%x", h.Sum(nil))

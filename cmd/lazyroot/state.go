@@ -34,6 +34,11 @@ type mountRecord struct {
 	TempUpper bool   `json:"tempUpper,omitempty"`
 	// IDMapped says owners are shown through --uid-map/--gid-map.
 	IDMapped bool `json:"idMapped,omitempty"`
+	// Shared is the key of the shared lower the mount's overlay sits on
+	// (its server, PID, serves other mounts too); Session tells this
+	// mount from an earlier one at Dir.
+	Shared  string `json:"shared,omitempty"`
+	Session string `json:"session,omitempty"`
 }
 
 // mountID names a mount's files under the state root.

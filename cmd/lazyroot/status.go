@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
 
@@ -39,7 +40,7 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 		}
 	}
 	for _, rec := range recs {
-		st, err := queryStatus(ctx, rec.Socket)
+		st, err := queryStatus(ctx, rec.Socket, rec.Dir)
 		if err != nil {
 			fmt.Fprintf(stdout, "%s: %s (server %d not answering: %v)\n", rec.Dir, rec.Image, rec.PID, err)
 			continue
@@ -75,6 +76,9 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 		if st.ProfileFiles > 0 {
 			fmt.Fprintf(stdout, "  recording the access profile: %d files so far\n", st.ProfileFiles)
 		}
+		if st.SharedMounts > 0 {
+			fmt.Fprintf(stdout, "  over a shared tree at %s (%d mounts of the image share it)\n", st.Lower, st.SharedMounts)
+		}
 		switch {
 		case st.Upper == "":
 			fmt.Fprintln(stdout, "  read-only")
@@ -99,7 +103,7 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 	return nil
 }
 
-func queryStatus(ctx context.Context, socket string) (*mountStatus, error) {
+func queryStatus(ctx context.Context, socket, dir string) (*mountStatus, error) {
 	client := &http.Client{
 		Timeout: 3 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -107,7 +111,7 @@ func queryStatus(ctx context.Context, socket string) (*mountStatus, error) {
 			return d.DialContext(ctx, "unix", socket)
 		}},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lazyroot/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lazyroot/status?dir="+url.QueryEscape(dir), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +120,9 @@ func queryStatus(ctx context.Context, socket string) (*mountStatus, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("server answered %s", resp.Status)
+	}
 	st := new(mountStatus)
 	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
 		return nil, err

@@ -43,6 +43,9 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 		cleanupDeadServer(*root, rec)
 		return nil
 	}
+	if rec != nil && rec.Shared != "" {
+		return detachShared(ctx, rec, *lazy, *timeout)
+	}
 	if rec == nil || rec.PID <= 0 || *lazy {
 		// A detached mount ends, and its server with it, when the last
 		// process using it lets go.
@@ -54,6 +57,26 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 		syscall.Kill(rec.PID, syscall.SIGTERM)
 	}
 	return waitExit(ctx, rec.PID, *timeout)
+}
+
+// detachShared tells the server of a shared lower that the overlay at
+// rec.Dir is gone, and waits for the server to exit if that was its last
+// mount and it keeps no idle tree.
+func detachShared(ctx context.Context, rec *mountRecord, lazy bool, timeout time.Duration) error {
+	var ans detachAnswer
+	err := controlCall(ctx, rec.Socket, "/detach", detachRequest{Dir: rec.Dir, Clean: !lazy}, &ans, timeout)
+	switch {
+	case lazy:
+		return nil
+	case errors.Is(err, errNoServer) || errors.Is(err, errClosing):
+		// The server noticed the overlay go first, and is on its way out.
+		return waitExit(ctx, rec.PID, timeout)
+	case err != nil:
+		return fmt.Errorf("unmounted %s, but its server did not answer: %w", rec.Dir, err)
+	case ans.Exiting:
+		return waitExit(ctx, rec.PID, timeout)
+	}
+	return nil
 }
 
 // cleanupDeadServer does what a mount server killed before it could clean
@@ -72,7 +95,10 @@ func cleanupDeadServer(root string, rec *mountRecord) {
 	if rec.Lower != "" {
 		os.Remove(filepath.Dir(rec.Lower))
 	}
-	os.Remove(rec.Socket)
+	// A shared lower's socket may have a new server by now.
+	if rec.Shared == "" || errors.Is(controlCall(context.Background(), rec.Socket, "/status", struct{}{}, nil, time.Second), errNoServer) {
+		os.Remove(rec.Socket)
+	}
 	os.Remove(recordPath(root, rec.Dir))
 }
 

@@ -1,0 +1,673 @@
+package main
+
+// Shared lowers. Every writable mount of one image on a node, with the same
+// serving options, sits over one read-only tree served by one process: the
+// first mount starts it, later mounts ask it over its control socket for an
+// overlay of their own. The kernel's dentry, inode and page caches of the
+// tree then outlive any one mount: the second job to start on an image
+// walks directories and reads files the first one warmed, at the speed of a
+// local directory. With --keep-lower the tree stays mounted that long after
+// its last mount, for the next job.
+//
+// Files under the state root:
+//
+//	lowers/KEY.lock          held by a client while it finds or starts KEY's server
+//	lowers/KEY.sock          the server's control socket (attach, detach, status)
+//	lowers/KEY/PID/tree      where server PID mounts the tree
+//	logs/lower-KEY.log       the server's log
+//	mounts/ID.json           one record per mount, as for private mounts
+//	mounts/ID.SESSION.d      a mount's temporary upper
+//
+// Lock order in lowerServer: mu only; nothing is called with mu held that
+// takes another lock of ours or waits on the network.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyroot/lazyroot/fs"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// sharesLower says whether a mount with these flags goes through a shared
+// lower: a writable mount in the background. A read-only mount is the tree
+// itself; a recording must see only its own job's reads; a foreground
+// mount serves in the calling process.
+func (f *mountFlags) sharesLower() bool {
+	return !f.readOnly && !f.recordProfile && !f.foreground
+}
+
+// lowerKey names the shared lower of an image whose content digest is
+// digest: it covers every option that changes what the tree shows or how
+// its bytes are fetched and served, so mounts that share a lower could not
+// tell it from one of their own.
+func (f *mountFlags) lowerKey(digest string) string {
+	parts := []any{
+		"digest", digest, "uid-map", f.uidMap, "gid-map", f.gidMap, "suid", f.suid,
+		"read-timeout", f.readTimeout, "cache-mem", f.cacheMem, "cache-size", f.cacheSize,
+		"index-source", f.indexSource, "span-size", f.spanSize, "publish-index", f.publish,
+		"prefetch", f.prefetch, "prefetch-rate", f.prefetchRate, "passthrough", f.passthrough,
+		"debug", f.debug, "hosts-dir", f.hostsDir, "max-conns", f.maxConns, "insecure", f.insecure,
+	}
+	b, _ := json.Marshal(parts)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func lowerSlot(root, key string) string { return filepath.Join(root, "lowers", key) }
+
+func lowerSocket(root, key string) string { return lowerSlot(root, key) + ".sock" }
+
+func lowerLog(root, key string) string { return filepath.Join(root, "logs", "lower-"+key+".log") }
+
+// attachRequest asks a lower's server for an overlay at Dir.
+type attachRequest struct {
+	Dir string `json:"dir"`
+	// Upper is a named upper directory; "" asks for a temporary one.
+	Upper string `json:"upper,omitempty"`
+	// PrefetchWait bounds how long the answer waits for prefetch's
+	// priority files.
+	PrefetchWait time.Duration `json:"prefetchWait,omitempty"`
+	// Keep is how long the tree should stay mounted after its last mount.
+	Keep time.Duration `json:"keep,omitempty"`
+}
+
+// detachRequest tells a lower's server that the overlay at Dir is gone.
+type detachRequest struct {
+	Dir string `json:"dir"`
+	// Clean says the overlay was unmounted without detaching it, so no
+	// process can still use its upper.
+	Clean bool `json:"clean"`
+}
+
+// detachAnswer says whether the server exits now that the mount is gone.
+type detachAnswer struct {
+	Exiting bool `json:"exiting"`
+}
+
+var (
+	// errNoServer: nothing answers on the lower's control socket.
+	errNoServer = errors.New("no server for this lower")
+	// errClosing: the lower's server is shutting down and takes no mount.
+	errClosing = errors.New("lower server is closing")
+)
+
+// mountShared mounts image at dir over the image's shared lower, starting
+// the lower's server if none runs.
+func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []string, auth string) error {
+	digest, err := resolveDigest(ctx, f, image)
+	if err != nil {
+		return err
+	}
+	key := f.lowerKey(digest)
+	if err := os.MkdirAll(lowerSlot(f.root, key), 0o700); err != nil {
+		return fmt.Errorf("state root %s: %w", f.root, err)
+	}
+	unlock, err := lockPath(ctx, lowerSlot(f.root, key)+".lock")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower}
+	if f.upper != "" {
+		if req.Upper, err = filepath.Abs(f.upper); err != nil {
+			return fmt.Errorf("--upper: %w", err)
+		}
+	}
+	sock := lowerSocket(f.root, key)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := controlCall(ctx, sock, "/attach", req, nil, f.prefetchWait+time.Minute)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errNoServer):
+			os.Remove(sock) // left by a server that died, if anything
+			args = append(args, "--lower-key="+key)
+			return startServer(ctx, f.root, lowerLog(f.root, key), args, auth)
+		case errors.Is(err, errClosing) && time.Now().Before(deadline):
+			// The server is going away; its socket goes first.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		default:
+			return err
+		}
+	}
+}
+
+// resolveDigest resolves image (or the --layer files) to the digest that
+// names its content, as the server will mount it.
+func resolveDigest(ctx context.Context, f *mountFlags, image string) (string, error) {
+	opts, err := f.options()
+	if err != nil {
+		return "", err
+	}
+	st, err := layer.NewStore(f.root)
+	if err != nil {
+		return "", err
+	}
+	opts = append(opts, layer.WithStore(st))
+	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
+	defer cancel()
+	var img *layer.Image
+	if len(f.layers) > 0 {
+		img, err = layer.ResolveFiles(rctx, f.layers, opts...)
+	} else {
+		img, err = layer.Resolve(rctx, image, opts...)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer img.Close()
+	return imageDigest(img), nil
+}
+
+// lockPath takes an exclusive lock on the file at path, waiting for it
+// until ctx ends, and returns its release.
+func lockPath(ctx context.Context, path string) (func(), error) {
+	lf, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	for {
+		err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { lf.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			lf.Close()
+			return nil, fmt.Errorf("lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			lf.Close()
+			return nil, fmt.Errorf("waiting for lock %s: %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// controlCall posts req as JSON to path on the control socket sock and
+// decodes the answer into answer (if not nil). It returns errNoServer if
+// nothing listens, errClosing if the server is shutting down, and the
+// server's message for any other refusal.
+func controlCall(ctx context.Context, sock, path string, req, answer any, timeout time.Duration) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://lazyroot"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+			return errNoServer
+		}
+		return fmt.Errorf("lower server at %s: %w", sock, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	switch {
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return errClosing
+	case resp.StatusCode != http.StatusOK:
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("lower server at %s: %s", sock, resp.Status)
+	case answer != nil:
+		if err := json.Unmarshal(b, answer); err != nil {
+			return fmt.Errorf("lower server at %s: %w", sock, err)
+		}
+	}
+	return nil
+}
+
+// lowerServer serves one image's tree to the overlays of many mounts.
+type lowerServer struct {
+	m      *mounted
+	tree   *session // the tree, mounted read-only at treeDir
+	key    string
+	root   string
+	sock   string
+	log    string
+	logger *log.Logger
+	// overlay says how the overlays are mounted; idMapped that the tree
+	// shows owners through an id map.
+	overlay  fs.OverlayOptions
+	idMapped bool
+	// exit is closed when the server should shut down: signalled, idle
+	// past its keep time, or its last mount gone with no keep time.
+	exit         chan struct{}
+	exitOnce     sync.Once
+	shutdownOnce sync.Once
+
+	mu sync.Mutex
+	// mounts are the live overlays by directory (guarded by mu).
+	mounts map[string]*overlayMount
+	// deferred are temporary uppers of overlays that went without a clean
+	// unmount, by directory: a detached overlay may still use them, so
+	// they go when the tree does (guarded by mu).
+	deferred map[string][]*fs.Upper
+	// closing refuses new mounts once shutdown began (guarded by mu).
+	closing bool
+	// keep is how long the tree stays after its last mount; idle fires
+	// then (guarded by mu).
+	keep time.Duration
+	idle *time.Timer
+}
+
+// overlayMount is one mount's overlay over the shared tree.
+type overlayMount struct {
+	rec   mountRecord
+	upper *fs.Upper
+}
+
+// serveShared mounts the image's tree as the shared lower named by
+// f.lowerKeyArg, puts the first mount's overlay at dir, and serves
+// attaches until shut down.
+func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes int64) (err error) {
+	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
+	var ready *os.File
+	if f.readyFD > 0 {
+		ready = os.NewFile(uintptr(f.readyFD), "ready")
+		defer func() {
+			if err != nil {
+				fmt.Fprintf(ready, "error: %s\n", oneLine(err))
+			}
+			ready.Close()
+		}()
+	}
+	key := f.lowerKeyArg
+	logger.Printf("serving %s as shared lower %s", imageLabel(image, f.layers), key)
+	m, err := prepare(ctx, f, image, memBytes, logger)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	if got := f.lowerKey(digestString(m)); got != key {
+		return fmt.Errorf("image %s changed while mounting (now %s); mount again", m.img.Name(), digestString(m))
+	}
+	slot := lowerSlot(f.root, key)
+	sweepDeadTrees(slot, logger)
+	treeDir := filepath.Join(slot, strconv.Itoa(os.Getpid()), "tree")
+	if err := os.MkdirAll(treeDir, 0o755); err != nil {
+		return fmt.Errorf("lower directory: %w", err)
+	}
+	defer os.Remove(filepath.Dir(treeDir))
+	defer os.Remove(treeDir)
+	so, err := f.sessionOptions("")
+	if err != nil {
+		return err
+	}
+	so.readOnly, so.upper, so.prefetchWait = true, "", 0
+	tree, err := openSession(m, treeDir, so, logger)
+	if err != nil {
+		return err
+	}
+	ls := &lowerServer{
+		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: lowerLog(f.root, key), logger: logger,
+		overlay: fs.OverlayOptions{AllowSetuid: f.suid}, idMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0, exit: make(chan struct{}),
+		mounts: map[string]*overlayMount{}, deferred: map[string][]*fs.Upper{}, keep: f.keepLower,
+	}
+	defer ls.shutdown()
+	stopControl, err := ls.serveControl()
+	if err != nil {
+		return err
+	}
+	defer stopControl()
+	upper := ""
+	if f.upper != "" {
+		if upper, err = filepath.Abs(f.upper); err != nil {
+			return fmt.Errorf("--upper: %w", err)
+		}
+	}
+	if err := ls.attach(attachRequest{Dir: dir, Upper: upper, PrefetchWait: f.prefetchWait, Keep: f.keepLower}); err != nil {
+		return err
+	}
+	logger.Printf("shared lower of %s (%s) at %s: %d inodes, %s in files", m.img.Name(), digestString(m), treeDir,
+		m.tree.Inodes, humanize.IBytes(uint64(m.tree.Bytes)))
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted while mounting %s", dir)
+	}
+	if ready != nil {
+		fmt.Fprintln(ready, "ok")
+		ready.Close()
+		ready = nil
+	}
+	go ls.watch(ctx)
+	select {
+	case <-ctx.Done():
+		logger.Printf("signalled: unmounting every mount of shared lower %s", key)
+	case <-tree.done:
+		logger.Printf("the tree at %s was unmounted under its mounts", treeDir)
+	case <-ls.exit:
+		logger.Printf("shared lower %s has no mount left: unmounting it", key)
+	}
+	ls.beginClose()
+	stopControl()
+	ls.shutdown()
+	st := m.img.FetchStats()
+	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(st.Bytes)), st.Requests)
+	return nil
+}
+
+// attach mounts an overlay over the tree at r.Dir.
+func (ls *lowerServer) attach(r attachRequest) (err error) {
+	ls.mu.Lock()
+	if ls.closing {
+		ls.mu.Unlock()
+		return errClosing
+	}
+	om, err := ls.attachLocked(r)
+	ls.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if p := ls.m.prefetch; p != nil && r.PrefetchWait > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), r.PrefetchWait)
+		if err := p.WaitPriority(ctx); err != nil {
+			ls.logger.Printf("mounted %s without waiting longer for prefetch (--prefetch-wait %v)", om.rec.Dir, r.PrefetchWait)
+		}
+		cancel()
+	}
+	return nil
+}
+
+func (ls *lowerServer) attachLocked(r attachRequest) (*overlayMount, error) {
+	dir := r.Dir
+	if old := ls.mounts[dir]; old != nil {
+		if isLazyrootMount(dir) {
+			return nil, fmt.Errorf("mount point %s is already a mount", dir)
+		}
+		ls.detachLocked(old, false)
+	}
+	if err := checkMountpoint(dir); err != nil {
+		return nil, err
+	}
+	id := make([]byte, 6)
+	rand.Read(id)
+	session := hex.EncodeToString(id)
+	temp := r.Upper == ""
+	upperDir := r.Upper
+	if temp {
+		upperDir = filepath.Join(ls.root, "mounts", mountID(dir)+"."+session+".d")
+	}
+	u, err := fs.OpenUpper(upperDir, ls.m.img.Name(), digestString(ls.m))
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*overlayMount, error) {
+		if temp {
+			u.Remove()
+		} else {
+			u.Close()
+		}
+		return nil, err
+	}
+	if err := fs.MountOverlay(dir, ls.tree.dir, u, ls.overlay); err != nil {
+		return fail(err)
+	}
+	rec := mountRecord{Dir: dir, Image: ls.m.img.Name(), Digest: digestString(ls.m), PID: os.Getpid(), Socket: ls.sock, Log: ls.log,
+		Lower: ls.tree.dir, Upper: u.Dir, TempUpper: temp, IDMapped: ls.idMapped, Shared: ls.key, Session: session}
+	if err := writeRecord(ls.root, rec); err != nil {
+		syscall.Unmount(dir, syscall.MNT_DETACH)
+		return fail(err)
+	}
+	om := &overlayMount{rec: rec, upper: u}
+	ls.mounts[dir] = om
+	ls.keep = max(ls.keep, r.Keep)
+	if ls.idle != nil {
+		ls.idle.Stop()
+		ls.idle = nil
+	}
+	ls.logger.Printf("mounted %s at %s (%d mounts share the tree)", rec.Image, dir, len(ls.mounts))
+	if temp {
+		ls.logger.Printf("writable: changes go to %s", u.Diff)
+	}
+	return om, nil
+}
+
+// detach handles a mount whose overlay is gone: clean says no process can
+// still use its upper. It reports whether the server now exits.
+func (ls *lowerServer) detach(r detachRequest) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if om := ls.mounts[r.Dir]; om != nil && !isLazyrootMount(r.Dir) {
+		ls.detachLocked(om, r.Clean)
+	} else if r.Clean {
+		// The watcher saw the overlay go first: its upper waits in
+		// deferred, and can go now.
+		for _, u := range ls.deferred[r.Dir] {
+			ls.removeUpper(u)
+		}
+		delete(ls.deferred, r.Dir)
+	}
+	return ls.closing
+}
+
+// detachLocked forgets om, whose overlay is gone, and starts the idle
+// countdown when it was the last mount.
+func (ls *lowerServer) detachLocked(om *overlayMount, clean bool) {
+	delete(ls.mounts, om.rec.Dir)
+	if cur, err := readRecord(recordPath(ls.root, om.rec.Dir)); err == nil && cur.Session == om.rec.Session {
+		os.Remove(recordPath(ls.root, om.rec.Dir))
+	}
+	switch {
+	case !om.rec.TempUpper:
+		om.upper.Close()
+	case clean:
+		ls.removeUpper(om.upper)
+	default:
+		ls.deferred[om.rec.Dir] = append(ls.deferred[om.rec.Dir], om.upper)
+	}
+	ls.logger.Printf("unmounted %s (%d mounts left)", om.rec.Dir, len(ls.mounts))
+	if len(ls.mounts) > 0 || ls.closing {
+		return
+	}
+	if ls.keep <= 0 {
+		ls.closing = true
+		ls.exitOnce.Do(func() { close(ls.exit) })
+		return
+	}
+	ls.logger.Printf("keeping the tree for %v for the next mount", ls.keep)
+	ls.idle = time.AfterFunc(ls.keep, func() {
+		ls.mu.Lock()
+		defer ls.mu.Unlock()
+		if len(ls.mounts) == 0 && !ls.closing {
+			ls.closing = true
+			ls.exitOnce.Do(func() { close(ls.exit) })
+		}
+	})
+}
+
+func (ls *lowerServer) removeUpper(u *fs.Upper) {
+	if err := u.Remove(); err != nil {
+		ls.logger.Printf("remove temporary upper %s: %v", u.Dir, err)
+	}
+}
+
+// watch detaches mounts whose overlay someone else unmounted, whenever the
+// mount table changes.
+func (ls *lowerServer) watch(ctx context.Context) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err == nil {
+		defer f.Close()
+	}
+	for {
+		ls.mu.Lock()
+		for dir, om := range ls.mounts {
+			if !isLazyrootMount(dir) {
+				ls.detachLocked(om, false)
+			}
+		}
+		closing := ls.closing
+		ls.mu.Unlock()
+		if closing || ctx.Err() != nil {
+			return
+		}
+		// mountinfo polls ready when the mount table changes; the timeout
+		// covers a kernel that does not say.
+		wait := 2 * time.Second
+		if err == nil {
+			fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
+			unix.Poll(fds, int(wait.Milliseconds()))
+		} else {
+			time.Sleep(wait)
+		}
+	}
+}
+
+// beginClose refuses further mounts.
+func (ls *lowerServer) beginClose() {
+	ls.mu.Lock()
+	ls.closing = true
+	if ls.idle != nil {
+		ls.idle.Stop()
+	}
+	ls.mu.Unlock()
+}
+
+// shutdown unmounts every overlay still there and then the tree, waits
+// for the tree's users, and removes the temporary uppers. It runs once
+// the control socket is closed; a second call does nothing.
+func (ls *lowerServer) shutdown() { ls.shutdownOnce.Do(ls.shutdownNow) }
+
+func (ls *lowerServer) shutdownNow() {
+	ls.beginClose()
+	ls.mu.Lock()
+	for dir, om := range ls.mounts {
+		clean := true
+		if isLazyrootMount(dir) {
+			if err := syscall.Unmount(dir, 0); err != nil {
+				ls.logger.Printf("unmount %s: %v; detaching", dir, err)
+				syscall.Unmount(dir, syscall.MNT_DETACH)
+				clean = false
+			}
+		}
+		ls.detachLocked(om, clean)
+	}
+	ls.mu.Unlock()
+	// Closing the tree waits until no detached overlay uses it.
+	ls.tree.close()
+	ls.mu.Lock()
+	for dir, uppers := range ls.deferred {
+		for _, u := range uppers {
+			ls.removeUpper(u)
+		}
+		delete(ls.deferred, dir)
+	}
+	ls.mu.Unlock()
+}
+
+// serveControl answers attach, detach and status on the lower's socket.
+func (ls *lowerServer) serveControl() (func(), error) {
+	os.Remove(ls.sock)
+	ln, err := net.Listen("unix", ls.sock)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /attach", func(w http.ResponseWriter, r *http.Request) {
+		var req attachRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || !filepath.IsAbs(req.Dir) {
+			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad attach request: %v", err))
+			return
+		}
+		switch err := ls.attach(req); {
+		case errors.Is(err, errClosing):
+			writeControlError(w, http.StatusServiceUnavailable, err)
+		case err != nil:
+			writeControlError(w, http.StatusConflict, err)
+		default:
+			w.Write([]byte("{}"))
+		}
+	})
+	mux.HandleFunc("POST /detach", func(w http.ResponseWriter, r *http.Request) {
+		var req detachRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad detach request: %v", err))
+			return
+		}
+		json.NewEncoder(w).Encode(detachAnswer{Exiting: ls.detach(req)})
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		ls.mu.Lock()
+		om := ls.mounts[r.URL.Query().Get("dir")]
+		n := len(ls.mounts)
+		ls.mu.Unlock()
+		if om == nil {
+			writeControlError(w, http.StatusNotFound, fmt.Errorf("no mount at %q", r.URL.Query().Get("dir")))
+			return
+		}
+		st := ls.m.status(om.rec)
+		st.SharedMounts = n
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(st)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			ls.logger.Printf("control socket: %v", err)
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { srv.Close() }) }, nil
+}
+
+func writeControlError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
+
+// sweepDeadTrees detaches and removes the tree mount points of servers
+// for this lower that died without cleaning up.
+func sweepDeadTrees(slot string, logger *log.Logger) {
+	entries, _ := os.ReadDir(slot)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !e.IsDir() || pid == os.Getpid() || alive(pid) {
+			continue
+		}
+		tree := filepath.Join(slot, e.Name(), "tree")
+		clearStaleMount(tree, logger)
+		os.Remove(tree)
+		os.Remove(filepath.Dir(tree))
+	}
+}

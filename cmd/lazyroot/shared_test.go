@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lazyroot/lazyroot/internal/testutil"
+)
+
+// mountRec mounts ref at dir with the extra flags and returns its record.
+func mountRec(t *testing.T, root, ref, dir string, extra ...string) *mountRecord {
+	t.Helper()
+	args := append(append([]string{"mount", "--root", root}, extra...), ref, dir)
+	if _, errOut, code := lazyroot(t, args...); code != 0 {
+		t.Fatalf("mount %s: code %d: %s", dir, code, errOut)
+	}
+	rec, err := readRecord(recordPath(root, dir))
+	if err != nil {
+		t.Fatalf("mount record of %s: %v", dir, err)
+	}
+	// A server kept by --keep-lower would outlive the test's directories.
+	t.Cleanup(func() {
+		if alive(rec.PID) {
+			syscall.Kill(rec.PID, syscall.SIGTERM)
+			// t.Context is already canceled in cleanups.
+			waitExit(context.Background(), rec.PID, 10*time.Second)
+		}
+	})
+	return rec
+}
+
+func chrootOut(t *testing.T, dir, script string) string {
+	t.Helper()
+	out, err := exec.Command("chroot", dir, "/bin/sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("chroot %s: %v\n%s", dir, err, out)
+	}
+	return string(out)
+}
+
+func umountOK(t *testing.T, root, dir string, extra ...string) {
+	t.Helper()
+	if _, errOut, code := lazyroot(t, append(append([]string{"umount", "--root", root}, extra...), dir)...); code != 0 {
+		t.Fatalf("umount %s: code %d: %s", dir, code, errOut)
+	}
+}
+
+func gone(t *testing.T, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+}
+
+// TestMountsShareLower: two writable mounts of one image share one server
+// and one tree, each with an upper of its own; the tree goes with the last
+// of them.
+func TestMountsShareLower(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "shared:v1")
+	root := t.TempDir()
+	a, b := mountDir(t), mountDir(t)
+
+	ra := mountRec(t, root, ref, a)
+	rb := mountRec(t, root, ref, b)
+	if ra.PID != rb.PID || ra.Lower != rb.Lower || ra.Shared == "" || ra.Upper == rb.Upper {
+		t.Fatalf("records %+v and %+v: want one server and tree, two uppers", ra, rb)
+	}
+	if !isLazyrootMount(ra.Lower) {
+		t.Fatalf("shared tree %s not mounted", ra.Lower)
+	}
+	chrootOut(t, a, "echo only-in-a > /tmp/file; rm /etc/motd")
+	if out := chrootOut(t, b, "cat /etc/motd; ls /tmp"); out != "hello from the gzip layer\n" {
+		t.Errorf("b sees a's changes: %q", out)
+	}
+	status, errOut, code := lazyroot(t, "status", "--root", root, b)
+	if code != 0 || !strings.Contains(status, "2 mounts of the image share it") || !strings.Contains(status, b) {
+		t.Errorf("status: code %d\n%s%s", code, status, errOut)
+	}
+
+	umountOK(t, root, a)
+	gone(t, ra.Upper, recordPath(root, a))
+	if !alive(rb.PID) || !isLazyrootMount(rb.Lower) {
+		t.Fatal("the shared server or tree went with the first of two mounts")
+	}
+	if out := chrootOut(t, b, "cat /etc/os-release"); !strings.Contains(out, "lazyroot test image") {
+		t.Errorf("b after a's umount: %q", out)
+	}
+	// A mount at a's place again joins the same server.
+	if ra2 := mountRec(t, root, ref, a); ra2.PID != rb.PID {
+		t.Errorf("remount at %s: server %d, want %d", a, ra2.PID, rb.PID)
+	}
+	umountOK(t, root, a)
+
+	umountOK(t, root, b)
+	if alive(rb.PID) || isMounted(rb.Lower) {
+		t.Errorf("server %d alive %v, tree mounted %v after the last umount", rb.PID, alive(rb.PID), isMounted(rb.Lower))
+	}
+	gone(t, rb.Upper, recordPath(root, b), rb.Socket, filepath.Dir(rb.Lower))
+}
+
+// TestKeepLower: with --keep-lower the tree outlives its last mount, and
+// the next mount of the image uses it; SIGTERM ends it.
+func TestKeepLower(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "kept:v1")
+	root := t.TempDir()
+	dir := mountDir(t)
+
+	first := mountRec(t, root, ref, dir, "--keep-lower", "1m")
+	chrootOut(t, dir, "cat /etc/motd")
+	umountOK(t, root, dir)
+	if !alive(first.PID) || !isLazyrootMount(first.Lower) {
+		t.Fatal("--keep-lower: the tree went with its last mount")
+	}
+	gone(t, first.Upper, recordPath(root, dir))
+
+	second := mountRec(t, root, ref, dir)
+	if second.PID != first.PID || second.Lower != first.Lower {
+		t.Fatalf("mount after keep: server %d tree %s, want %d %s", second.PID, second.Lower, first.PID, first.Lower)
+	}
+	if out := chrootOut(t, dir, "cat /etc/motd"); out != "hello from the gzip layer\n" {
+		t.Errorf("kept tree reads %q", out)
+	}
+	// Other options make another tree.
+	other := mountDir(t)
+	if rec := mountRec(t, root, ref, other, "--uid-map", "0:1000:1"); rec.PID == first.PID {
+		t.Error("a mount with --uid-map joined a tree without it")
+	}
+	umountOK(t, root, other)
+	umountOK(t, root, dir)
+
+	syscall.Kill(first.PID, syscall.SIGTERM)
+	if err := waitExit(t.Context(), first.PID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if isMounted(first.Lower) {
+		t.Error("tree still mounted after SIGTERM")
+	}
+	gone(t, first.Socket, filepath.Dir(first.Lower))
+}
+
+// TestSharedLowerNoticesOutsideUmount: an overlay unmounted without
+// lazyroot (umount(8), a detach) is forgotten by its server, which then
+// exits as its last mount is gone, removing the temporary upper.
+func TestSharedLowerNoticesOutsideUmount(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "outside:v1")
+	root := t.TempDir()
+	dir := mountDir(t)
+	rec := mountRec(t, root, ref, dir)
+	if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitExit(t.Context(), rec.PID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if isMounted(rec.Lower) {
+		t.Error("tree still mounted")
+	}
+	gone(t, rec.Upper, recordPath(root, dir), rec.Socket)
+}
