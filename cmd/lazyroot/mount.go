@@ -148,7 +148,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.BoolVar(&f.suid, "suid", false, "honour setuid and setgid bits (trusted images only: any user who can reach DIR can run them)")
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
-	fset.DurationVar(&f.keepLower, "keep-lower", 0, "keep the image's read-only tree mounted this long after its last writable mount on the node goes, so the next mount of the image starts with the kernel's caches of it warm (0: unmount it with the last mount)")
+	fset.DurationVar(&f.keepLower, "keep-lower", 0, "keep the image's read-only tree mounted this long after its last writable mount on the node goes, so the next mount of the image starts with the kernel's caches of it warm; the tree keeps the longest time any of its mounts asked for (0: unmount it with the last mount)")
 	fset.StringVar(&f.lowerKeyArg, "lower-key", "", "serve the shared lower of this key (used by the background server)")
 	_ = fset.MarkHidden("lower-key")
 	f.registerMountFlags(fset)
@@ -174,6 +174,9 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	}
 	if f.keepLower < 0 {
 		return fmt.Errorf("%w: --keep-lower %v is negative", errUsage, f.keepLower)
+	}
+	if f.keepLower > 0 && !f.sharesLower() && f.lowerKeyArg == "" {
+		return fmt.Errorf("%w: --keep-lower keeps the tree that writable background mounts share; --read-only, --foreground and --record-profile mounts have a tree of their own", errUsage)
 	}
 	// A shared lower's server forgets a mount whose overlay went; a
 	// private server still serving a detached mount holds its directory.

@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -89,18 +90,21 @@ type attachRequest struct {
 	PrefetchWait time.Duration `json:"prefetchWait,omitempty"`
 	// Keep is how long the tree should stay mounted after its last mount.
 	Keep time.Duration `json:"keep,omitempty"`
+	// Image names the image as this mount asked for it.
+	Image string `json:"image,omitempty"`
 }
 
-// detachRequest tells a lower's server that the overlay at Dir is gone.
-type detachRequest struct {
-	Dir string `json:"dir"`
-	// Clean says the overlay was unmounted without detaching it, so no
-	// process can still use its upper.
-	Clean bool `json:"clean"`
+// unmountRequest asks a lower's server to unmount the overlay of mount
+// Session at Dir.
+type unmountRequest struct {
+	Dir     string `json:"dir"`
+	Session string `json:"session"`
+	// Lazy detaches the overlay even while it is busy.
+	Lazy bool `json:"lazy,omitempty"`
 }
 
-// detachAnswer says whether the server exits now that the mount is gone.
-type detachAnswer struct {
+// unmountAnswer says whether the server exits now that the mount is gone.
+type unmountAnswer struct {
 	Exiting bool `json:"exiting"`
 }
 
@@ -114,7 +118,7 @@ var (
 // mountShared mounts image at dir over the image's shared lower, starting
 // the lower's server if none runs.
 func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []string, auth string) error {
-	digest, err := resolveDigest(ctx, f, image)
+	name, digest, err := resolveDigest(ctx, f, image)
 	if err != nil {
 		return err
 	}
@@ -127,7 +131,7 @@ func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []s
 		return err
 	}
 	defer unlock()
-	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower}
+	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Image: name}
 	if f.upper != "" {
 		if req.Upper, err = filepath.Abs(f.upper); err != nil {
 			return fmt.Errorf("--upper: %w", err)
@@ -157,16 +161,16 @@ func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []s
 	}
 }
 
-// resolveDigest resolves image (or the --layer files) to the digest that
-// names its content, as the server will mount it.
-func resolveDigest(ctx context.Context, f *mountFlags, image string) (string, error) {
+// resolveDigest resolves image (or the --layer files) to its name and the
+// digest that names its content, as the server will mount it.
+func resolveDigest(ctx context.Context, f *mountFlags, image string) (name, digest string, err error) {
 	opts, err := f.options()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	st, err := layer.NewStore(f.root)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	opts = append(opts, layer.WithStore(st))
 	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
@@ -178,10 +182,10 @@ func resolveDigest(ctx context.Context, f *mountFlags, image string) (string, er
 		img, err = layer.Resolve(rctx, image, opts...)
 	}
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer img.Close()
-	return imageDigest(img), nil
+	return img.Name(), imageDigest(img), nil
 }
 
 // lockPath takes an exclusive lock on the file at path, waiting for it
@@ -280,14 +284,14 @@ type lowerServer struct {
 	mu sync.Mutex
 	// mounts are the live overlays by directory (guarded by mu).
 	mounts map[string]*overlayMount
-	// deferred are temporary uppers of overlays that went without a clean
-	// unmount, by directory: a detached overlay may still use them, so
-	// they go when the tree does (guarded by mu).
-	deferred map[string][]*fs.Upper
+	// deferred are the uppers of overlays that went without a clean
+	// unmount: a detached overlay may still use them, so they stay (and
+	// stay locked) until the tree goes (guarded by mu).
+	deferred []*overlayMount
 	// closing refuses new mounts once shutdown began (guarded by mu).
 	closing bool
-	// keep is how long the tree stays after its last mount; idle fires
-	// then (guarded by mu).
+	// keep is how long the tree stays after its last mount: the longest
+	// any of its mounts asked for. idle fires then (guarded by mu).
 	keep time.Duration
 	idle *time.Timer
 }
@@ -343,7 +347,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	ls := &lowerServer{
 		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: lowerLog(f.root, key), logger: logger,
 		overlay: fs.OverlayOptions{AllowSetuid: f.suid}, idMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0, exit: make(chan struct{}),
-		mounts: map[string]*overlayMount{}, deferred: map[string][]*fs.Upper{}, keep: f.keepLower,
+		mounts: map[string]*overlayMount{}, keep: f.keepLower,
 	}
 	defer ls.shutdown()
 	stopControl, err := ls.serveControl()
@@ -357,7 +361,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 			return fmt.Errorf("--upper: %w", err)
 		}
 	}
-	if err := ls.attach(attachRequest{Dir: dir, Upper: upper, PrefetchWait: f.prefetchWait, Keep: f.keepLower}); err != nil {
+	if _, err := ls.attach(attachRequest{Dir: dir, Upper: upper, PrefetchWait: f.prefetchWait, Keep: f.keepLower}); err != nil {
 		return err
 	}
 	logger.Printf("shared lower of %s (%s) at %s: %d inodes, %s in files", m.img.Name(), digestString(m), treeDir,
@@ -387,17 +391,15 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	return nil
 }
 
-// attach mounts an overlay over the tree at r.Dir.
-func (ls *lowerServer) attach(r attachRequest) (err error) {
+// attach mounts an overlay over the tree at r.Dir, then waits up to
+// r.PrefetchWait for prefetch's priority files.
+func (ls *lowerServer) attach(r attachRequest) (*overlayMount, error) {
 	ls.mu.Lock()
-	if ls.closing {
-		ls.mu.Unlock()
-		return errClosing
-	}
-	om, err := ls.attachLocked(r)
+	om, remove, err := ls.attachLocked(r)
 	ls.mu.Unlock()
+	ls.removeUppers(remove)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if p := ls.m.prefetch; p != nil && r.PrefetchWait > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), r.PrefetchWait)
@@ -406,19 +408,25 @@ func (ls *lowerServer) attach(r attachRequest) (err error) {
 		}
 		cancel()
 	}
-	return nil
+	return om, nil
 }
 
-func (ls *lowerServer) attachLocked(r attachRequest) (*overlayMount, error) {
+// attachLocked mounts the overlay; remove lists uppers to delete once mu
+// is released.
+func (ls *lowerServer) attachLocked(r attachRequest) (om *overlayMount, remove []*fs.Upper, err error) {
 	dir := r.Dir
 	if old := ls.mounts[dir]; old != nil {
-		if isLazyrootMount(dir) {
-			return nil, fmt.Errorf("mount point %s is already a mount", dir)
+		if ls.ownsOverlay(dir, old, parseOverlays()) {
+			return nil, nil, fmt.Errorf("mount point %s is already a mount", dir)
 		}
-		ls.detachLocked(old, false)
+		// Gone without the watcher noticing yet.
+		remove = ls.forgetLocked(old, false)
+	}
+	if ls.closing {
+		return nil, remove, errClosing
 	}
 	if err := checkMountpoint(dir); err != nil {
-		return nil, err
+		return nil, remove, err
 	}
 	id := make([]byte, 6)
 	rand.Read(id)
@@ -428,28 +436,32 @@ func (ls *lowerServer) attachLocked(r attachRequest) (*overlayMount, error) {
 	if temp {
 		upperDir = filepath.Join(ls.root, "mounts", mountID(dir)+"."+session+".d")
 	}
-	u, err := fs.OpenUpper(upperDir, ls.m.img.Name(), digestString(ls.m))
-	if err != nil {
-		return nil, err
+	image := r.Image
+	if image == "" {
+		image = ls.m.img.Name()
 	}
-	fail := func(err error) (*overlayMount, error) {
+	u, err := fs.OpenUpper(upperDir, image, digestString(ls.m))
+	if err != nil {
+		return nil, remove, err
+	}
+	fail := func(err error) (*overlayMount, []*fs.Upper, error) {
 		if temp {
 			u.Remove()
 		} else {
 			u.Close()
 		}
-		return nil, err
+		return nil, remove, err
 	}
 	if err := fs.MountOverlay(dir, ls.tree.dir, u, ls.overlay); err != nil {
 		return fail(err)
 	}
-	rec := mountRecord{Dir: dir, Image: ls.m.img.Name(), Digest: digestString(ls.m), PID: os.Getpid(), Socket: ls.sock, Log: ls.log,
+	rec := mountRecord{Dir: dir, Image: image, Digest: digestString(ls.m), PID: os.Getpid(), Socket: ls.sock, Log: ls.log,
 		Lower: ls.tree.dir, Upper: u.Dir, TempUpper: temp, IDMapped: ls.idMapped, Shared: ls.key, Session: session}
 	if err := writeRecord(ls.root, rec); err != nil {
 		syscall.Unmount(dir, syscall.MNT_DETACH)
 		return fail(err)
 	}
-	om := &overlayMount{rec: rec, upper: u}
+	om = &overlayMount{rec: rec, upper: u}
 	ls.mounts[dir] = om
 	ls.keep = max(ls.keep, r.Keep)
 	if ls.idle != nil {
@@ -460,50 +472,64 @@ func (ls *lowerServer) attachLocked(r attachRequest) (*overlayMount, error) {
 	if temp {
 		ls.logger.Printf("writable: changes go to %s", u.Diff)
 	}
-	return om, nil
+	return om, remove, nil
 }
 
-// detach handles a mount whose overlay is gone: clean says no process can
-// still use its upper. It reports whether the server now exits.
-func (ls *lowerServer) detach(r detachRequest) bool {
+// unmount unmounts the overlay of r.Session at r.Dir. It reports whether
+// the server now exits.
+func (ls *lowerServer) unmount(r unmountRequest) (exiting bool, err error) {
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	if om := ls.mounts[r.Dir]; om != nil && !isLazyrootMount(r.Dir) {
-		ls.detachLocked(om, r.Clean)
-	} else if r.Clean {
-		// The watcher saw the overlay go first: its upper waits in
-		// deferred, and can go now.
-		for _, u := range ls.deferred[r.Dir] {
-			ls.removeUpper(u)
-		}
-		delete(ls.deferred, r.Dir)
+	om := ls.mounts[r.Dir]
+	if om == nil || om.rec.Session != r.Session {
+		ls.mu.Unlock()
+		return false, fmt.Errorf("%s is not mounted by this server (pid %d)", r.Dir, os.Getpid())
 	}
-	return ls.closing
+	var remove []*fs.Upper
+	flags := 0
+	if r.Lazy {
+		flags = syscall.MNT_DETACH
+	}
+	if ls.ownsOverlay(r.Dir, om, parseOverlays()) {
+		err = syscall.Unmount(r.Dir, flags)
+	}
+	switch {
+	case errors.Is(err, syscall.EBUSY):
+		err = fmt.Errorf("unmount %s: busy: a process still uses it (or retry with --lazy)", r.Dir)
+	case err != nil:
+		err = fmt.Errorf("unmount %s: %w", r.Dir, err)
+	default:
+		remove = ls.forgetLocked(om, !r.Lazy)
+	}
+	exiting = ls.closing
+	ls.mu.Unlock()
+	ls.removeUppers(remove)
+	return exiting, err
 }
 
-// detachLocked forgets om, whose overlay is gone, and starts the idle
-// countdown when it was the last mount.
-func (ls *lowerServer) detachLocked(om *overlayMount, clean bool) {
+// forgetLocked drops om, whose overlay is gone, and starts the idle
+// countdown when it was the last mount. clean says no process can still
+// use its upper; a temporary upper to delete now is returned.
+func (ls *lowerServer) forgetLocked(om *overlayMount, clean bool) (remove []*fs.Upper) {
 	delete(ls.mounts, om.rec.Dir)
 	if cur, err := readRecord(recordPath(ls.root, om.rec.Dir)); err == nil && cur.Session == om.rec.Session {
 		os.Remove(recordPath(ls.root, om.rec.Dir))
 	}
 	switch {
-	case !om.rec.TempUpper:
-		om.upper.Close()
-	case clean:
-		ls.removeUpper(om.upper)
+	case !clean:
+		ls.deferred = append(ls.deferred, om)
+	case om.rec.TempUpper:
+		remove = append(remove, om.upper)
 	default:
-		ls.deferred[om.rec.Dir] = append(ls.deferred[om.rec.Dir], om.upper)
+		om.upper.Close()
 	}
 	ls.logger.Printf("unmounted %s (%d mounts left)", om.rec.Dir, len(ls.mounts))
 	if len(ls.mounts) > 0 || ls.closing {
-		return
+		return remove
 	}
 	if ls.keep <= 0 {
 		ls.closing = true
 		ls.exitOnce.Do(func() { close(ls.exit) })
-		return
+		return remove
 	}
 	ls.logger.Printf("keeping the tree for %v for the next mount", ls.keep)
 	ls.idle = time.AfterFunc(ls.keep, func() {
@@ -514,15 +540,54 @@ func (ls *lowerServer) detachLocked(om *overlayMount, clean bool) {
 			ls.exitOnce.Do(func() { close(ls.exit) })
 		}
 	})
+	return remove
 }
 
-func (ls *lowerServer) removeUpper(u *fs.Upper) {
-	if err := u.Remove(); err != nil {
-		ls.logger.Printf("remove temporary upper %s: %v", u.Dir, err)
+// removeUppers deletes temporary uppers; called without mu.
+func (ls *lowerServer) removeUppers(us []*fs.Upper) {
+	for _, u := range us {
+		if err := u.Remove(); err != nil {
+			ls.logger.Printf("remove temporary upper %s: %v", u.Dir, err)
+		}
 	}
 }
 
-// watch detaches mounts whose overlay someone else unmounted, whenever the
+// ownsOverlay reports whether om's overlay is still mounted at dir,
+// among the overlays of the mount table.
+func (ls *lowerServer) ownsOverlay(dir string, om *overlayMount, overlays map[string][]string) bool {
+	for _, upper := range overlays[dir] {
+		if upper == om.upper.Diff {
+			return true
+		}
+	}
+	return false
+}
+
+// parseOverlays returns the upperdir of every overlay in this mount
+// namespace, by mount point, bottom first.
+func parseOverlays() map[string][]string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	out := map[string][]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		fields, after := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(fields) < 5 || len(after) < 3 || after[0] != "overlay" {
+			continue
+		}
+		for _, opt := range strings.Split(after[2], ",") {
+			if v, ok := strings.CutPrefix(opt, "upperdir="); ok {
+				dir := unescapeMountinfo(fields[4])
+				out[dir] = append(out[dir], unescapeMountinfo(v))
+			}
+		}
+	}
+	return out
+}
+
+// watch forgets mounts whose overlay someone else unmounted, whenever the
 // mount table changes.
 func (ls *lowerServer) watch(ctx context.Context) {
 	f, err := os.Open("/proc/self/mountinfo")
@@ -530,14 +595,19 @@ func (ls *lowerServer) watch(ctx context.Context) {
 		defer f.Close()
 	}
 	for {
+		overlays := parseOverlays()
+		var remove []*fs.Upper
 		ls.mu.Lock()
-		for dir, om := range ls.mounts {
-			if !isLazyrootMount(dir) {
-				ls.detachLocked(om, false)
+		if overlays != nil {
+			for dir, om := range ls.mounts {
+				if !ls.ownsOverlay(dir, om, overlays) {
+					remove = append(remove, ls.forgetLocked(om, false)...)
+				}
 			}
 		}
 		closing := ls.closing
 		ls.mu.Unlock()
+		ls.removeUppers(remove)
 		if closing || ctx.Err() != nil {
 			return
 		}
@@ -570,32 +640,39 @@ func (ls *lowerServer) shutdown() { ls.shutdownOnce.Do(ls.shutdownNow) }
 
 func (ls *lowerServer) shutdownNow() {
 	ls.beginClose()
+	overlays := parseOverlays()
+	var remove []*fs.Upper
 	ls.mu.Lock()
 	for dir, om := range ls.mounts {
 		clean := true
-		if isLazyrootMount(dir) {
+		if ls.ownsOverlay(dir, om, overlays) {
 			if err := syscall.Unmount(dir, 0); err != nil {
 				ls.logger.Printf("unmount %s: %v; detaching", dir, err)
 				syscall.Unmount(dir, syscall.MNT_DETACH)
 				clean = false
 			}
 		}
-		ls.detachLocked(om, clean)
+		remove = append(remove, ls.forgetLocked(om, clean)...)
 	}
 	ls.mu.Unlock()
+	ls.removeUppers(remove)
 	// Closing the tree waits until no detached overlay uses it.
 	ls.tree.close()
 	ls.mu.Lock()
-	for dir, uppers := range ls.deferred {
-		for _, u := range uppers {
-			ls.removeUpper(u)
-		}
-		delete(ls.deferred, dir)
-	}
+	deferred := ls.deferred
+	ls.deferred = nil
 	ls.mu.Unlock()
+	for _, om := range deferred {
+		if om.rec.TempUpper {
+			ls.removeUppers([]*fs.Upper{om.upper})
+		} else {
+			om.upper.Close()
+		}
+	}
 }
 
-// serveControl answers attach, detach and status on the lower's socket.
+// serveControl answers attach, unmount and status on the lower's socket.
+// The returned stop lets requests in flight finish.
 func (ls *lowerServer) serveControl() (func(), error) {
 	os.Remove(ls.sock)
 	ln, err := net.Listen("unix", ls.sock)
@@ -609,30 +686,47 @@ func (ls *lowerServer) serveControl() (func(), error) {
 			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad attach request: %v", err))
 			return
 		}
-		switch err := ls.attach(req); {
+		om, err := ls.attach(req)
+		switch {
 		case errors.Is(err, errClosing):
 			writeControlError(w, http.StatusServiceUnavailable, err)
 		case err != nil:
 			writeControlError(w, http.StatusConflict, err)
+		case r.Context().Err() != nil:
+			// The client gave up (interrupted, or timed out): it reports
+			// a failure, so leave nothing mounted.
+			ls.logger.Printf("the mount of %s was abandoned by its client: unmounting it", req.Dir)
+			ls.unmount(unmountRequest{Dir: req.Dir, Session: om.rec.Session, Lazy: true})
 		default:
 			w.Write([]byte("{}"))
 		}
 	})
-	mux.HandleFunc("POST /detach", func(w http.ResponseWriter, r *http.Request) {
-		var req detachRequest
+	mux.HandleFunc("POST /unmount", func(w http.ResponseWriter, r *http.Request) {
+		var req unmountRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad detach request: %v", err))
+			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad unmount request: %v", err))
 			return
 		}
-		json.NewEncoder(w).Encode(detachAnswer{Exiting: ls.detach(req)})
+		exiting, err := ls.unmount(req)
+		if err != nil {
+			writeControlError(w, http.StatusConflict, err)
+			return
+		}
+		json.NewEncoder(w).Encode(unmountAnswer{Exiting: exiting})
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		dir := r.URL.Query().Get("dir")
 		ls.mu.Lock()
-		om := ls.mounts[r.URL.Query().Get("dir")]
+		om := ls.mounts[dir]
 		n := len(ls.mounts)
 		ls.mu.Unlock()
+		if dir == "" {
+			// The tree itself, with or without mounts.
+			om = &overlayMount{rec: mountRecord{Image: ls.m.img.Name(), Digest: digestString(ls.m), PID: os.Getpid(), Socket: ls.sock,
+				Log: ls.log, Lower: ls.tree.dir, Shared: ls.key}}
+		}
 		if om == nil {
-			writeControlError(w, http.StatusNotFound, fmt.Errorf("no mount at %q", r.URL.Query().Get("dir")))
+			writeControlError(w, http.StatusNotFound, fmt.Errorf("no mount at %q", dir))
 			return
 		}
 		st := ls.m.status(om.rec)
@@ -647,7 +741,15 @@ func (ls *lowerServer) serveControl() (func(), error) {
 		}
 	}()
 	var once sync.Once
-	return func() { once.Do(func() { srv.Close() }) }, nil
+	return func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if srv.Shutdown(ctx) != nil {
+				srv.Close()
+			}
+		})
+	}, nil
 }
 
 func writeControlError(w http.ResponseWriter, code int, err error) {

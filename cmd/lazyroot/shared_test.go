@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,6 +125,10 @@ func TestKeepLower(t *testing.T) {
 		t.Fatal("--keep-lower: the tree went with its last mount")
 	}
 	gone(t, first.Upper, recordPath(root, dir))
+	if out, errOut, code := lazyroot(t, "status", "--root", root); code != 0 || !strings.Contains(out, "idle tree of "+ref) ||
+		!strings.Contains(out, fmt.Sprintf("server pid %d", first.PID)) {
+		t.Errorf("status of the idle tree: code %d\n%s%s", code, out, errOut)
+	}
 
 	second := mountRec(t, root, ref, dir)
 	if second.PID != first.PID || second.Lower != first.Lower {
@@ -170,4 +175,41 @@ func TestSharedLowerNoticesOutsideUmount(t *testing.T) {
 		t.Error("tree still mounted")
 	}
 	gone(t, rec.Upper, recordPath(root, dir), rec.Socket)
+}
+
+// TestSharedBusyUmount: a busy mount is refused by umount and detached by
+// umount --lazy; its temporary upper stays while the job runs and goes
+// with the server once the job ends.
+func TestSharedBusyUmount(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "busy:v1")
+	root := t.TempDir()
+	dir := mountDir(t)
+	rec := mountRec(t, root, ref, dir)
+	job := exec.Command("chroot", dir, "/bin/busybox", "sleep", "60")
+	if err := job.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer job.Process.Kill()
+	time.Sleep(200 * time.Millisecond)
+	if _, errOut, code := lazyroot(t, "umount", "--root", root, dir); code == 0 || !strings.Contains(errOut, "busy") {
+		t.Fatalf("umount of a busy mount: code %d: %s", code, errOut)
+	}
+	umountOK(t, root, dir, "--lazy")
+	if isMounted(dir) {
+		t.Fatal("still mounted after umount --lazy")
+	}
+	if _, err := os.Stat(rec.Upper); err != nil {
+		t.Errorf("the upper of a detached, running job was removed: %v", err)
+	}
+	job.Process.Kill()
+	job.Wait()
+	if err := waitExit(t.Context(), rec.PID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, rec.Upper, recordPath(root, dir))
+	if isMounted(rec.Lower) {
+		t.Error("tree still mounted")
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -38,6 +39,9 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 		if recs, err = listRecords(*root); err != nil {
 			return err
 		}
+	}
+	if fset.NArg() == 0 && !*asJSON {
+		defer printIdleTrees(ctx, stdout, *root)
 	}
 	for _, rec := range recs {
 		st, err := queryStatus(ctx, rec.Socket, rec.Dir)
@@ -101,6 +105,20 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 		}
 	}
 	return nil
+}
+
+// printIdleTrees lists the shared trees kept mounted with no mount over
+// them (--keep-lower).
+func printIdleTrees(ctx context.Context, stdout io.Writer, root string) {
+	socks, _ := filepath.Glob(filepath.Join(root, "lowers", "*.sock"))
+	for _, sock := range socks {
+		st, err := queryStatus(ctx, sock, "")
+		if err != nil || st.SharedMounts > 0 {
+			continue
+		}
+		fmt.Fprintf(stdout, "idle tree of %s at %s: no mounts, kept by --keep-lower\n  digest %s, server pid %d (SIGTERM ends it); fetched %s in %d requests\n",
+			st.Image, st.Lower, st.Digest, st.PID, humanize.IBytes(uint64(st.FetchedBytes)), st.FetchRequests)
+	}
 }
 
 func queryStatus(ctx context.Context, socket, dir string) (*mountStatus, error) {

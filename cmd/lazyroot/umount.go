@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,9 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 		}
 		return fmt.Errorf("%s is not a lazyroot mount", dir)
 	}
+	if rec != nil && rec.Shared != "" && alive(rec.PID) {
+		return unmountShared(ctx, rec, *lazy, *timeout)
+	}
 	flags := 0
 	if *lazy {
 		flags = syscall.MNT_DETACH
@@ -42,9 +46,6 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 	if rec != nil && !alive(rec.PID) {
 		cleanupDeadServer(*root, rec)
 		return nil
-	}
-	if rec != nil && rec.Shared != "" {
-		return detachShared(ctx, rec, *lazy, *timeout)
 	}
 	if rec == nil || rec.PID <= 0 || *lazy {
 		// A detached mount ends, and its server with it, when the last
@@ -59,21 +60,19 @@ func runUmount(ctx context.Context, stdout io.Writer, args []string) error {
 	return waitExit(ctx, rec.PID, *timeout)
 }
 
-// detachShared tells the server of a shared lower that the overlay at
-// rec.Dir is gone, and waits for the server to exit if that was its last
-// mount and it keeps no idle tree.
-func detachShared(ctx context.Context, rec *mountRecord, lazy bool, timeout time.Duration) error {
-	var ans detachAnswer
-	err := controlCall(ctx, rec.Socket, "/detach", detachRequest{Dir: rec.Dir, Clean: !lazy}, &ans, timeout)
+// unmountShared has the server of a shared lower unmount the overlay at
+// rec.Dir, and waits for the server to exit if that was its last mount
+// and it keeps no idle tree.
+func unmountShared(ctx context.Context, rec *mountRecord, lazy bool, timeout time.Duration) error {
+	var ans unmountAnswer
+	err := controlCall(ctx, rec.Socket, "/unmount", unmountRequest{Dir: rec.Dir, Session: rec.Session, Lazy: lazy}, &ans, timeout)
 	switch {
-	case lazy:
-		return nil
 	case errors.Is(err, errNoServer) || errors.Is(err, errClosing):
-		// The server noticed the overlay go first, and is on its way out.
+		// The server is shutting down, which unmounts all its mounts.
 		return waitExit(ctx, rec.PID, timeout)
 	case err != nil:
-		return fmt.Errorf("unmounted %s, but its server did not answer: %w", rec.Dir, err)
-	case ans.Exiting:
+		return err
+	case ans.Exiting && !lazy:
 		return waitExit(ctx, rec.PID, timeout)
 	}
 	return nil
@@ -95,11 +94,31 @@ func cleanupDeadServer(root string, rec *mountRecord) {
 	if rec.Lower != "" {
 		os.Remove(filepath.Dir(rec.Lower))
 	}
-	// A shared lower's socket may have a new server by now.
-	if rec.Shared == "" || errors.Is(controlCall(context.Background(), rec.Socket, "/status", struct{}{}, nil, time.Second), errNoServer) {
+	if rec.Shared == "" {
 		os.Remove(rec.Socket)
+	} else {
+		removeDeadSocket(root, rec)
 	}
 	os.Remove(recordPath(root, rec.Dir))
+}
+
+// removeDeadSocket removes the control socket of a dead shared lower's
+// server, unless a mount is finding or starting a new server for the key
+// or one already listens there.
+func removeDeadSocket(root string, rec *mountRecord) {
+	lf, err := os.OpenFile(lowerSlot(root, rec.Shared)+".lock", os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer lf.Close()
+	if syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return
+	}
+	if c, err := net.DialTimeout("unix", rec.Socket, time.Second); err == nil {
+		c.Close()
+		return
+	}
+	os.Remove(rec.Socket)
 }
 
 // unmount unmounts dir, through fusermount when umount(2) is not allowed
