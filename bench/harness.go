@@ -610,7 +610,8 @@ func (h *Harness) stopKept() {
 			return
 		}
 	}
-	h.logf("kept server %d did not exit after SIGTERM", pid)
+	h.logf("kept server %d did not exit 15 s after SIGTERM: killing it", pid)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
 // recordProfile runs w once on ref with a throwaway --root, recording its
