@@ -412,23 +412,7 @@ func (m *mounted) close() {
 // prepare resolves the image, indexes its layers and merges them.
 func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, logger *log.Logger) (*mounted, error) {
 	limitHeap(memBytes)
-	opts, err := f.options()
-	if err != nil {
-		return nil, err
-	}
-	st, err := layer.NewStore(f.root)
-	if err != nil {
-		return nil, err
-	}
-	opts = append(opts, layer.WithStore(st))
-	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
-	var img *layer.Image
-	if len(f.layers) > 0 {
-		img, err = layer.ResolveFiles(rctx, f.layers, opts...)
-	} else {
-		img, err = layer.Resolve(rctx, image, opts...)
-	}
-	cancel()
+	img, st, err := resolveImage(ctx, f, image)
 	if err != nil {
 		return nil, err
 	}
@@ -485,6 +469,29 @@ func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, l
 		logger.Printf("layer %d %s: %s, index from %s, %d entries", i, l.Layer.Descriptor.Digest, l.Index.Format, l.Origin, len(l.Index.Entries))
 	}
 	return &mounted{img: img, stack: stack, tree: tree, cache: c, store: st, profileLookup: lookup, endLookup: endLookup}, nil
+}
+
+// resolveImage resolves image, or the --layer files, within
+// --resolve-timeout, with the node's store of indexes and file digests.
+func resolveImage(ctx context.Context, f *mountFlags, image string) (*layer.Image, *layer.Store, error) {
+	opts, err := f.options()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := layer.NewStore(f.root)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts = append(opts, layer.WithStore(st))
+	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
+	defer cancel()
+	var img *layer.Image
+	if len(f.layers) > 0 {
+		img, err = layer.ResolveFiles(rctx, f.layers, opts...)
+	} else {
+		img, err = layer.Resolve(rctx, image, opts...)
+	}
+	return img, st, err
 }
 
 // mountStatus is what the control socket reports.

@@ -46,7 +46,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
-	"github.com/lazyroot/lazyroot/layer"
 )
 
 // sharesLower says whether a mount with these flags goes through a shared
@@ -164,23 +163,7 @@ func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []s
 // resolveDigest resolves image (or the --layer files) to its name and the
 // digest that names its content, as the server will mount it.
 func resolveDigest(ctx context.Context, f *mountFlags, image string) (name, digest string, err error) {
-	opts, err := f.options()
-	if err != nil {
-		return "", "", err
-	}
-	st, err := layer.NewStore(f.root)
-	if err != nil {
-		return "", "", err
-	}
-	opts = append(opts, layer.WithStore(st))
-	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
-	defer cancel()
-	var img *layer.Image
-	if len(f.layers) > 0 {
-		img, err = layer.ResolveFiles(rctx, f.layers, opts...)
-	} else {
-		img, err = layer.Resolve(rctx, image, opts...)
-	}
+	img, _, err := resolveImage(ctx, f, image)
 	if err != nil {
 		return "", "", err
 	}
