@@ -262,16 +262,8 @@ func startServer(ctx context.Context, root, logFile string, args []string, auth 
 // serve mounts the image and serves it until unmounted or signalled.
 func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64) (err error) {
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
-	var ready *os.File
-	if f.readyFD > 0 {
-		ready = os.NewFile(uintptr(f.readyFD), "ready")
-		defer func() {
-			if err != nil {
-				fmt.Fprintf(ready, "error: %s\n", oneLine(err))
-			}
-			ready.Close()
-		}()
-	}
+	ready := openReadiness(f.readyFD)
+	defer func() { ready.finish(err) }()
 	logger.Printf("mounting %s at %s", imageLabel(image, f.layers), dir)
 	m, err := prepare(ctx, f, image, memBytes, logger)
 	if err != nil {
@@ -312,11 +304,7 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 		// Signalled while mounting: do not report a mount being torn down.
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
-	if ready != nil {
-		fmt.Fprintln(ready, "ok")
-		ready.Close()
-		ready = nil
-	} else {
+	if !ready.ok() {
 		fmt.Fprintf(os.Stderr, "mounted %s at %s; press Ctrl-C or run 'lazyroot umount %s' to unmount\n", rec.Image, dir, dir)
 	}
 	select {

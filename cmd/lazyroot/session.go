@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
 	"github.com/lazyroot/lazyroot/layer"
@@ -234,23 +233,13 @@ func (s *session) gone(ctx context.Context) <-chan struct{} {
 	ch := make(chan struct{})
 	go func() {
 		defer close(ch)
-		f, err := os.Open("/proc/self/mountinfo")
-		if err == nil {
-			defer f.Close()
-		}
+		changes := newMountTableWaiter()
+		defer changes.close()
 		for {
 			if !isLazyrootMount(s.dir) {
 				return
 			}
-			// mountinfo polls ready when the mount table changes; the
-			// timeout covers a kernel that does not say.
-			wait := 2 * time.Second
-			if err == nil {
-				fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
-				unix.Poll(fds, int(wait.Milliseconds()))
-			} else {
-				time.Sleep(wait)
-			}
+			changes.wait()
 			select {
 			case <-ctx.Done():
 				return

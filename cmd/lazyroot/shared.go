@@ -290,16 +290,8 @@ type overlayMount struct {
 // attaches until shut down.
 func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes int64) (err error) {
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
-	var ready *os.File
-	if f.readyFD > 0 {
-		ready = os.NewFile(uintptr(f.readyFD), "ready")
-		defer func() {
-			if err != nil {
-				fmt.Fprintf(ready, "error: %s\n", oneLine(err))
-			}
-			ready.Close()
-		}()
-	}
+	ready := openReadiness(f.readyFD)
+	defer func() { ready.finish(err) }()
 	key := f.lowerKeyArg
 	logger.Printf("serving %s as shared lower %s", imageLabel(image, f.layers), key)
 	m, err := prepare(ctx, f, image, memBytes, logger)
@@ -352,11 +344,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
-	if ready != nil {
-		fmt.Fprintln(ready, "ok")
-		ready.Close()
-		ready = nil
-	}
+	ready.ok()
 	go ls.watch(ctx)
 	select {
 	case <-ctx.Done():
@@ -573,10 +561,8 @@ func parseOverlays() map[string][]string {
 // watch forgets mounts whose overlay someone else unmounted, whenever the
 // mount table changes.
 func (ls *lowerServer) watch(ctx context.Context) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err == nil {
-		defer f.Close()
-	}
+	changes := newMountTableWaiter()
+	defer changes.close()
 	for {
 		overlays := parseOverlays()
 		var remove []*fs.Upper
@@ -594,15 +580,7 @@ func (ls *lowerServer) watch(ctx context.Context) {
 		if closing || ctx.Err() != nil {
 			return
 		}
-		// mountinfo polls ready when the mount table changes; the timeout
-		// covers a kernel that does not say.
-		wait := 2 * time.Second
-		if err == nil {
-			fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
-			unix.Poll(fds, int(wait.Milliseconds()))
-		} else {
-			time.Sleep(wait)
-		}
+		changes.wait()
 	}
 }
 

@@ -9,6 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
 )
@@ -201,4 +204,70 @@ func absDir(dir string) (string, error) {
 		return real, nil
 	}
 	return filepath.Clean(abs), nil
+}
+
+// readiness is the pipe a background server reports on to the mount
+// command that started it: "ok", or the error that stopped it. Without a
+// pipe (--foreground) it reports nothing.
+type readiness struct{ f *os.File }
+
+func openReadiness(fd int) *readiness {
+	if fd <= 0 {
+		return &readiness{}
+	}
+	return &readiness{os.NewFile(uintptr(fd), "ready")}
+}
+
+// ok reports the mount ready; it returns false if no one waits.
+func (r *readiness) ok() bool {
+	if r.f == nil {
+		return false
+	}
+	fmt.Fprintln(r.f, "ok")
+	r.f.Close()
+	r.f = nil
+	return true
+}
+
+// finish reports err, unless the mount was reported ready already.
+func (r *readiness) finish(err error) {
+	if r.f == nil {
+		return
+	}
+	if err != nil {
+		fmt.Fprintf(r.f, "error: %s\n", oneLine(err))
+	}
+	r.f.Close()
+	r.f = nil
+}
+
+// mountTableWaiter waits for a change of this mount namespace's mount
+// table.
+type mountTableWaiter struct{ f *os.File }
+
+func newMountTableWaiter() *mountTableWaiter {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return &mountTableWaiter{}
+	}
+	return &mountTableWaiter{f}
+}
+
+// wait returns once the mount table changed, or after at most 2 s:
+// mountinfo polls ready on a change, and the timeout covers a kernel that
+// does not say.
+func (w *mountTableWaiter) wait() {
+	const most = 2 * time.Second
+	if w.f == nil {
+		time.Sleep(most)
+		return
+	}
+	fds := []unix.PollFd{{Fd: int32(w.f.Fd()), Events: unix.POLLPRI}}
+	unix.Poll(fds, int(most.Milliseconds()))
+}
+
+func (w *mountTableWaiter) close() {
+	if w.f != nil {
+		w.f.Close()
+	}
 }
