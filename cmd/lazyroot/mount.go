@@ -54,10 +54,10 @@ type mountFlags struct {
 	publishProfile bool
 	passthrough    bool
 	// keepLower is how long a shared lower stays after its last mount;
-	// lowerKeyArg makes a background server serve the shared lower of
-	// that key.
-	keepLower   time.Duration
-	lowerKeyArg string
+	// startLog, set only in the background server of a shared lower, is
+	// the log the server was started with, before it knew its lower.
+	keepLower time.Duration
+	startLog  string
 }
 
 // registerMountFlags adds the flags that say how an image is mounted,
@@ -149,8 +149,8 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	fset.IntVar(&f.readyFD, "ready-fd", 0, "file descriptor to report readiness on (used by the background server)")
 	_ = fset.MarkHidden("ready-fd")
 	fset.DurationVar(&f.keepLower, "keep-lower", 0, "keep the image's read-only tree mounted this long after its last writable mount on the node goes, so the next mount of the image starts with the kernel's caches of it warm; the tree keeps the longest time any of its mounts asked for (0: unmount it with the last mount)")
-	fset.StringVar(&f.lowerKeyArg, "lower-key", "", "serve the shared lower of this key (used by the background server)")
-	_ = fset.MarkHidden("lower-key")
+	fset.StringVar(&f.startLog, "shared-lower", "", "serve the image's shared lower, or join the server that does; log to this file until the lower is known (used by the background server)")
+	_ = fset.MarkHidden("shared-lower")
 	f.registerMountFlags(fset)
 	if err := parseArgs(fset, args, 1, 2); err != nil {
 		return err
@@ -175,7 +175,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	if f.keepLower < 0 {
 		return fmt.Errorf("%w: --keep-lower %v is negative", errUsage, f.keepLower)
 	}
-	if f.keepLower > 0 && !f.sharesLower() && f.lowerKeyArg == "" {
+	if f.keepLower > 0 && !f.sharesLower() && f.startLog == "" {
 		return fmt.Errorf("%w: --keep-lower keeps the tree that writable background mounts share; --read-only, --foreground and --record-profile mounts have a tree of their own", errUsage)
 	}
 	// A shared lower's server forgets a mount whose overlay went; a
@@ -197,7 +197,7 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 		}
 		return startServer(ctx, f.root, logPath(f.root, dir), rest, auth)
 	}
-	if f.lowerKeyArg != "" {
+	if f.startLog != "" {
 		return serveShared(ctx, &f, image, dir, memBytes)
 	}
 	return serve(ctx, &f, image, dir, memBytes)
@@ -399,11 +399,17 @@ func (m *mounted) close() {
 
 // prepare resolves the image, indexes its layers and merges them.
 func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, logger *log.Logger) (*mounted, error) {
-	limitHeap(memBytes)
 	img, st, err := resolveImage(ctx, f, image)
 	if err != nil {
 		return nil, err
 	}
+	return prepareImage(ctx, f, img, st, memBytes, logger)
+}
+
+// prepareImage indexes the layers of the resolved img and merges them; it
+// owns img from then on, and closes it on failure.
+func prepareImage(ctx context.Context, f *mountFlags, img *layer.Image, st *layer.Store, memBytes int64, logger *log.Logger) (*mounted, error) {
+	limitHeap(memBytes)
 	// Prefetch will want the image's access profile: its registry round
 	// trips overlap the indexing.
 	var lookup *layer.ProfileLookup

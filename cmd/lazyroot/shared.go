@@ -91,6 +91,8 @@ type attachRequest struct {
 	Keep time.Duration `json:"keep,omitempty"`
 	// Image names the image as this mount asked for it.
 	Image string `json:"image,omitempty"`
+	// Hint is the mount's refHint: the server records that it serves it.
+	Hint string `json:"hint,omitempty"`
 }
 
 // unmountRequest asks a lower's server to unmount the overlay of mount
@@ -114,50 +116,161 @@ var (
 	errClosing = errors.New("lower server is closing")
 )
 
-// mountShared mounts image at dir over the image's shared lower, starting
-// the lower's server if none runs.
+// mountShared mounts image at dir over the image's shared lower.
+//
+// Which lower an image has is known only once it is resolved. When a hint
+// says a server already serves this reference, the client resolves the
+// image and asks that lower's server for an overlay. Otherwise it starts a
+// server at once, which resolves the image once, for itself: it serves the
+// lower, or, should another server of the same lower have started
+// meanwhile (or serve the image under another name), hands the mount to
+// that one and exits.
 func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []string, auth string) error {
-	name, digest, err := resolveDigest(ctx, f, image)
-	if err != nil {
-		return err
-	}
-	key := f.lowerKey(digest)
-	if err := os.MkdirAll(lowerSlot(f.root, key), 0o700); err != nil {
-		return fmt.Errorf("state root %s: %w", f.root, err)
-	}
-	unlock, err := lockPath(ctx, lowerSlot(f.root, key)+".lock")
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Image: name}
+	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Hint: f.refHint(image)}
 	if f.upper != "" {
+		var err error
 		if req.Upper, err = filepath.Abs(f.upper); err != nil {
 			return fmt.Errorf("--upper: %w", err)
 		}
 	}
-	sock := lowerSocket(f.root, key)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := controlCall(ctx, sock, "/attach", req, nil, f.prefetchWait+time.Minute)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, errNoServer):
-			os.Remove(sock) // left by a server that died, if anything
-			args = append(args, "--lower-key="+key)
-			return startServer(ctx, f.root, lowerLog(f.root, key), args, auth)
-		case errors.Is(err, errClosing) && time.Now().Before(deadline):
-			// The server is going away; its socket goes first.
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(50 * time.Millisecond):
-			}
-		default:
+	if key, ok := readHint(f.root, req.Hint); ok && answers(lowerSocket(f.root, key)) {
+		name, digest, err := resolveDigest(ctx, f, image)
+		if err != nil {
 			return err
 		}
+		req.Image = name
+		err = attachTo(ctx, lowerSocket(f.root, f.lowerKey(digest)), req)
+		if !errors.Is(err, errNoServer) {
+			return err
+		}
+		// The server went, or the reference names another image now.
 	}
+	id := make([]byte, 6)
+	rand.Read(id)
+	startLog := filepath.Join(f.root, "logs", "lower-start-"+hex.EncodeToString(id)+".log")
+	return startServer(ctx, f.root, startLog, append(args, "--shared-lower="+startLog), auth)
+}
+
+// attachTo asks the lower server at sock for the overlay req describes,
+// waiting out a server that is shutting down (its socket goes first).
+func attachTo(ctx context.Context, sock string, req attachRequest) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := controlCall(ctx, sock, "/attach", req, nil, req.PrefetchWait+time.Minute)
+		if !errors.Is(err, errClosing) || time.Now().After(deadline) {
+			if errors.Is(err, errNoServer) {
+				os.Remove(sock) // left by a server that died, if anything
+			}
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// answers says whether a server listens on the unix socket sock.
+func answers(sock string) bool {
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// refHint names the shared lower a reference was last mounted from with
+// these flags: the lower's key with the reference, made absolute where it
+// names local files, in place of the image's digest. It is a hint only:
+// a tag may have moved since.
+func (f *mountFlags) refHint(image string) string {
+	ref := []string{image}
+	for _, prefix := range []string{"oci:", "docker-archive:"} {
+		if p, ok := strings.CutPrefix(image, prefix); ok {
+			if abs, err := filepath.Abs(p); err == nil {
+				ref[0] = prefix + abs
+			}
+		}
+	}
+	for _, l := range f.layers {
+		abs, err := filepath.Abs(l)
+		if err != nil {
+			abs = l
+		}
+		ref = append(ref, abs)
+	}
+	return f.lowerKey(strings.Join(ref, "\x00"))
+}
+
+func hintPath(root, hint string) string { return filepath.Join(root, "lowers", "refs", hint) }
+
+// readHint returns the key of the lower that hint was last served by.
+func readHint(root, hint string) (key string, ok bool) {
+	b, err := os.ReadFile(hintPath(root, hint))
+	key = strings.TrimSpace(string(b))
+	if err != nil || !isKey(key) {
+		return "", false
+	}
+	return key, true
+}
+
+// isKey says whether s has the form of a lower key or hint (16 hex
+// digits), so that it can name a file.
+func isKey(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// writeHint records that the lower key serves references of hint.
+func writeHint(root, hint, key string) error {
+	path := hintPath(root, hint)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("reference hint: %w", err)
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	if err := os.WriteFile(tmp, []byte(key+"\n"), 0o600); err != nil {
+		return fmt.Errorf("reference hint: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("reference hint: %w", err)
+	}
+	return nil
+}
+
+// adoptLog moves the server's log from startLog, where it went before the
+// lower was known, to the lower's own log, and returns where the server
+// logs from now on. Only a log on the server's standard error moves.
+func adoptLog(startLog, lowerLog string, logger *log.Logger) string {
+	st, err := os.Stat(startLog)
+	if err != nil {
+		return startLog
+	}
+	if cur, err := os.Stderr.Stat(); err != nil || !os.SameFile(st, cur) {
+		return startLog
+	}
+	lf, err := os.OpenFile(lowerLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		logger.Printf("open %s: %v; logging on here", lowerLog, err)
+		return startLog
+	}
+	defer lf.Close()
+	if b, err := os.ReadFile(startLog); err == nil {
+		lf.Write(b)
+	}
+	for _, fd := range []int{1, 2} {
+		if err := unix.Dup3(int(lf.Fd()), fd, 0); err != nil {
+			logger.Printf("log to %s: %v; logging on here", lowerLog, err)
+			return startLog
+		}
+	}
+	os.Remove(startLog)
+	return lowerLog
 }
 
 // resolveDigest resolves image (or the --layer files) to its name and the
@@ -181,7 +294,7 @@ func lockPath(ctx context.Context, path string) (func(), error) {
 	for {
 		err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
-			return func() { lf.Close() }, nil
+			return sync.OnceFunc(func() { lf.Close() }), nil
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) {
 			lf.Close()
@@ -271,6 +384,8 @@ type lowerServer struct {
 	// unmount: a detached overlay may still use them, so they stay (and
 	// stay locked) until the tree goes (guarded by mu).
 	deferred []*overlayMount
+	// hints are the refHints this server wrote it serves (guarded by mu).
+	hints map[string]bool
 	// closing refuses new mounts once shutdown began (guarded by mu).
 	closing bool
 	// keep is how long the tree stays after its last mount: the longest
@@ -285,24 +400,57 @@ type overlayMount struct {
 	upper *fs.Upper
 }
 
-// serveShared mounts the image's tree as the shared lower named by
-// f.lowerKeyArg, puts the first mount's overlay at dir, and serves
-// attaches until shut down.
+// serveShared resolves the image and puts its first mount's overlay at
+// dir: through the server of the image's shared lower if one runs, or by
+// becoming that server, mounting the tree and serving attaches until shut
+// down.
 func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes int64) (err error) {
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	ready := openReadiness(f.readyFD)
 	defer func() { ready.finish(err) }()
-	key := f.lowerKeyArg
+	img, st, err := resolveImage(ctx, f, image)
+	if err != nil {
+		return err
+	}
+	key := f.lowerKey(imageDigest(img))
+	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Image: img.Name(), Hint: f.refHint(image)}
+	if f.upper != "" {
+		if req.Upper, err = filepath.Abs(f.upper); err != nil {
+			img.Close()
+			return fmt.Errorf("--upper: %w", err)
+		}
+	}
+	slot := lowerSlot(f.root, key)
+	if err := os.MkdirAll(slot, 0o700); err != nil {
+		img.Close()
+		return fmt.Errorf("state root %s: %w", f.root, err)
+	}
+	// One server per lower: the lock is held until this one serves, or
+	// has handed the mount to the one that does.
+	unlock, err := lockPath(ctx, slot+".lock")
+	if err != nil {
+		img.Close()
+		return err
+	}
+	defer unlock()
+	switch err := attachTo(ctx, lowerSocket(f.root, key), req); {
+	case err == nil:
+		img.Close()
+		logger.Printf("mounted %s at %s through the running server of shared lower %s", img.Name(), dir, key)
+		ready.ok()
+		os.Remove(f.startLog)
+		return nil
+	case !errors.Is(err, errNoServer):
+		img.Close()
+		return err
+	}
+	logPath := adoptLog(f.startLog, lowerLog(f.root, key), logger)
 	logger.Printf("serving %s as shared lower %s", imageLabel(image, f.layers), key)
-	m, err := prepare(ctx, f, image, memBytes, logger)
+	m, err := prepareImage(ctx, f, img, st, memBytes, logger)
 	if err != nil {
 		return err
 	}
 	defer m.close()
-	if got := f.lowerKey(digestString(m)); got != key {
-		return fmt.Errorf("image %s changed while mounting (now %s); mount again", m.img.Name(), digestString(m))
-	}
-	slot := lowerSlot(f.root, key)
 	sweepDeadTrees(slot, logger)
 	treeDir := filepath.Join(slot, strconv.Itoa(os.Getpid()), "tree")
 	if err := os.MkdirAll(treeDir, 0o755); err != nil {
@@ -320,9 +468,9 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 		return err
 	}
 	ls := &lowerServer{
-		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: lowerLog(f.root, key), logger: logger,
+		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: logPath, logger: logger,
 		overlay: fs.OverlayOptions{AllowSetuid: f.suid}, idMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0, exit: make(chan struct{}),
-		mounts: map[string]*overlayMount{}, keep: f.keepLower,
+		mounts: map[string]*overlayMount{}, hints: map[string]bool{}, keep: f.keepLower,
 	}
 	defer ls.shutdown()
 	stopControl, err := ls.serveControl()
@@ -330,13 +478,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 		return err
 	}
 	defer stopControl()
-	upper := ""
-	if f.upper != "" {
-		if upper, err = filepath.Abs(f.upper); err != nil {
-			return fmt.Errorf("--upper: %w", err)
-		}
-	}
-	if _, err := ls.attach(attachRequest{Dir: dir, Upper: upper, PrefetchWait: f.prefetchWait, Keep: f.keepLower}); err != nil {
+	if _, err := ls.attach(req); err != nil {
 		return err
 	}
 	logger.Printf("shared lower of %s (%s) at %s: %d inodes, %s in files", m.img.Name(), digestString(m), treeDir,
@@ -345,6 +487,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
 	ready.ok()
+	unlock()
 	go ls.watch(ctx)
 	select {
 	case <-ctx.Done():
@@ -357,8 +500,8 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	ls.beginClose()
 	stopControl()
 	ls.shutdown()
-	st := m.img.FetchStats()
-	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(st.Bytes)), st.Requests)
+	fst := m.img.FetchStats()
+	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(fst.Bytes)), fst.Requests)
 	return nil
 }
 
@@ -438,6 +581,13 @@ func (ls *lowerServer) attachLocked(r attachRequest) (om *overlayMount, remove [
 	if ls.idle != nil {
 		ls.idle.Stop()
 		ls.idle = nil
+	}
+	if isKey(r.Hint) && !ls.hints[r.Hint] {
+		if err := writeHint(ls.root, r.Hint, ls.key); err != nil {
+			ls.logger.Printf("%v", err)
+		} else {
+			ls.hints[r.Hint] = true
+		}
 	}
 	ls.logger.Printf("mounted %s at %s (%d mounts share the tree)", rec.Image, dir, len(ls.mounts))
 	if temp {
@@ -615,6 +765,12 @@ func (ls *lowerServer) shutdownNow() {
 		}
 		remove = append(remove, ls.forgetLocked(om, clean)...)
 	}
+	for hint := range ls.hints {
+		if key, _ := readHint(ls.root, hint); key == ls.key {
+			os.Remove(hintPath(ls.root, hint))
+		}
+	}
+	ls.hints = map[string]bool{}
 	ls.mu.Unlock()
 	ls.removeUppers(remove)
 	// Closing the tree waits until no detached overlay uses it.

@@ -213,3 +213,76 @@ func TestSharedBusyUmount(t *testing.T) {
 		t.Error("tree still mounted")
 	}
 }
+
+// TestSharedLowerFoundByContent: mounts that name one image differently
+// (by tag, by digest) or start at the same moment with no server running
+// still end up on one server and tree: a server started for a mount hands
+// it to the running server of the same lower.
+func TestSharedLowerFoundByContent(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "names:v1")
+	root := t.TempDir()
+	byTag, byDigest := mountDir(t), mountDir(t)
+
+	rt := mountRec(t, root, ref, byTag)
+	pinned := strings.Split(ref, ":v1")[0] + "@" + rt.Digest
+	rd := mountRec(t, root, pinned, byDigest)
+	if rd.PID != rt.PID || rd.Lower != rt.Lower {
+		t.Fatalf("mount by digest: server %d tree %s, want the tag's %d %s", rd.PID, rd.Lower, rt.PID, rt.Lower)
+	}
+	if rd.Image != pinned {
+		t.Errorf("record of the mount by digest names %q, want %q", rd.Image, pinned)
+	}
+	if out := chrootOut(t, byDigest, "cat /etc/motd"); out != "hello from the gzip layer\n" {
+		t.Errorf("mount by digest reads %q", out)
+	}
+	hints, _ := filepath.Glob(filepath.Join(root, "lowers", "refs", "*"))
+	starts, _ := filepath.Glob(filepath.Join(root, "logs", "lower-start-*"))
+	if len(hints) != 2 || len(starts) != 0 {
+		t.Errorf("reference hints %v (want 2), start logs left %v (want none)", hints, starts)
+	}
+	if b, err := os.ReadFile(rt.Log); err != nil || !strings.Contains(string(b), "serving "+ref) {
+		t.Errorf("server log %s: %v\n%s", rt.Log, err, b)
+	}
+	umountOK(t, root, byTag)
+	umountOK(t, root, byDigest)
+	if err := waitExit(t.Context(), rt.PID, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	hints, _ = filepath.Glob(filepath.Join(root, "lowers", "refs", "*"))
+	if len(hints) != 0 {
+		t.Errorf("hints left by a server that exited: %v", hints)
+	}
+
+	// Three mounts at once, with no server running: one serves, the
+	// others join it.
+	dirs := []string{mountDir(t), mountDir(t), mountDir(t)}
+	errs := make(chan error, len(dirs))
+	for _, d := range dirs {
+		go func() {
+			out, err := exec.Command(lazyrootBin, "mount", "--root", root, ref, d).CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("mount %s: %v: %s", d, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range dirs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pids []int
+	for _, d := range dirs {
+		rec, err := readRecord(recordPath(root, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, rec.PID)
+		defer umountOK(t, root, d)
+	}
+	if pids[0] != pids[1] || pids[1] != pids[2] {
+		t.Errorf("concurrent mounts went to servers %v, want one", pids)
+	}
+}
