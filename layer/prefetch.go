@@ -156,6 +156,8 @@ type Prefetch struct {
 	layerDone     atomic.Int64
 	fetched       atomic.Int64
 	errs          atomic.Int64
+	// saving is the store's write of a registry profile.
+	saving sync.WaitGroup
 }
 
 // StartPrefetch starts prefetch for s as opts say and returns at once.
@@ -223,6 +225,7 @@ func (p *Prefetch) Status() PrefetchStatus {
 
 func (p *Prefetch) run(ctx context.Context) {
 	defer close(p.done)
+	defer p.saving.Wait()
 	start := time.Now()
 	defer func() {
 		if ctx.Err() != nil {
@@ -312,10 +315,13 @@ func (p *Prefetch) registryProfile(ctx context.Context) *Profile {
 	if prof == nil {
 		return nil
 	}
-	if p.opts.Store != nil {
-		if err := p.opts.Store.SaveProfile(prof, FetchedFromRegistry); err != nil {
-			p.logf("prefetch: keeping the registry's profile in memory only: %v", err)
-		}
+	if st := p.opts.Store; st != nil {
+		// Stored for later mounts, off this one's way: the write syncs.
+		p.saving.Go(func() {
+			if err := st.SaveProfile(prof, FetchedFromRegistry); err != nil {
+				p.logf("prefetch: keeping the registry's profile in memory only: %v", err)
+			}
+		})
 	}
 	return prof
 }

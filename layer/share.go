@@ -45,6 +45,10 @@ package layer
 // image as its subject. It does not decode the indexes: an index pushed by
 // anyone with push access to the repository is only as good as its content,
 // which index.Decode validates and the per-chunk digests of a Stack check.
+// FindProfile reads the newest profile's blob by the digest the listing
+// annotates it with (AnnotationProfileBlob), sparing the round trip to its
+// manifest: the listing is what names the manifests' digests too, and a
+// profile only orders prefetch, never what a file reads.
 
 import (
 	"bytes"
@@ -54,10 +58,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -156,7 +162,7 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 		layers = append(layers, desc)
 		blobs = append(blobs, blob)
 	}
-	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers)
+	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers, nil)
 	if err != nil {
 		return fail(err)
 	}
@@ -171,7 +177,7 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 //
 // When several artifacts hold one layer, the one with the newest
 // AnnotationCreated wins (artifacts without it lose; ties go to the one
-// listed last). At most 64 artifacts are read. Artifacts listed but gone from
+// listed last); see walkReferrers. At most 64 artifacts are read. Artifacts listed but gone from
 // the registry, not of this artifactType, not naming img as their subject,
 // or with a manifest over 4 MiB are skipped, as are index blobs over
 // MaxIndexBlobSize.
@@ -195,75 +201,24 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 	if len(want) == 0 {
 		return found, nil
 	}
-	repo := img.Ref.Context()
 	puller, err := img.newPuller(ctx)
 	if err != nil {
 		return fail(err)
 	}
-	listing, err := remote.Referrers(repo.Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
-	if err != nil {
-		return fail(fmt.Errorf("list referrers: %w", err))
-	}
-	list, err := listing.IndexManifest()
-	if err != nil {
-		return fail(fmt.Errorf("list referrers: %w", err))
-	}
-
-	type artifact struct {
-		pos     int // in the listing
-		created time.Time
-		layers  []v1.Descriptor
-	}
-	var candidates []artifact
-	for i, d := range list.Manifests {
-		// Some registries (go-containerregistry's own) report the config
-		// media type as the artifactType; the manifest says for sure.
-		switch d.ArtifactType {
-		case IndexArtifactType, "", string(types.OCIEmptyJSON):
-		default:
-			continue
-		}
-		if (d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
-			continue
-		}
-		candidates = append(candidates, artifact{pos: i, created: createdAt(d.Annotations)})
-	}
-	newestFirst := func(a, b artifact) int {
-		if c := b.created.Compare(a.created); c != 0 {
-			return c
-		}
-		return b.pos - a.pos
-	}
-	slices.SortStableFunc(candidates, newestFirst)
-	candidates = candidates[:min(len(candidates), maxArtifacts)]
-
-	var artifacts []artifact
-	for _, c := range candidates {
-		d := list.Manifests[c.pos]
-		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
-		if isNotFound(err) {
-			continue // listed in a stale fallback tag
-		} else if err != nil {
-			return fail(fmt.Errorf("artifact %s: %w", d.Digest, err))
-		}
-		if len(desc.Manifest) > maxArtifactManifestSize {
-			continue
-		}
-		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
-		if err != nil || m.ArtifactType != IndexArtifactType || m.Subject == nil || m.Subject.Digest != img.Digest {
-			continue
-		}
-		artifacts = append(artifacts, artifact{pos: c.pos, created: createdAt(m.Annotations), layers: m.Layers})
-	}
-	slices.SortStableFunc(artifacts, newestFirst)
-
 	wanted := map[v1.Hash]bool{}
 	for _, d := range want {
 		wanted[d] = true
 	}
+	// Some registries (go-containerregistry's own) list the config media
+	// type as the artifactType; the manifest says for sure.
+	listed := []string{IndexArtifactType, "", string(types.OCIEmptyJSON)}
+	list, err := listReferrers(ctx, puller, img)
+	if err != nil {
+		return fail(err)
+	}
 	chosen := map[v1.Hash]v1.Descriptor{}
-	for _, a := range artifacts {
-		for _, b := range a.layers {
+	err = walkReferrers(ctx, puller, img, list, listed, IndexArtifactType, func(m *v1.Manifest) bool {
+		for _, b := range m.Layers {
 			l, err := v1.NewHash(b.Annotations[AnnotationLayer])
 			if err != nil || !wanted[l] || b.MediaType != IndexMediaType || b.Size <= 0 || b.Size > MaxIndexBlobSize {
 				continue
@@ -272,6 +227,10 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 				chosen[l] = b
 			}
 		}
+		return len(chosen) < len(wanted)
+	})
+	if err != nil {
+		return fail(err)
 	}
 
 	var mu sync.Mutex
@@ -295,6 +254,108 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 		return fail(err)
 	}
 	return found, nil
+}
+
+// listReferrers lists the artifacts that refer to img: through the
+// registry's referrers API, or its fallback tag.
+func listReferrers(ctx context.Context, puller *remote.Puller, img *Image) (*v1.IndexManifest, error) {
+	listing, err := remote.Referrers(img.Ref.Context().Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list referrers: %w", err)
+	}
+	list, err := listing.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("list referrers: %w", err)
+	}
+	return list, nil
+}
+
+// walkReferrers passes to use the manifest of each artifact of list (the
+// artifacts that refer to img) that is of artifactType and names img as
+// its subject, newest first, until use returns false. Only listed
+// artifacts whose listed artifactType is one of listed are read: at most
+// maxArtifacts manifests, shareJobs at a time, skipping those gone (a
+// stale fallback tag lists them) or too large.
+//
+// Newest is by AnnotationCreated, those without it last, ties to the
+// later listed. When the listing gives every candidate's creation time,
+// manifests are read newest first and the walk stops with use; otherwise
+// all are read and ordered by their own annotation.
+func walkReferrers(ctx context.Context, puller *remote.Puller, img *Image, list *v1.IndexManifest, listed []string, artifactType string, use func(m *v1.Manifest) bool) error {
+	repo := img.Ref.Context()
+	type artifact struct {
+		digest   v1.Hash
+		pos      int
+		created  time.Time
+		manifest *v1.Manifest
+	}
+	newestFirst := func(a, b artifact) int {
+		if c := b.created.Compare(a.created); c != 0 {
+			return c
+		}
+		return b.pos - a.pos
+	}
+	var candidates []artifact
+	dated := true
+	for i, d := range list.Manifests {
+		if !slices.Contains(listed, d.ArtifactType) ||
+			(d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
+			continue
+		}
+		a := artifact{digest: d.Digest, pos: i, created: createdAt(d.Annotations)}
+		dated = dated && !a.created.IsZero()
+		candidates = append(candidates, a)
+	}
+	slices.SortStableFunc(candidates, newestFirst)
+	candidates = candidates[:min(len(candidates), maxArtifacts)]
+	var undated []artifact
+	for len(candidates) > 0 {
+		// A window's manifests are read together: the newest usable
+		// artifact usually comes in the first, in one round trip.
+		window := candidates[:min(len(candidates), shareJobs)]
+		candidates = candidates[len(window):]
+		g, gctx := errgroup.WithContext(ctx)
+		for i := range window {
+			a := &window[i]
+			g.Go(func() error {
+				desc, err := puller.Get(gctx, repo.Digest(a.digest.String()))
+				if isNotFound(err) {
+					return nil
+				} else if err != nil {
+					return fmt.Errorf("artifact %s: %w", a.digest, err)
+				}
+				if len(desc.Manifest) > maxArtifactManifestSize {
+					return nil
+				}
+				m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+				if err != nil || m.ArtifactType != artifactType || m.Subject == nil || m.Subject.Digest != img.Digest {
+					return nil
+				}
+				a.manifest = m
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+		for _, a := range window {
+			switch {
+			case a.manifest == nil:
+			case !dated:
+				a.created = createdAt(a.manifest.Annotations)
+				undated = append(undated, a)
+			case !use(a.manifest):
+				return nil
+			}
+		}
+	}
+	slices.SortStableFunc(undated, newestFirst)
+	for _, a := range undated {
+		if !use(a.manifest) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // fetchIndexBlob reads the blob d describes from img's repository and checks
@@ -360,7 +421,7 @@ func (im *Image) newPuller(ctx context.Context) (*remote.Puller, error) {
 // the referrers fallback tag is updated even when an identical artifact
 // was pushed before). It returns the manifest's digest; errors are not
 // wrapped with the artifact's kind.
-func pushArtifact(ctx context.Context, img *Image, subject v1.Descriptor, artifactType string, config v1.Layer, blobs []v1.Layer, descs []v1.Descriptor) (v1.Hash, error) {
+func pushArtifact(ctx context.Context, img *Image, subject v1.Descriptor, artifactType string, config v1.Layer, blobs []v1.Layer, descs []v1.Descriptor, annotations map[string]string) (v1.Hash, error) {
 	configDesc, err := descriptorOf(config)
 	if err != nil {
 		return v1.Hash{}, err
@@ -374,6 +435,7 @@ func pushArtifact(ctx context.Context, img *Image, subject v1.Descriptor, artifa
 		Subject:       &subject,
 		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
 	}
+	maps.Copy(m.Annotations, annotations)
 	raw, err := json.Marshal(m)
 	if err != nil {
 		return v1.Hash{}, err
@@ -458,6 +520,10 @@ const (
 	ProfileArtifactType = "application/vnd.lazyroot.profile.v1"
 	// ProfileMediaType is the media type of the profile JSON in it.
 	ProfileMediaType = "application/vnd.lazyroot.profile.v1+json"
+	// AnnotationProfileBlob and AnnotationProfileSize annotate a profile
+	// artifact with the digest and size of its profile blob.
+	AnnotationProfileBlob = "dev.lazyroot.profile.digest"
+	AnnotationProfileSize = "dev.lazyroot.profile.size"
 	// profileConfigMediaType is its config's media type.
 	profileConfigMediaType = "application/vnd.lazyroot.profile.config.v1+json"
 	// MaxProfileBlobSize bounds one encoded profile pushed or fetched.
@@ -498,7 +564,10 @@ func PushProfile(ctx context.Context, img *Image, p *Profile) (v1.Hash, error) {
 	if err != nil {
 		return fail(err)
 	}
-	h, err := pushArtifact(ctx, img, subject, ProfileArtifactType, cfg, []v1.Layer{blob}, []v1.Descriptor{desc})
+	// The listing of referrers shows these: FindProfile reads the blob
+	// without reading the manifest first.
+	named := map[string]string{AnnotationProfileBlob: desc.Digest.String(), AnnotationProfileSize: strconv.FormatInt(desc.Size, 10)}
+	h, err := pushArtifact(ctx, img, subject, ProfileArtifactType, cfg, []v1.Layer{blob}, []v1.Descriptor{desc}, named)
 	if err != nil {
 		return fail(err)
 	}
@@ -520,70 +589,84 @@ func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
 	if _, err := img.subject(); err != nil {
 		return fail(err)
 	}
-	repo := img.Ref.Context()
 	puller, err := img.newPuller(ctx)
 	if err != nil {
 		return fail(err)
 	}
-	listing, err := remote.Referrers(repo.Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
+	list, err := listReferrers(ctx, puller, img)
 	if err != nil {
-		return fail(fmt.Errorf("list referrers: %w", err))
+		return fail(err)
 	}
-	list, err := listing.IndexManifest()
-	if err != nil {
-		return fail(fmt.Errorf("list referrers: %w", err))
-	}
-	type candidate struct {
-		pos     int
-		created time.Time
-	}
-	var candidates []candidate
-	for i, d := range list.Manifests {
-		switch d.ArtifactType {
-		case ProfileArtifactType, profileConfigMediaType, "":
-		default:
-			continue
+	// The newest profile, when its listing names its blob, is read at once.
+	if d, ok := newestProfileBlob(list); ok {
+		p, err := fetchProfile(ctx, puller, img, d)
+		if err == nil || !isNotFound(err) {
+			return p, err
 		}
-		if (d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
-			continue
-		}
-		candidates = append(candidates, candidate{pos: i, created: createdAt(d.Annotations)})
 	}
-	slices.SortStableFunc(candidates, func(a, b candidate) int {
-		if c := b.created.Compare(a.created); c != 0 {
-			return c
-		}
-		return b.pos - a.pos
-	})
 	var best *v1.Descriptor
-	var bestCreated time.Time
-	for _, c := range candidates[:min(len(candidates), maxArtifacts)] {
-		d := list.Manifests[c.pos]
-		desc, err := puller.Get(ctx, repo.Digest(d.Digest.String()))
-		if isNotFound(err) {
-			continue
-		} else if err != nil {
-			return fail(fmt.Errorf("artifact %s: %w", d.Digest, err))
+	listed := []string{ProfileArtifactType, profileConfigMediaType, ""}
+	err = walkReferrers(ctx, puller, img, list, listed, ProfileArtifactType, func(m *v1.Manifest) bool {
+		if len(m.Layers) != 1 || m.Layers[0].MediaType != ProfileMediaType || m.Layers[0].Size <= 0 || m.Layers[0].Size > MaxProfileBlobSize {
+			return true
 		}
-		if len(desc.Manifest) > maxArtifactManifestSize {
-			continue
-		}
-		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
-		if err != nil || m.ArtifactType != ProfileArtifactType || m.Subject == nil || m.Subject.Digest != img.Digest ||
-			len(m.Layers) != 1 || m.Layers[0].MediaType != ProfileMediaType || m.Layers[0].Size <= 0 || m.Layers[0].Size > MaxProfileBlobSize {
-			continue
-		}
-		if created := createdAt(m.Annotations); best == nil || created.After(bestCreated) {
-			best, bestCreated = &m.Layers[0], created
-		}
+		best = &m.Layers[0]
+		return false
+	})
+	if err != nil {
+		return fail(err)
 	}
 	if best == nil {
 		return nil, nil
 	}
-	b, err := fetchIndexBlob(ctx, puller, img, *best)
+	p, err := fetchProfile(ctx, puller, img, *best)
 	if isNotFound(err) {
 		return nil, nil
-	} else if err != nil {
+	}
+	return p, err
+}
+
+// newestProfileBlob returns the profile blob of the newest profile
+// artifact in list, as the annotations its pusher set name it, if the
+// listing gives every profile artifact's creation time.
+func newestProfileBlob(list *v1.IndexManifest) (v1.Descriptor, bool) {
+	var newest *v1.Descriptor
+	var newestCreated time.Time
+	for i, d := range list.Manifests {
+		// Some registries list the config media type as the artifactType.
+		if d.ArtifactType != ProfileArtifactType && d.ArtifactType != profileConfigMediaType {
+			continue
+		}
+		created := createdAt(d.Annotations)
+		if created.IsZero() {
+			return v1.Descriptor{}, false
+		}
+		if newest == nil || !created.Before(newestCreated) {
+			newest, newestCreated = &list.Manifests[i], created
+		}
+	}
+	if newest == nil {
+		return v1.Descriptor{}, false
+	}
+	h, err := v1.NewHash(newest.Annotations[AnnotationProfileBlob])
+	size, serr := strconv.ParseInt(newest.Annotations[AnnotationProfileSize], 10, 64)
+	if err != nil || serr != nil || size <= 0 || size > MaxProfileBlobSize {
+		return v1.Descriptor{}, false
+	}
+	return v1.Descriptor{MediaType: ProfileMediaType, Digest: h, Size: size}, true
+}
+
+// fetchProfile reads the profile blob d describes, checks it against d and
+// decodes it: a profile of another image than img is malformed.
+func fetchProfile(ctx context.Context, puller *remote.Puller, img *Image, d v1.Descriptor) (*Profile, error) {
+	fail := func(err error) (*Profile, error) {
+		return nil, fmt.Errorf("find profile of %s: %w", img.Name(), registryError(err))
+	}
+	b, err := fetchIndexBlob(ctx, puller, img, d)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, err
+		}
 		return fail(fmt.Errorf("profile blob: %w", err))
 	}
 	p, err := DecodeProfile(bytes.NewReader(b))

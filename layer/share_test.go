@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -618,4 +619,80 @@ func TestFindIndexesPrefersNewest(t *testing.T) {
 	want := f.pick(1)
 	want[f.layers[0]] = newer
 	checkSame(t, f.find(t), want)
+}
+
+// TestFindProfileReadsNewestFirst: the newest profile is found without
+// reading any artifact manifest when the listing names its blob, and after
+// reading one window of them when it gives only creation times, however
+// many older profiles the image has.
+func TestFindProfileReadsNewestFirst(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name         string
+		referrersAPI bool
+		blobNamed    bool
+		maxReads     int64
+	}{
+		{"referrers API", true, true, 0},
+		{"fallback tag", false, true, 0},
+		{"referrers API, blob not named", true, false, 4},
+		{"fallback tag, blob not named", false, false, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var opts []testutil.RegistryOption
+			if tc.referrersAPI {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			reg := testutil.NewRegistry(t, opts...)
+			f := newShareFixture(t, reg.Host, "profiles:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+			const pushed = 9
+			for i := range pushed {
+				p := &layer.Profile{Version: layer.ProfileVersion, Image: f.img.Digest.String()}
+				for j := range i + 1 {
+					p.Files = append(p.Files, layer.ProfileFile{Layer: f.layers[0].String(), Path: fmt.Sprintf("etc/f%d", j)})
+				}
+				if _, err := layer.PushProfile(t.Context(), f.img, p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var reads atomic.Int64
+			reg.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					listing := strings.Contains(r.URL.Path, "/referrers/") || strings.Contains(r.URL.Path, "/manifests/sha256-")
+					if strings.Contains(r.URL.Path, "/manifests/sha256:") {
+						reads.Add(1)
+					}
+					if !listing || tc.blobNamed {
+						next.ServeHTTP(w, r)
+						return
+					}
+					rec := httptest.NewRecorder()
+					next.ServeHTTP(rec, r)
+					var im v1.IndexManifest
+					if err := json.Unmarshal(rec.Body.Bytes(), &im); rec.Code != http.StatusOK || err != nil {
+						maps.Copy(w.Header(), rec.Header())
+						w.WriteHeader(rec.Code)
+						w.Write(rec.Body.Bytes())
+						return
+					}
+					for i := range im.Manifests {
+						delete(im.Manifests[i].Annotations, layer.AnnotationProfileBlob)
+					}
+					w.Header().Set("Content-Type", string(types.OCIImageIndex))
+					json.NewEncoder(w).Encode(im)
+				})
+			})
+			p, err := layer.FindProfile(t.Context(), f.img)
+			if err != nil || p == nil {
+				t.Fatalf("FindProfile: %v, %v", p, err)
+			}
+			if len(p.Files) != pushed {
+				t.Errorf("found the profile with %d files, want the newest (%d)", len(p.Files), pushed)
+			}
+			if n := reads.Load(); n > tc.maxReads {
+				t.Errorf("read %d artifact manifests of %d to find the newest profile, want at most %d", n, pushed, tc.maxReads)
+			}
+		})
+	}
 }
