@@ -176,8 +176,10 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 // API and no fallback tag.
 //
 // When several artifacts hold one layer, the one with the newest
-// AnnotationCreated wins (artifacts without it lose; ties go to the one
-// listed last); see walkReferrers. At most 64 artifacts are read. Artifacts listed but gone from
+// AnnotationCreated wins, as the listing gives it (when it gives it for
+// every artifact; else as each manifest does; artifacts without it lose;
+// ties go to the one listed last): see walkReferrers. At most 64 artifacts
+// are read. Artifacts listed but gone from
 // the registry, not of this artifactType, not naming img as their subject,
 // or with a manifest over 4 MiB are skipped, as are index blobs over
 // MaxIndexBlobSize.
@@ -578,7 +580,10 @@ func PushProfile(ctx context.Context, img *Image, p *Profile) (v1.Hash, error) {
 // img (by AnnotationCreated, as FindIndexes chooses), checked against its
 // descriptor and validated; nil and no error when there is none. It reads
 // at most maxArtifacts listed artifacts and skips those gone, of another
-// type or subject, or too large. A local image fails with ErrLocalImage.
+// type or subject, or too large. When the listing names the newest
+// profile's blob, that blob is read without its manifest: a profile whose
+// manifest was deleted but is still listed (a stale fallback tag) is used
+// while its blob lasts. A local image fails with ErrLocalImage.
 func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
 	if img.Local() {
 		return nil, fmt.Errorf("find profile: %w", localError(img))

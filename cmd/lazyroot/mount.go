@@ -203,6 +203,11 @@ func runMount(ctx context.Context, stdout io.Writer, args []string) error {
 	return serve(ctx, &f, image, dir, memBytes)
 }
 
+// serverError is a failure a mount server reported on its readiness pipe.
+type serverError string
+
+func (e serverError) Error() string { return string(e) }
+
 // startServer runs "mount --foreground" in a new session, logging to
 // logFile, and returns once it reports the mount ready or failed.
 func startServer(ctx context.Context, root, logFile string, args []string, auth string) error {
@@ -253,7 +258,7 @@ func startServer(ctx context.Context, root, logFile string, args []string, auth 
 		return nil
 	case strings.HasPrefix(line, "error: "):
 		<-exited
-		return errors.New(strings.TrimPrefix(line, "error: "))
+		return serverError(strings.TrimPrefix(line, "error: "))
 	}
 	<-exited
 	return fmt.Errorf("mount server exited before the mount was ready (%v); see %s", readErr, logFile)

@@ -11,10 +11,12 @@ package main
 //
 // Files under the state root:
 //
-//	lowers/KEY.lock          held by a client while it finds or starts KEY's server
+//	lowers/KEY.lock          held by a server from its resolve until it serves KEY or handed its mount over
 //	lowers/KEY.sock          the server's control socket (attach, detach, status)
 //	lowers/KEY/PID/tree      where server PID mounts the tree
+//	lowers/refs/HINT         "KEY PID": the lower a reference was last served by (a hint)
 //	logs/lower-KEY.log       the server's log
+//	logs/lower-start-ID.log  a starting server's log, until it knows its KEY
 //	mounts/ID.json           one record per mount, as for private mounts
 //	mounts/ID.SESSION.d      a mount's temporary upper
 //
@@ -112,7 +114,8 @@ type unmountAnswer struct {
 var (
 	// errNoServer: nothing answers on the lower's control socket.
 	errNoServer = errors.New("no server for this lower")
-	// errClosing: the lower's server is shutting down and takes no mount.
+	// errClosing: the lower's server takes no mount now: it is shutting
+	// down, or not yet serving.
 	errClosing = errors.New("lower server is closing")
 )
 
@@ -148,20 +151,27 @@ func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []s
 	id := make([]byte, 6)
 	rand.Read(id)
 	startLog := filepath.Join(f.root, "logs", "lower-start-"+hex.EncodeToString(id)+".log")
-	return startServer(ctx, f.root, startLog, append(args, "--shared-lower="+startLog), auth)
+	err := startServer(ctx, f.root, startLog, append(args, "--shared-lower="+startLog), auth)
+	if _, reported := errors.AsType[serverError](err); reported {
+		// The server said what went wrong; a failed mount leaves no log.
+		os.Remove(startLog)
+	}
+	return err
 }
 
 // attachTo asks the lower server at sock for the overlay req describes,
-// waiting out a server that is shutting down (its socket goes first).
+// waiting out a server that is shutting down (its socket goes first) or
+// still starting. A socket nothing listens on is left alone: only the
+// holder of the lower's lock replaces it.
 func attachTo(ctx context.Context, sock string, req attachRequest) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		err := controlCall(ctx, sock, "/attach", req, nil, req.PrefetchWait+time.Minute)
-		if !errors.Is(err, errClosing) || time.Now().After(deadline) {
-			if errors.Is(err, errNoServer) {
-				os.Remove(sock) // left by a server that died, if anything
-			}
+		if !errors.Is(err, errClosing) {
 			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("mount %s: the server at %s took no mount for 30 s: %w", req.Dir, sock, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -209,11 +219,10 @@ func hintPath(root, hint string) string { return filepath.Join(root, "lowers", "
 // readHint returns the key of the lower that hint was last served by.
 func readHint(root, hint string) (key string, ok bool) {
 	b, err := os.ReadFile(hintPath(root, hint))
-	key = strings.TrimSpace(string(b))
-	if err != nil || !isKey(key) {
-		return "", false
+	if fields := strings.Fields(string(b)); err == nil && len(fields) > 0 && isKey(fields[0]) {
+		return fields[0], true
 	}
-	return key, true
+	return "", false
 }
 
 // isKey says whether s has the form of a lower key or hint (16 hex
@@ -226,14 +235,18 @@ func isKey(s string) bool {
 	return err == nil
 }
 
-// writeHint records that the lower key serves references of hint.
+// hintLine is what this process writes in the hints of lower key.
+func hintLine(key string) string { return fmt.Sprintf("%s %d\n", key, os.Getpid()) }
+
+// writeHint records that the lower key, served by this process, serves
+// references of hint.
 func writeHint(root, hint, key string) error {
 	path := hintPath(root, hint)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("reference hint: %w", err)
 	}
 	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-	if err := os.WriteFile(tmp, []byte(key+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(hintLine(key)), 0o600); err != nil {
 		return fmt.Errorf("reference hint: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -243,15 +256,23 @@ func writeHint(root, hint, key string) error {
 	return nil
 }
 
+// onStderr says whether path is the file on this process's standard error.
+func onStderr(path string) bool {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false
+	}
+	cur, err := os.Stderr.Stat()
+	return err == nil && os.SameFile(st, cur)
+}
+
 // adoptLog moves the server's log from startLog, where it went before the
 // lower was known, to the lower's own log, and returns where the server
-// logs from now on. Only a log on the server's standard error moves.
+// logs from now on. Only a log on the server's standard error moves;
+// startLog is left as a link to the new log, for the client to name should
+// the server die before it is ready.
 func adoptLog(startLog, lowerLog string, logger *log.Logger) string {
-	st, err := os.Stat(startLog)
-	if err != nil {
-		return startLog
-	}
-	if cur, err := os.Stderr.Stat(); err != nil || !os.SameFile(st, cur) {
+	if !onStderr(startLog) {
 		return startLog
 	}
 	lf, err := os.OpenFile(lowerLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -270,6 +291,7 @@ func adoptLog(startLog, lowerLog string, logger *log.Logger) string {
 		}
 	}
 	os.Remove(startLog)
+	os.Symlink(lowerLog, startLog)
 	return lowerLog
 }
 
@@ -384,6 +406,10 @@ type lowerServer struct {
 	// unmount: a detached overlay may still use them, so they stay (and
 	// stay locked) until the tree goes (guarded by mu).
 	deferred []*overlayMount
+	// serving is set once the server's own first mount is made: until
+	// then attaches are refused as if closing, so no mount is made over a
+	// tree that may yet fail to serve (guarded by mu).
+	serving bool
 	// hints are the refHints this server wrote it serves (guarded by mu).
 	hints map[string]bool
 	// closing refuses new mounts once shutdown began (guarded by mu).
@@ -438,7 +464,9 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 		img.Close()
 		logger.Printf("mounted %s at %s through the running server of shared lower %s", img.Name(), dir, key)
 		ready.ok()
-		os.Remove(f.startLog)
+		if onStderr(f.startLog) {
+			os.Remove(f.startLog)
+		}
 		return nil
 	case !errors.Is(err, errNoServer):
 		img.Close()
@@ -486,8 +514,14 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
+	ls.mu.Lock()
+	ls.serving = true
+	ls.mu.Unlock()
 	ready.ok()
 	unlock()
+	if fi, err := os.Lstat(f.startLog); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		os.Remove(f.startLog) // adoptLog's pointer to logPath, no longer needed
+	}
 	go ls.watch(ctx)
 	select {
 	case <-ctx.Done():
@@ -766,7 +800,8 @@ func (ls *lowerServer) shutdownNow() {
 		remove = append(remove, ls.forgetLocked(om, clean)...)
 	}
 	for hint := range ls.hints {
-		if key, _ := readHint(ls.root, hint); key == ls.key {
+		// A successor serving the same lower may have written it since.
+		if b, err := os.ReadFile(hintPath(ls.root, hint)); err == nil && string(b) == hintLine(ls.key) {
 			os.Remove(hintPath(ls.root, hint))
 		}
 	}
@@ -801,6 +836,13 @@ func (ls *lowerServer) serveControl() (func(), error) {
 		var req attachRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || !filepath.IsAbs(req.Dir) {
 			writeControlError(w, http.StatusBadRequest, fmt.Errorf("bad attach request: %v", err))
+			return
+		}
+		ls.mu.Lock()
+		serving := ls.serving
+		ls.mu.Unlock()
+		if !serving {
+			writeControlError(w, http.StatusServiceUnavailable, errors.New("lower server is starting"))
 			return
 		}
 		om, err := ls.attach(req)

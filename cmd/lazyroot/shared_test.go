@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/lazyroot/lazyroot/internal/testutil"
 )
@@ -284,5 +287,55 @@ func TestSharedLowerFoundByContent(t *testing.T) {
 	}
 	if pids[0] != pids[1] || pids[1] != pids[2] {
 		t.Errorf("concurrent mounts went to servers %v, want one", pids)
+	}
+}
+
+// TestSharedLowerFollowsMovedTag: a tag that moved to another image since
+// its last mount gets a tree of its own, though the reference's hint names
+// the old image's tree.
+func TestSharedLowerFollowsMovedTag(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "moving:v1")
+	root := t.TempDir()
+	a, b := mountDir(t), mountDir(t)
+	ra := mountRec(t, root, ref, a)
+
+	moved, _ := testutil.Layer(t, testutil.Tar(t, []testutil.Entry{
+		{Name: "etc", Type: tar.TypeDir}, {Name: "etc/moved", Content: []byte("the tag moved\n")},
+	}), testutil.Gzip)
+	reg.Push(t, "moving:v1", testutil.Image(t, []v1.Layer{moved}, nil))
+	rb := mountRec(t, root, ref, b)
+	if rb.PID == ra.PID || rb.Digest == ra.Digest || rb.Lower == ra.Lower {
+		t.Fatalf("mount after the tag moved: server %d digest %s, want a server of its own (first: %d %s)", rb.PID, rb.Digest, ra.PID, ra.Digest)
+	}
+	if got, err := os.ReadFile(filepath.Join(b, "etc/moved")); err != nil || string(got) != "the tag moved\n" {
+		t.Errorf("the moved tag's mount reads %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(a, "etc/moved")); !os.IsNotExist(err) {
+		t.Errorf("the first mount shows the new image's file: %v", err)
+	}
+	umountOK(t, root, a)
+	umountOK(t, root, b)
+}
+
+// TestSharedLowerFailureLeavesNoLog: a mount whose server fails says why
+// and leaves no start log behind.
+func TestSharedLowerFailureLeavesNoLog(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	pushBusyboxImage(t, reg, "present:v1")
+	root := t.TempDir()
+	dir := mountDir(t)
+	missing := reg.Host + "/present:nosuchtag"
+	_, errOut, code := lazyroot(t, "mount", "--root", root, missing, dir)
+	if code == 0 || !strings.Contains(errOut, "nosuchtag") {
+		t.Fatalf("mount of a missing tag: code %d: %s", code, errOut)
+	}
+	if starts, _ := filepath.Glob(filepath.Join(root, "logs", "lower-start-*")); len(starts) != 0 {
+		t.Errorf("a failed mount left start logs %v", starts)
+	}
+	if isMounted(dir) {
+		t.Error("a failed mount left a mount")
 	}
 }
