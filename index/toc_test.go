@@ -197,8 +197,8 @@ func TestReadTOCReads(t *testing.T) {
 					t.Fatalf("reads %v, want %d", cr.reads, tc.reads)
 				}
 				tail := cr.reads[0]
-				if tail[0]+tail[1] != int64(len(blob)) || tail[1] != min(int64(len(blob)), tailReadSize) {
-					t.Errorf("first read [%d,+%d) of a %d byte blob, want its last %d bytes", tail[0], tail[1], len(blob), tailReadSize)
+				if want := tailReadSize(int64(len(blob))); tail[0]+tail[1] != int64(len(blob)) || tail[1] != want {
+					t.Errorf("first read [%d,+%d) of a %d byte blob, want its last %d bytes", tail[0], tail[1], len(blob), want)
 				}
 				if tc.reads == 2 {
 					// The head of the TOC, up to where the tail began.
@@ -207,6 +207,21 @@ func TestReadTOCReads(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+func TestTailReadSize(t *testing.T) {
+	for _, tc := range []struct{ size, want int64 }{
+		{100, 100},
+		{1 << 20, 256 << 10},
+		{32 << 20, 256 << 10},
+		{52 << 20, 416 << 10},
+		{64 << 20, 512 << 10},
+		{1 << 30, 512 << 10},
+	} {
+		if got := tailReadSize(tc.size); got != tc.want {
+			t.Errorf("tailReadSize(%d) = %d, want %d", tc.size, got, tc.want)
 		}
 	}
 }
