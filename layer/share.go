@@ -639,7 +639,8 @@ func newestProfileBlob(list *v1.IndexManifest) (v1.Descriptor, bool) {
 	var newestCreated time.Time
 	for i, d := range list.Manifests {
 		// Some registries list the config media type as the artifactType.
-		if d.ArtifactType != ProfileArtifactType && d.ArtifactType != profileConfigMediaType {
+		if d.ArtifactType != ProfileArtifactType && d.ArtifactType != profileConfigMediaType ||
+			(d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
 			continue
 		}
 		created := createdAt(d.Annotations)
