@@ -57,7 +57,8 @@ type TOCDigests struct {
 var ErrTOCDigest = errors.New("toc digest mismatch")
 
 // ReadTOC reads the footer and table of contents of the eStargz or
-// zstd:chunked blob r of the given size (two reads), verifies the TOC
+// zstd:chunked blob r of the given size (one read, or two for a TOC
+// longer than the first read's tail), verifies the TOC
 // against want and returns the blob's Index.
 func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests) (*Index, error) {
 	if want.JSON == "" && want.Compressed == "" {

@@ -11,12 +11,13 @@ package main
 //
 // Files under the state root:
 //
-//	lowers/KEY.lock          held by a server from its resolve until it serves KEY or handed its mount over
+//	lowers/KEY.lock          held by a server, once it has resolved the image, until it serves KEY or handed its mount over
 //	lowers/KEY.sock          the server's control socket (attach, detach, status)
 //	lowers/KEY/PID/tree      where server PID mounts the tree
 //	lowers/refs/HINT         "KEY PID": the lower a reference was last served by (a hint)
 //	logs/lower-KEY.log       the server's log
-//	logs/lower-start-ID.log  a starting server's log, until it knows its KEY
+//	logs/lower-start-ID.log  a starting server's log until it knows its KEY, then a link to
+//	                         lower-KEY.log until it serves (kept if it dies before)
 //	mounts/ID.json           one record per mount, as for private mounts
 //	mounts/ID.SESSION.d      a mount's temporary upper
 //
@@ -291,7 +292,9 @@ func adoptLog(startLog, lowerLog string, logger *log.Logger) string {
 		}
 	}
 	os.Remove(startLog)
-	os.Symlink(lowerLog, startLog)
+	if err := os.Symlink(lowerLog, startLog); err != nil {
+		logger.Printf("link %s to %s: %v", startLog, lowerLog, err)
+	}
 	return lowerLog
 }
 
@@ -333,8 +336,9 @@ func lockPath(ctx context.Context, path string) (func(), error) {
 
 // controlCall posts req as JSON to path on the control socket sock and
 // decodes the answer into answer (if not nil). It returns errNoServer if
-// nothing listens, errClosing if the server is shutting down, and the
-// server's message for any other refusal.
+// nothing listens, errClosing if the server takes no mount now (shutting
+// down, or still starting), and the server's message for any other
+// refusal.
 func controlCall(ctx context.Context, sock, path string, req, answer any, timeout time.Duration) error {
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -408,7 +412,7 @@ type lowerServer struct {
 	deferred []*overlayMount
 	// serving is set once the server's own first mount is made: until
 	// then attaches are refused as if closing, so no mount is made over a
-	// tree that may yet fail to serve (guarded by mu).
+	// tree that may yet fail to mount (guarded by mu).
 	serving bool
 	// hints are the refHints this server wrote it serves (guarded by mu).
 	hints map[string]bool
@@ -514,9 +518,6 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
-	ls.mu.Lock()
-	ls.serving = true
-	ls.mu.Unlock()
 	ready.ok()
 	unlock()
 	if fi, err := os.Lstat(f.startLog); err == nil && fi.Mode()&os.ModeSymlink != 0 {
@@ -544,6 +545,11 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 func (ls *lowerServer) attach(r attachRequest) (*overlayMount, error) {
 	ls.mu.Lock()
 	om, remove, err := ls.attachLocked(r)
+	if err == nil {
+		// Once the server's own mount is made, others may join, also
+		// while it waits for prefetch below.
+		ls.serving = true
+	}
 	ls.mu.Unlock()
 	ls.removeUppers(remove)
 	if err != nil {

@@ -288,6 +288,9 @@ func TestSharedLowerFoundByContent(t *testing.T) {
 	if pids[0] != pids[1] || pids[1] != pids[2] {
 		t.Errorf("concurrent mounts went to servers %v, want one", pids)
 	}
+	if starts, _ := filepath.Glob(filepath.Join(root, "logs", "lower-start-*")); len(starts) != 0 {
+		t.Errorf("servers that handed their mounts over left start logs %v", starts)
+	}
 }
 
 // TestSharedLowerFollowsMovedTag: a tag that moved to another image since
@@ -314,6 +317,14 @@ func TestSharedLowerFollowsMovedTag(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(a, "etc/moved")); !os.IsNotExist(err) {
 		t.Errorf("the first mount shows the new image's file: %v", err)
+	}
+	// The reference's hint now names the new tree and its server.
+	hints, _ := filepath.Glob(filepath.Join(root, "lowers", "refs", "*"))
+	if len(hints) != 1 {
+		t.Fatalf("hints %v, want the reference's one", hints)
+	}
+	if b, err := os.ReadFile(hints[0]); err != nil || string(b) != fmt.Sprintf("%s %d\n", rb.Shared, rb.PID) {
+		t.Errorf("hint %s reads %q, %v; want lower %s of server %d", hints[0], b, err, rb.Shared, rb.PID)
 	}
 	umountOK(t, root, a)
 	umountOK(t, root, b)
