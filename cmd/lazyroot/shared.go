@@ -754,9 +754,10 @@ func (ls *lowerServer) watch(ctx context.Context) {
 	changes := newMountTableWaiter()
 	defer changes.close()
 	for {
-		overlays := parseOverlays()
 		var remove []*fs.Upper
 		ls.mu.Lock()
+		// Read under mu: a mount attached after the read would look gone.
+		overlays := parseOverlays()
 		if overlays != nil {
 			for dir, om := range ls.mounts {
 				if !ls.ownsOverlay(dir, om, overlays) {
