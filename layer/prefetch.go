@@ -135,6 +135,11 @@ type PrefetchStatus struct {
 	// cached); Errors the batches that failed.
 	FetchedBytes int64 `json:"fetchedBytes"`
 	Errors       int64 `json:"errors"`
+	// ELFFiles counts the files fetched because an ELF file a job read
+	// needs them (its loader, the loader's cache, its libraries), and
+	// ELFFollowing the ELF files whose needs are being fetched.
+	ELFFiles     int64 `json:"elfFiles,omitempty"`
+	ELFFollowing int64 `json:"elfFollowing,omitempty"`
 }
 
 // Prefetch is prefetch running for one Stack.
@@ -158,6 +163,18 @@ type Prefetch struct {
 	errs          atomic.Int64
 	// saving is the store's write of a registry profile.
 	saving sync.WaitGroup
+
+	// life ends with Stop; the ELF followers (see FollowELF) run in it.
+	life       context.Context
+	elfSeen    sync.Map // *index.Node → true, once followed
+	elfFetched sync.Map // *index.Node → true, once planned for a follower
+	elfCount   atomic.Int64
+	// elfFiles and elfFollowing are Status's ELFFiles and ELFFollowing.
+	elfFiles     atomic.Int64
+	elfFollowing atomic.Int64
+	elfMu        sync.Mutex
+	elfJobs      sync.WaitGroup // guarded by elfMu for Add
+	stopped      bool           // guarded by elfMu
 }
 
 // StartPrefetch starts prefetch for s as opts say and returns at once.
@@ -170,7 +187,7 @@ func StartPrefetch(ctx context.Context, s *Stack, opts PrefetchOptions) *Prefetc
 		opts.clock = realClock{}
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{})}
+	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{}), life: ctx}
 	if p.logf == nil {
 		p.logf = func(string, ...any) {}
 	}
@@ -191,6 +208,10 @@ func (p *Prefetch) Stop() {
 		return
 	}
 	p.cancel()
+	p.elfMu.Lock()
+	p.stopped = true
+	p.elfMu.Unlock()
+	p.elfJobs.Wait()
 	<-p.done
 }
 
@@ -220,6 +241,8 @@ func (p *Prefetch) Status() PrefetchStatus {
 		LayerDoneBytes:    p.layerDone.Load(),
 		FetchedBytes:      p.fetched.Load(),
 		Errors:            p.errs.Load(),
+		ELFFiles:          p.elfFiles.Load(),
+		ELFFollowing:      p.elfFollowing.Load(),
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -577,5 +578,79 @@ func TestOnDemandReadJoinsPrefetchBatch(t *testing.T) {
 			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
 		}
 		t.Errorf("%d blob requests, want the prefetch's one", n)
+	}
+}
+
+// TestPrefetchFollowsELF: when a job starts reading a program, its loader,
+// the loader's cache and its libraries are fetched before the loader asks
+// for them (real Debian binaries, laid out as Debian does, with symlinks).
+func TestPrefetchFollowsELF(t *testing.T) {
+	host := map[string]string{
+		"usr/bin/env":                                   "/usr/bin/env",
+		"usr/lib/x86_64-linux-gnu/libc.so.6":            "/lib/x86_64-linux-gnu/libc.so.6",
+		"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+	}
+	files := map[string][]byte{"etc/ld.so.cache": textBytes(3, 30000)}
+	for name, from := range host {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Skipf("no %s: %v", from, err)
+		}
+		files[name] = b
+	}
+	ents := []testutil.Entry{
+		{Name: "etc", Type: tar.TypeDir}, {Name: "usr", Type: tar.TypeDir}, {Name: "usr/bin", Type: tar.TypeDir},
+		{Name: "usr/lib", Type: tar.TypeDir}, {Name: "usr/lib/x86_64-linux-gnu", Type: tar.TypeDir},
+		{Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"}, {Name: "lib64", Type: tar.TypeDir},
+		{Name: "lib64/ld-linux-x86-64.so.2", Type: tar.TypeSymlink, Linkname: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
+		{Name: "usr/share", Type: tar.TypeDir},
+	}
+	for i := range 50 { // files between, so that nothing comes along by accident
+		ents = append(ents, testutil.Entry{Name: fmt.Sprintf("usr/share/%02d", i), Content: textBytes(uint64(i), 40000)})
+	}
+	for _, name := range []string{"usr/bin/env", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name], Mode: 0o755})
+	}
+	reg := testutil.NewRegistry(t)
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
+	img, err := layer.Resolve(context.Background(), reg.Push(t, "elf:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
+	defer p.Stop()
+	waitPrefetch(t, p)
+	r := layer.NewTrackedReader(stack, nil)
+	r.FollowELF(p)
+
+	env, _ := tree.Lookup("usr/bin/env")
+	head := make([]byte, 4096)
+	if _, err := r.ReadAt(context.Background(), env, head, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	st := p.Status()
+	for ; st.ELFFiles < 3 || st.ELFFollowing > 0; st = p.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("following /usr/bin/env: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st.ELFFiles != 3 {
+		t.Errorf("fetched %d files for /usr/bin/env, want its loader, the loader's cache and libc", st.ELFFiles)
+	}
+	reg.Reset()
+	for _, name := range []string{"etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
+		readCheck(t, stack, tree, name, files[name])
+	}
+	if n := blobRequests(reg); n != 0 {
+		t.Errorf("reading what /usr/bin/env needs took %d blob requests, want 0", n)
+	}
+	// Not a program: nothing is followed.
+	other, _ := tree.Lookup("usr/share/07")
+	r.ReadAt(context.Background(), other, head, 0)
+	if st := p.Status(); st.ELFFiles != 3 || st.ELFFollowing != 0 {
+		t.Errorf("after reading a text file: %+v", st)
 	}
 }

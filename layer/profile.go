@@ -228,7 +228,13 @@ type TrackedReader struct {
 	s   *Stack
 	act *Activity
 	rec *Recorder // nil when not recording
+	// elf, if set, follows the ELF files jobs start reading.
+	elf atomic.Pointer[Prefetch]
 }
+
+// FollowELF has p fetch, when a job starts reading an ELF file, the files
+// the loader will open for it (see Prefetch.FollowELF).
+func (t *TrackedReader) FollowELF(p *Prefetch) { t.elf.Store(p) }
 
 // NewTrackedReader wraps s; rec may be nil.
 func NewTrackedReader(s *Stack, rec *Recorder) *TrackedReader {
@@ -253,5 +259,11 @@ func (t *TrackedReader) ReadAt(ctx context.Context, n *index.Node, p []byte, off
 	if t.rec != nil {
 		t.rec.note(n)
 	}
-	return t.s.ReadAt(ctx, n, p, off)
+	got, err := t.s.ReadAt(ctx, n, p, off)
+	if off == 0 && got > 0 {
+		if pf := t.elf.Load(); pf != nil {
+			pf.FollowELF(n, p[:got])
+		}
+	}
+	return got, err
 }

@@ -138,6 +138,8 @@ func (s *session) startPrefetch(o sessionOptions, reader *layer.TrackedReader) {
 			Mode: o.prefetch, Image: m.img, Store: m.store, Tree: m.tree, Rate: o.prefetchRate,
 			Lookup: m.profileLookup, Activity: reader.Activity(), Logf: s.logger.Printf,
 		})
+		// A program a job starts brings its loader and libraries along.
+		reader.FollowELF(m.prefetch)
 	}
 }
 

@@ -1,0 +1,380 @@
+package layer
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// What a dynamically linked program opens before it runs a line of its
+// own is written in its ELF headers: the loader (PT_INTERP), the loader's
+// cache, and the libraries it needs (DT_NEEDED), looked up along its run
+// path and the system's library directories. Prefetch reads them from the
+// first bytes of a program or library a job reads, and fetches those files
+// at once rather than one round trip after another as the loader asks.
+
+// Bounds on what elfDeps reads of a file: it reads headers, not code.
+const (
+	maxELFPhnum    = 128
+	maxELFInterp   = 4 << 10
+	maxELFDynamic  = 64 << 10
+	maxELFStrtab   = 1 << 20
+	maxELFNeeded   = 64
+	maxELFSymlinks = 16
+	// maxELFFollowed bounds the files one Prefetch follows.
+	maxELFFollowed = 512
+)
+
+// elfInfo is what the dynamic loader will open for an ELF file.
+type elfInfo struct {
+	machine elf.Machine
+	interp  string   // the loader, "" for a static file or a library
+	needed  []string // DT_NEEDED names, in order
+	runpath []string // DT_RUNPATH, else DT_RPATH, split at ':'
+}
+
+// errNotELF reports a file that is not a 64-bit ELF file.
+var errNotELF = errors.New("not a 64-bit ELF file")
+
+// elfDeps reads the ELF headers of a file of size bytes through read
+// (which fills p from off or fails) and returns what it needs. It reads
+// the file header, the program headers, the interpreter, the dynamic
+// section and the strings it names, each bounded, and trusts nothing in
+// them: a malformed file fails with an error, never a panic.
+func elfDeps(read func(p []byte, off int64) error, size int64) (*elfInfo, error) {
+	var hdr [64]byte
+	if size < int64(len(hdr)) {
+		return nil, errNotELF
+	}
+	if err := read(hdr[:], 0); err != nil {
+		return nil, err
+	}
+	if string(hdr[:4]) != elf.ELFMAG || elf.Class(hdr[elf.EI_CLASS]) != elf.ELFCLASS64 {
+		return nil, errNotELF
+	}
+	var bo binary.ByteOrder
+	switch elf.Data(hdr[elf.EI_DATA]) {
+	case elf.ELFDATA2LSB:
+		bo = binary.LittleEndian
+	case elf.ELFDATA2MSB:
+		bo = binary.BigEndian
+	default:
+		return nil, errNotELF
+	}
+	info := &elfInfo{machine: elf.Machine(bo.Uint16(hdr[18:]))}
+	phoff, phentsize, phnum := bo.Uint64(hdr[32:]), int64(bo.Uint16(hdr[54:])), int64(bo.Uint16(hdr[56:]))
+	if phentsize != 56 || phnum == 0 || phnum > maxELFPhnum || !within(phoff, uint64(phentsize*phnum), size) {
+		return nil, fmt.Errorf("elf: program headers at %d (%d of %d bytes) outside the file", phoff, phnum, phentsize)
+	}
+	ph := make([]byte, phentsize*phnum)
+	if err := read(ph, int64(phoff)); err != nil {
+		return nil, err
+	}
+	type segment struct{ off, vaddr, filesz uint64 }
+	var loads []segment
+	var dynamic *segment
+	for i := int64(0); i < phnum; i++ {
+		p := ph[i*phentsize:]
+		s := segment{off: bo.Uint64(p[8:]), vaddr: bo.Uint64(p[16:]), filesz: bo.Uint64(p[32:])}
+		switch elf.ProgType(bo.Uint32(p)) {
+		case elf.PT_LOAD:
+			loads = append(loads, s)
+		case elf.PT_DYNAMIC:
+			dynamic = &s
+		case elf.PT_INTERP:
+			if s.filesz == 0 || s.filesz > maxELFInterp || !within(s.off, s.filesz, size) {
+				return nil, errors.New("elf: interpreter outside the file")
+			}
+			b := make([]byte, s.filesz)
+			if err := read(b, int64(s.off)); err != nil {
+				return nil, err
+			}
+			info.interp = string(bytes.TrimRight(b, "\x00"))
+		}
+	}
+	if dynamic == nil {
+		return info, nil // static
+	}
+	if dynamic.filesz > maxELFDynamic || !within(dynamic.off, dynamic.filesz, size) {
+		return nil, errors.New("elf: dynamic section outside the file")
+	}
+	dyn := make([]byte, dynamic.filesz)
+	if err := read(dyn, int64(dynamic.off)); err != nil {
+		return nil, err
+	}
+	var needed []uint64
+	var strtab, strsz uint64
+	runpath, rpath := int64(-1), int64(-1)
+	for p := dyn; len(p) >= 16; p = p[16:] {
+		tag, val := elf.DynTag(bo.Uint64(p)), bo.Uint64(p[8:])
+		switch tag {
+		case elf.DT_NULL:
+			p = p[:16] // the last entry
+		case elf.DT_NEEDED:
+			if len(needed) < maxELFNeeded {
+				needed = append(needed, val)
+			}
+		case elf.DT_STRTAB:
+			strtab = val
+		case elf.DT_STRSZ:
+			strsz = val
+		case elf.DT_RUNPATH:
+			runpath = int64(val)
+		case elf.DT_RPATH:
+			rpath = int64(val)
+		}
+	}
+	if strsz == 0 || (len(needed) == 0 && runpath < 0 && rpath < 0) {
+		return info, nil
+	}
+	// DT_STRTAB is an address: the loadable segment that maps it says where
+	// it lies in the file.
+	strsz = min(strsz, maxELFStrtab)
+	var stroff uint64
+	found := false
+	for _, s := range loads {
+		if strtab >= s.vaddr && strtab-s.vaddr < s.filesz {
+			stroff, found = s.off+(strtab-s.vaddr), true
+			break
+		}
+	}
+	if !found || !within(stroff, strsz, size) {
+		return nil, errors.New("elf: string table outside the file")
+	}
+	strs := make([]byte, strsz)
+	if err := read(strs, int64(stroff)); err != nil {
+		return nil, err
+	}
+	str := func(off uint64) (string, bool) {
+		if off >= uint64(len(strs)) {
+			return "", false
+		}
+		s := strs[off:]
+		end := bytes.IndexByte(s, 0)
+		if end <= 0 {
+			return "", false
+		}
+		return string(s[:end]), true
+	}
+	for _, off := range needed {
+		if s, ok := str(off); ok {
+			info.needed = append(info.needed, s)
+		}
+	}
+	if runpath < 0 {
+		runpath = rpath
+	}
+	if s, ok := str(uint64(runpath)); runpath >= 0 && ok {
+		info.runpath = strings.Split(s, ":")
+	}
+	return info, nil
+}
+
+// within reports whether [off, off+n) lies inside a file of size bytes.
+func within(off, n uint64, size int64) bool {
+	return size >= 0 && off <= uint64(size) && n <= uint64(size)-off
+}
+
+// libraryDirs are the directories the loader searches, after a file's run
+// path, for the libraries of a file of machine m (as Debian lays them out).
+func libraryDirs(m elf.Machine) []string {
+	var triplet string
+	switch m {
+	case elf.EM_X86_64:
+		triplet = "x86_64-linux-gnu"
+	case elf.EM_AARCH64:
+		triplet = "aarch64-linux-gnu"
+	case elf.EM_PPC64:
+		triplet = "powerpc64le-linux-gnu"
+	case elf.EM_S390:
+		triplet = "s390x-linux-gnu"
+	case elf.EM_RISCV:
+		triplet = "riscv64-linux-gnu"
+	}
+	dirs := []string{"/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+	if triplet != "" {
+		dirs = append([]string{"/lib/" + triplet, "/usr/lib/" + triplet}, dirs...)
+	}
+	return dirs
+}
+
+// neededFiles returns the regular files of t that the loader opens for the
+// ELF file at name (its path in the tree) that info describes: the
+// interpreter and its cache, and each needed library found along the run
+// path and the library directories. Names that resolve to nothing are
+// left out.
+func neededFiles(t *index.Tree, name string, info *elfInfo) []*index.Node {
+	var out []*index.Node
+	seen := map[*index.Node]bool{}
+	add := func(p string) bool {
+		n, ok := resolvePath(t, p)
+		if !ok || n.Type != index.TypeReg {
+			return false
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+		return true
+	}
+	if info.interp != "" {
+		add(info.interp)
+		add("/etc/ld.so.cache")
+	}
+	origin := "/" + path.Dir(name)
+	var dirs []string
+	for _, d := range info.runpath {
+		d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin)
+		if path.IsAbs(d) {
+			dirs = append(dirs, d)
+		}
+	}
+	dirs = append(dirs, libraryDirs(info.machine)...)
+	for _, lib := range info.needed {
+		if strings.Contains(lib, "/") {
+			add(lib)
+			continue
+		}
+		for _, d := range dirs {
+			if add(path.Join(d, lib)) {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// resolvePath returns the node of t at the absolute path p, following
+// symlinks (absolute ones from the tree's root) in every component, at
+// most maxELFSymlinks of them.
+func resolvePath(t *index.Tree, p string) (*index.Node, bool) {
+	parts := strings.Split(p, "/")
+	var stack []*index.Node // the directories walked, root first
+	n := t.Root
+	hops := 0
+	for len(parts) > 0 {
+		part := parts[0]
+		parts = parts[1:]
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) > 0 {
+				n, stack = stack[len(stack)-1], stack[:len(stack)-1]
+			}
+			continue
+		}
+		if n.Type != index.TypeDir {
+			return nil, false
+		}
+		c, ok := n.Children[part]
+		if !ok {
+			return nil, false
+		}
+		if c.Type == index.TypeSymlink {
+			if hops++; hops > maxELFSymlinks {
+				return nil, false
+			}
+			if strings.HasPrefix(c.Linkname, "/") {
+				n, stack = t.Root, nil
+			}
+			parts = append(strings.Split(c.Linkname, "/"), parts...)
+			continue
+		}
+		stack = append(stack, n)
+		n = c
+	}
+	return n, true
+}
+
+// FollowELF notes that a job read head, the first bytes of file n. If n is
+// an ELF file, the files the loader opens for it (see neededFiles) are
+// fetched in the background, and then followed in turn, each file once. It
+// returns at once, and does nothing without a merged tree, with prefetch
+// off, or once Stop was called.
+func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
+	if p == nil || p.opts.Mode == PrefetchNone || p.opts.Tree == nil || !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
+		return
+	}
+	p.follow(n)
+}
+
+// follow starts following n unless it was, or too many files were.
+func (p *Prefetch) follow(n *index.Node) {
+	if _, dup := p.elfSeen.LoadOrStore(n, true); dup || p.elfCount.Add(1) > maxELFFollowed {
+		return
+	}
+	p.elfMu.Lock()
+	defer p.elfMu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.elfJobs.Add(1)
+	p.elfFollowing.Add(1)
+	go func() {
+		defer p.elfJobs.Done()
+		defer p.elfFollowing.Add(-1)
+		p.followELF(p.life, n)
+	}()
+}
+
+// followELF fetches what the loader opens for n, if n is a dynamically
+// linked ELF file, then follows those files. Failures only mean the files
+// are read on demand.
+func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
+	info, err := elfDeps(func(b []byte, off int64) error {
+		_, err := p.s.ReadAt(ctx, n, b, off)
+		if errors.Is(err, io.EOF) {
+			err = nil // bounds are checked against the size
+		}
+		return err
+	}, n.Size)
+	if err != nil || (info.interp == "" && len(info.needed) == 0) {
+		return
+	}
+	files := neededFiles(p.opts.Tree, n.Name, info)
+	pl := newPlan(p.s)
+	for _, f := range files {
+		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) {
+			continue
+		}
+		if _, dup := p.elfFetched.LoadOrStore(f, true); !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry) {
+			p.elfFiles.Add(1)
+		}
+	}
+	if pl.dropHeld() > 0 {
+		p.runPlan(ctx, pl)
+	}
+	for _, f := range files {
+		if ctx.Err() == nil {
+			p.follow(f)
+		}
+	}
+}
+
+// dropHeld removes from pl the units already cached or being fetched (by
+// profile prefetch, say), so that a batch does not fetch their bytes
+// again, and returns how many units are left.
+func (pl *plan) dropHeld() int {
+	left := 0
+	for l, us := range pl.units {
+		kept := us[:0]
+		for _, u := range us {
+			if _, ok := pl.s.cache.Peek(u.key); ok || l.inflight.covering(u.in.Start, u.in.End) != nil {
+				continue
+			}
+			kept = append(kept, u)
+		}
+		pl.units[l] = kept
+		left += len(kept)
+	}
+	return left
+}
