@@ -45,7 +45,9 @@ func TestELFDeps(t *testing.T) {
 		name string
 		mod  func(b []byte) []byte
 	}{
-		{"not elf", func(b []byte) []byte { return []byte("#!/bin/sh\necho hello, this is longer than an ELF header......\n") }},
+		{"not elf", func(b []byte) []byte {
+			return []byte("#!/bin/sh\necho hello, this is longer than an ELF header......\n")
+		}},
 		{"truncated", func(b []byte) []byte { return b[:100] }},
 		{"program headers past the end", func(b []byte) []byte { b[32], b[33], b[34], b[35] = 0xff, 0xff, 0xff, 0x7f; return b }},
 		{"too many program headers", func(b []byte) []byte { b[56], b[57] = 0xff, 0xff; return b }},
@@ -64,7 +66,9 @@ func TestELFDeps(t *testing.T) {
 // Debian's, through directory and file symlinks.
 func TestNeededFiles(t *testing.T) {
 	dir := func(name string) index.Entry { return index.Entry{Name: name, Type: index.TypeDir, Mode: 0o755} }
-	reg := func(name string) index.Entry { return index.Entry{Name: name, Type: index.TypeReg, Mode: 0o755, Size: 1} }
+	reg := func(name string) index.Entry {
+		return index.Entry{Name: name, Type: index.TypeReg, Mode: 0o755, Size: 1}
+	}
 	link := func(name, to string) index.Entry {
 		return index.Entry{Name: name, Type: index.TypeSymlink, Mode: 0o777, Linkname: to}
 	}
