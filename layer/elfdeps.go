@@ -31,6 +31,11 @@ const (
 	maxELFSymlinks = 16
 	// maxELFFollowed bounds the files one Prefetch follows.
 	maxELFFollowed = 512
+	// maxELFFileSize is the largest file fetched whole for a follower: a
+	// larger library is mapped by the loader but read in part, on demand.
+	maxELFFileSize = 64 << 20
+	// elfFollowersAtOnce bounds the followers fetching at once.
+	elfFollowersAtOnce = 2
 )
 
 // elfInfo is what the dynamic loader will open for an ELF file.
@@ -97,7 +102,10 @@ func elfDeps(read func(p []byte, off int64) error, size int64) (*elfInfo, error)
 			if err := read(b, int64(s.off)); err != nil {
 				return nil, err
 			}
-			info.interp = string(bytes.TrimRight(b, "\x00"))
+			if i := bytes.IndexByte(b, 0); i >= 0 {
+				b = b[:i]
+			}
+			info.interp = string(b)
 		}
 	}
 	if dynamic == nil {
@@ -141,7 +149,7 @@ func elfDeps(read func(p []byte, off int64) error, size int64) (*elfInfo, error)
 	var stroff uint64
 	found := false
 	for _, s := range loads {
-		if strtab >= s.vaddr && strtab-s.vaddr < s.filesz {
+		if strtab >= s.vaddr && strtab-s.vaddr < s.filesz && within(s.off, s.filesz, size) {
 			stroff, found = s.off+(strtab-s.vaddr), true
 			break
 		}
@@ -172,8 +180,10 @@ func elfDeps(read func(p []byte, off int64) error, size int64) (*elfInfo, error)
 	if runpath < 0 {
 		runpath = rpath
 	}
-	if s, ok := str(uint64(runpath)); runpath >= 0 && ok {
-		info.runpath = strings.Split(s, ":")
+	if runpath >= 0 {
+		if s, ok := str(uint64(runpath)); ok {
+			info.runpath = strings.Split(s, ":")
+		}
 	}
 	return info, nil
 }
@@ -184,7 +194,8 @@ func within(off, n uint64, size int64) bool {
 }
 
 // libraryDirs are the directories the loader searches, after a file's run
-// path, for the libraries of a file of machine m (as Debian lays them out).
+// path, for the libraries of a file of machine m: those Debian's
+// ld.so.conf names, in its order, then the loader's own.
 func libraryDirs(m elf.Machine) []string {
 	var triplet string
 	switch m {
@@ -199,11 +210,11 @@ func libraryDirs(m elf.Machine) []string {
 	case elf.EM_RISCV:
 		triplet = "riscv64-linux-gnu"
 	}
-	dirs := []string{"/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+	dirs := []string{"/usr/local/lib"}
 	if triplet != "" {
-		dirs = append([]string{"/lib/" + triplet, "/usr/lib/" + triplet}, dirs...)
+		dirs = append(dirs, "/usr/local/lib/"+triplet, "/lib/"+triplet, "/usr/lib/"+triplet)
 	}
-	return dirs
+	return append(dirs, "/lib64", "/usr/lib64", "/lib", "/usr/lib")
 }
 
 // neededFiles returns the regular files of t that the loader opens for the
@@ -225,7 +236,7 @@ func neededFiles(t *index.Tree, name string, info *elfInfo) []*index.Node {
 		}
 		return true
 	}
-	if info.interp != "" {
+	if path.IsAbs(info.interp) {
 		add(info.interp)
 		add("/etc/ld.so.cache")
 	}
@@ -240,11 +251,14 @@ func neededFiles(t *index.Tree, name string, info *elfInfo) []*index.Node {
 	dirs = append(dirs, libraryDirs(info.machine)...)
 	for _, lib := range info.needed {
 		if strings.Contains(lib, "/") {
-			add(lib)
+			if path.IsAbs(lib) {
+				add(lib)
+			}
 			continue
 		}
 		for _, d := range dirs {
-			if add(path.Join(d, lib)) {
+			// Not path.Join: resolvePath follows a symlinked d before "..".
+			if add(d + "/" + lib) {
 				break
 			}
 		}
@@ -343,7 +357,7 @@ func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
 	files := neededFiles(p.opts.Tree, n.Name, info)
 	pl := newPlan(p.s)
 	for _, f := range files {
-		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) {
+		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) || f.Size > maxELFFileSize {
 			continue
 		}
 		if _, dup := p.elfFetched.LoadOrStore(f, true); !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry) {
@@ -351,7 +365,13 @@ func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
 		}
 	}
 	if pl.dropHeld() > 0 {
-		p.runPlan(ctx, pl)
+		select {
+		case p.elfSlots <- struct{}{}:
+			p.runPlanCounting(ctx, pl, &p.elfBytes, &p.elfDone)
+			<-p.elfSlots
+		case <-ctx.Done():
+			return
+		}
 	}
 	for _, f := range files {
 		if ctx.Err() == nil {

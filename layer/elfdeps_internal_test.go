@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lazyroot/lazyroot/index"
@@ -29,16 +30,17 @@ func TestELFDeps(t *testing.T) {
 		t.Skipf("no dynamically linked /usr/bin/env: %v", err)
 	}
 	info, err := elfDeps(readerOf(env), int64(len(env)))
+	if errors.Is(err, errNotELF) {
+		t.Skip("/usr/bin/env is not a 64-bit ELF file")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.interp == "" || !slices.Contains(info.needed, "libc.so.6") {
-		t.Errorf("/usr/bin/env: interpreter %q, needs %q; want a loader and libc.so.6", info.interp, info.needed)
+	if !strings.Contains(info.interp, "/ld-linux") {
+		t.Skipf("/usr/bin/env is not a glibc program (interpreter %q)", info.interp)
 	}
-	if busybox, err := os.ReadFile("/bin/busybox"); err == nil {
-		if info, err := elfDeps(readerOf(busybox), int64(len(busybox))); err != nil || info.interp != "" || len(info.needed) != 0 {
-			t.Errorf("static busybox: %+v, %v; want no needs", info, err)
-		}
+	if !slices.Contains(info.needed, "libc.so.6") {
+		t.Errorf("/usr/bin/env: needs %q; want libc.so.6", info.needed)
 	}
 
 	for _, tc := range []struct {
@@ -74,7 +76,7 @@ func TestNeededFiles(t *testing.T) {
 	}
 	x := &index.Index{Layer: "sha256:" + string(bytes.Repeat([]byte("a"), 64)), Format: index.FormatTar, Entries: []index.Entry{
 		dir("usr"), dir("usr/bin"), dir("usr/lib"), dir("usr/lib/x86_64-linux-gnu"), dir("etc"), dir("opt"), dir("opt/app"), dir("opt/app/lib"),
-		link("lib", "usr/lib"), link("lib64", "usr/lib64"), dir("usr/lib64"),
+		link("lib", "usr/lib"), link("lib64", "/usr/lib64"), dir("usr/lib64"),
 		link("usr/lib64/ld-linux-x86-64.so.2", "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
 		reg("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"), reg("usr/lib/x86_64-linux-gnu/libc.so.6"),
 		link("usr/lib/x86_64-linux-gnu/libz.so.1", "libz.so.1.2.13"), reg("usr/lib/x86_64-linux-gnu/libz.so.1.2.13"),

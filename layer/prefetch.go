@@ -135,10 +135,14 @@ type PrefetchStatus struct {
 	// cached); Errors the batches that failed.
 	FetchedBytes int64 `json:"fetchedBytes"`
 	Errors       int64 `json:"errors"`
-	// ELFFiles counts the files fetched because an ELF file a job read
-	// needs them (its loader, the loader's cache, its libraries), and
-	// ELFFollowing the ELF files whose needs are being fetched.
+	// ELFFiles counts the files planned because an ELF file a job read
+	// needs them (its loader, the loader's cache, its libraries; found
+	// cached or fetched), ELFBytes and ELFDoneBytes their compressed
+	// bytes to fetch and handled, and ELFFollowing the ELF files whose
+	// needs are being fetched.
 	ELFFiles     int64 `json:"elfFiles,omitempty"`
+	ELFBytes     int64 `json:"elfBytes,omitempty"`
+	ELFDoneBytes int64 `json:"elfDoneBytes,omitempty"`
 	ELFFollowing int64 `json:"elfFollowing,omitempty"`
 }
 
@@ -171,10 +175,14 @@ type Prefetch struct {
 	elfCount   atomic.Int64
 	// elfFiles and elfFollowing are Status's ELFFiles and ELFFollowing.
 	elfFiles     atomic.Int64
+	elfBytes     atomic.Int64
+	elfDone      atomic.Int64
 	elfFollowing atomic.Int64
-	elfMu        sync.Mutex
-	elfJobs      sync.WaitGroup // guarded by elfMu for Add
-	stopped      bool           // guarded by elfMu
+	// elfSlots bounds the followers fetching at once.
+	elfSlots chan struct{}
+	elfMu    sync.Mutex
+	elfJobs  sync.WaitGroup // guarded by elfMu for Add
+	stopped  bool           // guarded by elfMu
 }
 
 // StartPrefetch starts prefetch for s as opts say and returns at once.
@@ -187,7 +195,8 @@ func StartPrefetch(ctx context.Context, s *Stack, opts PrefetchOptions) *Prefetc
 		opts.clock = realClock{}
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{}), life: ctx}
+	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{}), life: ctx,
+		elfSlots: make(chan struct{}, elfFollowersAtOnce)}
 	if p.logf == nil {
 		p.logf = func(string, ...any) {}
 	}
@@ -242,6 +251,8 @@ func (p *Prefetch) Status() PrefetchStatus {
 		FetchedBytes:      p.fetched.Load(),
 		Errors:            p.errs.Load(),
 		ELFFiles:          p.elfFiles.Load(),
+		ELFBytes:          p.elfBytes.Load(),
+		ELFDoneBytes:      p.elfDone.Load(),
 		ELFFollowing:      p.elfFollowing.Load(),
 	}
 }
@@ -380,9 +391,15 @@ func (p *Prefetch) visible(i int, e *index.Entry) bool {
 
 // runPlan runs the plan's batches, a few at a time, in plan order.
 func (p *Prefetch) runPlan(ctx context.Context, pl *plan) {
+	p.runPlanCounting(ctx, pl, &p.priorityBytes, &p.priorityDone)
+}
+
+// runPlanCounting runs pl's batches, adding their bytes to planned and,
+// as each ends, to done.
+func (p *Prefetch) runPlanCounting(ctx context.Context, pl *plan, planned, done *atomic.Int64) {
 	batches := pl.batches(priorityBatch)
 	for _, b := range batches {
-		p.priorityBytes.Add(b.unitBytes)
+		planned.Add(b.unitBytes)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(priorityJobs)
@@ -392,7 +409,7 @@ func (p *Prefetch) runPlan(ctx context.Context, pl *plan) {
 		}
 		g.Go(func() error {
 			p.runBatch(gctx, b)
-			p.priorityDone.Add(b.unitBytes)
+			done.Add(b.unitBytes)
 			return nil
 		})
 	}

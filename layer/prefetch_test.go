@@ -605,11 +605,12 @@ func TestPrefetchFollowsELF(t *testing.T) {
 		{Name: "lib64/ld-linux-x86-64.so.2", Type: tar.TypeSymlink, Linkname: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
 		{Name: "usr/share", Type: tar.TypeDir},
 	}
-	for i := range 50 { // files between, so that nothing comes along by accident
-		ents = append(ents, testutil.Entry{Name: fmt.Sprintf("usr/share/%02d", i), Content: textBytes(uint64(i), 40000)})
-	}
-	for _, name := range []string{"usr/bin/env", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
+	// Files in between, so that nothing comes along with a neighbour.
+	for i, name := range []string{"usr/bin/env", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
 		ents = append(ents, testutil.Entry{Name: name, Content: files[name], Mode: 0o755})
+		for j := range 10 {
+			ents = append(ents, testutil.Entry{Name: fmt.Sprintf("usr/share/%d%d", i, j), Content: textBytes(uint64(10*i+j), 40000)})
+		}
 	}
 	reg := testutil.NewRegistry(t)
 	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
@@ -637,8 +638,8 @@ func TestPrefetchFollowsELF(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st.ELFFiles != 3 {
-		t.Errorf("fetched %d files for /usr/bin/env, want its loader, the loader's cache and libc", st.ELFFiles)
+	if st.ELFFiles != 3 || st.ELFBytes == 0 || st.ELFDoneBytes != st.ELFBytes {
+		t.Errorf("followed /usr/bin/env: %+v; want its loader, the loader's cache and libc fetched", st)
 	}
 	reg.Reset()
 	for _, name := range []string{"etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
@@ -649,6 +650,9 @@ func TestPrefetchFollowsELF(t *testing.T) {
 	}
 	// Not a program: nothing is followed.
 	other, _ := tree.Lookup("usr/share/07")
+	if other == nil {
+		t.Fatal("usr/share/07 missing")
+	}
 	r.ReadAt(context.Background(), other, head, 0)
 	if st := p.Status(); st.ELFFiles != 3 || st.ELFFollowing != 0 {
 		t.Errorf("after reading a text file: %+v", st)

@@ -72,6 +72,10 @@ func runStatus(ctx context.Context, stdout io.Writer, args []string) error {
 			if p.ProfileSource != "" {
 				fmt.Fprintf(stdout, "; profile from %s", p.ProfileSource)
 			}
+			if p.ELFFiles > 0 {
+				fmt.Fprintf(stdout, "; %d files programs need, %s of %s", p.ELFFiles,
+					humanize.IBytes(uint64(p.ELFDoneBytes)), humanize.IBytes(uint64(p.ELFBytes)))
+			}
 			if p.Errors > 0 {
 				fmt.Fprintf(stdout, "; %d failed batches", p.Errors)
 			}
