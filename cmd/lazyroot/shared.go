@@ -130,12 +130,9 @@ var (
 // meanwhile (or serve the image under another name), hands the mount to
 // that one and exits.
 func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []string, auth string) error {
-	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Hint: f.refHint(image)}
-	if f.upper != "" {
-		var err error
-		if req.Upper, err = filepath.Abs(f.upper); err != nil {
-			return fmt.Errorf("--upper: %w", err)
-		}
+	req, err := f.attachRequest(image, dir)
+	if err != nil {
+		return err
 	}
 	if key, ok := readHint(f.root, req.Hint); ok && answers(lowerSocket(f.root, key)) {
 		name, digest, err := resolveDigest(ctx, f, image)
@@ -152,12 +149,25 @@ func mountShared(ctx context.Context, f *mountFlags, image, dir string, args []s
 	id := make([]byte, 6)
 	rand.Read(id)
 	startLog := filepath.Join(f.root, "logs", "lower-start-"+hex.EncodeToString(id)+".log")
-	err := startServer(ctx, f.root, startLog, append(args, "--shared-lower="+startLog), auth)
+	err = startServer(ctx, f.root, startLog, append(args, "--shared-lower="+startLog), auth)
 	if _, reported := errors.AsType[serverError](err); reported {
 		// The server said what went wrong; a failed mount leaves no log.
 		os.Remove(startLog)
 	}
 	return err
+}
+
+// attachRequest is the request for a mount of image at dir with these
+// flags; Image is left to whoever has resolved it.
+func (f *mountFlags) attachRequest(image, dir string) (attachRequest, error) {
+	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Hint: f.refHint(image)}
+	if f.upper != "" {
+		var err error
+		if req.Upper, err = filepath.Abs(f.upper); err != nil {
+			return req, fmt.Errorf("--upper: %w", err)
+		}
+	}
+	return req, nil
 }
 
 // attachTo asks the lower server at sock for the overlay req describes,
@@ -443,13 +453,12 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 		return err
 	}
 	key := f.lowerKey(imageDigest(img))
-	req := attachRequest{Dir: dir, PrefetchWait: f.prefetchWait, Keep: f.keepLower, Image: img.Name(), Hint: f.refHint(image)}
-	if f.upper != "" {
-		if req.Upper, err = filepath.Abs(f.upper); err != nil {
-			img.Close()
-			return fmt.Errorf("--upper: %w", err)
-		}
+	req, err := f.attachRequest(image, dir)
+	if err != nil {
+		img.Close()
+		return err
 	}
+	req.Image = img.Name()
 	slot := lowerSlot(f.root, key)
 	if err := os.MkdirAll(slot, 0o700); err != nil {
 		img.Close()
