@@ -13,8 +13,9 @@ import (
 
 // EncodingVersion is the version Encode writes and Decode accepts. Version
 // 2 added the seekable formats (gzip and zstd spans); version 3 the
-// prefetch landmark of eStargz TOCs (Index.Prefetch).
-const EncodingVersion = 3
+// prefetch landmark of eStargz TOCs (Index.Prefetch); version 4 moved the
+// windows of gzip spans out of the index into a blob of their own.
+const EncodingVersion = 4
 
 // encodingMagic starts every encoded index.
 var encodingMagic = [8]byte{'L', 'Z', 'R', 'I', 'D', 'X', 0, '\n'}

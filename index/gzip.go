@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -14,8 +15,9 @@ import (
 // BuildGzip streams the gzip blob r once and returns its index: FormatGzip
 // entries located by offsets in the uncompressed tar, and a Span at the
 // first DEFLATE block header at or after every o.SpanSize bytes of output,
-// with the 32 KiB window a decoder needs to restart there and the digest of
-// the compressed bytes that produce the span. If o.Tar is set it receives
+// with the digest of the compressed bytes that produce the span and of the
+// 32 KiB window a decoder needs to restart there. The windows themselves
+// go to the windows blob (BuiltWindows). If o.Tar is set it receives
 // the uncompressed stream.
 //
 // A blob whose restart points lie more than MaxSpanSize of output apart (or
@@ -29,7 +31,8 @@ import (
 // hash it; corrupt or truncated blobs fail with ErrMalformed. Decoding runs
 // on its own goroutine, so the tar scan overlaps it.
 func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
-	sp := &gzipSpans{r: r, seekable: true}
+	sp := &gzipSpans{r: r, seekable: true, windows: newWindowPacker()}
+	defer sp.windows.stop()
 	z := inflate.NewReader(sp, inflate.Options{Every: o.spanSize(), OnPoint: sp.point})
 	p := newOutPipe(o.Tar)
 	go p.produce(z, sp)
@@ -58,6 +61,9 @@ func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
 	switch {
 	case sp.seekable:
 		x.Spans, x.BlobSize, x.TarSize = sp.spans, sp.total, n
+		if err := sp.windows.finish(x); err != nil {
+			return nil, fmt.Errorf("index gzip layer %s: %w", layer, err)
+		}
 		if digests {
 			for i := range x.Entries {
 				x.Entries[i].Chunks = spanChunks(x.Entries[i].Chunks)
@@ -102,6 +108,7 @@ type gzipSpans struct {
 	off      int64
 	buf      []byte
 	spans    []Span
+	windows  *windowPacker
 }
 
 func (g *gzipSpans) Read(p []byte) (int, error) {
@@ -139,7 +146,10 @@ func (g *gzipSpans) point(p inflate.Point) error {
 		g.buf = append(g.buf[:0], g.buf[keep-g.off:]...)
 		g.off = keep
 	}
-	g.spans = append(g.spans, Span{Out: p.Out, InBits: p.InBits, Window: p.Window})
+	g.spans = append(g.spans, Span{Out: p.Out, InBits: p.InBits})
+	if len(p.Window) > 0 {
+		g.windows.add(len(g.spans)-1, p.Window)
+	}
 	return nil
 }
 
@@ -154,6 +164,86 @@ func (g *gzipSpans) progress(out int64) {
 func (g *gzipSpans) notSeekable() {
 	g.seekable = false
 	g.buf, g.spans = nil, nil
+	g.windows.stop()
+}
+
+// windowPacker compresses the windows of spans on a goroutine of its own,
+// in order, into the windows blob.
+type windowPacker struct {
+	in   chan packedWindow
+	done chan struct{} // closed when the goroutine returned
+	once sync.Once
+	// Written by the goroutine, read after done.
+	blob  bytes.Buffer
+	spans []packedWindow
+	err   error
+}
+
+// packedWindow is the window of span i: its bytes on the way in, where it
+// went on the way out.
+type packedWindow struct {
+	i            int
+	window       []byte
+	off, n, size int64
+	digest       string
+}
+
+func newWindowPacker() *windowPacker {
+	w := &windowPacker{in: make(chan packedWindow, 16), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+func (w *windowPacker) run() {
+	defer close(w.done)
+	fw, err := flate.NewWriter(&w.blob, flate.BestSpeed)
+	if err != nil {
+		w.err = err
+	}
+	for p := range w.in {
+		if w.err != nil {
+			continue
+		}
+		start := int64(w.blob.Len())
+		fw.Reset(&w.blob)
+		if _, err := fw.Write(p.window); err != nil {
+			w.err = err
+			continue
+		}
+		if err := fw.Close(); err != nil {
+			w.err = err
+			continue
+		}
+		sum := sha256.Sum256(p.window)
+		w.spans = append(w.spans, packedWindow{i: p.i, off: start, n: int64(w.blob.Len()) - start, size: int64(len(p.window)), digest: digestString(sum[:])})
+	}
+}
+
+// add queues the window of span i; window is not used by anyone else.
+func (w *windowPacker) add(i int, window []byte) { w.in <- packedWindow{i: i, window: window} }
+
+// stop ends the goroutine and waits for it; it may be called again.
+func (w *windowPacker) stop() {
+	w.once.Do(func() { close(w.in) })
+	<-w.done
+}
+
+// finish waits for every window and places them in x.
+func (w *windowPacker) finish(x *Index) error {
+	w.stop()
+	if w.err != nil {
+		return fmt.Errorf("pack windows: %w", w.err)
+	}
+	for _, p := range w.spans {
+		sp := &x.Spans[p.i]
+		sp.WinOff, sp.WinLen, sp.WinSize, sp.WinDigest = p.off, p.n, p.size, p.digest
+	}
+	if w.blob.Len() > 0 {
+		sum := sha256.Sum256(w.blob.Bytes())
+		x.Windows = &BlobRef{Digest: digestString(sum[:]), Size: int64(w.blob.Len())}
+		x.windows = w.blob.Bytes()
+	}
+	return nil
 }
 
 // finish closes the last span once the blob and its tarSize bytes of
@@ -314,12 +404,13 @@ type spanDecoder struct {
 var spanDecoders = sync.Pool{New: func() any { return new(spanDecoder) }}
 
 // decodeGzipSpan decodes the gzip span sp from src, the blob bytes from
-// sp.InBits/8 on, into dst, which must be exactly the span's output.
-func decodeGzipSpan(sp *Span, src, dst []byte) error {
+// sp.InBits/8 on, and window, the output before it, into dst, which must
+// be exactly the span's output.
+func decodeGzipSpan(sp *Span, window, src, dst []byte) error {
 	d := spanDecoders.Get().(*spanDecoder)
 	defer spanDecoders.Put(d)
 	d.br.Reset(src)
-	err := d.z.Resume(&d.br, inflate.Point{InBits: sp.InBits, Out: sp.Out, Window: sp.Window}, inflate.Options{})
+	err := d.z.Resume(&d.br, inflate.Point{InBits: sp.InBits, Out: sp.Out, Window: window}, inflate.Options{})
 	if err == nil {
 		_, err = io.ReadFull(&d.z, dst)
 	}

@@ -245,13 +245,17 @@ func BenchmarkDecodeGzipSpan(b *testing.B) {
 	}
 	x, blob := benchIndex.x, benchIndex.blob
 	dst := make([]byte, MaxSpanSize)
+	windows := make([][]byte, len(x.Spans))
+	for i := range windows {
+		windows[i] = builtWindow(b, x, i)
+	}
 	b.SetBytes(x.TarSize / int64(len(x.Spans))) // spans are about the same size
 	i := 0
 	for b.Loop() {
 		n := i % len(x.Spans)
 		out, in := x.SpanRanges(n)
 		d := dst[:out.End-out.Start]
-		if err := decodeGzipSpan(&x.Spans[n], blob[in.Start:in.End], d); err != nil {
+		if err := decodeGzipSpan(&x.Spans[n], windows[n], blob[in.Start:in.End], d); err != nil {
 			b.Fatal(err)
 		}
 		i++

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -147,6 +148,18 @@ var gzippers = []gzipper{
 	{"pigz-9", command("pigz", "-c", "-9")},
 }
 
+// builtWindow returns span i's window from the windows blob x was built
+// with.
+func builtWindow(t testing.TB, x *Index, i int) []byte {
+	t.Helper()
+	r := x.WindowRange(i)
+	w, err := x.DecodeWindow(i, x.BuiltWindows()[r.Start:r.End])
+	if err != nil {
+		t.Fatalf("window of span %d: %v", i, err)
+	}
+	return w
+}
+
 // readTar reads n bytes at tar offset off through the index's spans.
 func readTar(t testing.TB, x *Index, blob []byte, off, n int64) []byte {
 	t.Helper()
@@ -158,7 +171,7 @@ func readTar(t testing.TB, x *Index, blob []byte, off, n int64) []byte {
 		}
 		o, in := x.SpanRanges(i)
 		dst := make([]byte, o.End-o.Start)
-		if err := x.DecodeSpan(i, blob[in.Start:in.End], dst); err != nil {
+		if err := x.DecodeSpan(i, builtWindow(t, x, i), blob[in.Start:in.End], dst); err != nil {
 			t.Fatalf("span %d: %v", i, err)
 		}
 		k := min(n, o.End-off)
@@ -202,9 +215,31 @@ func TestBuildGzip(t *testing.T) {
 			if min := len(tarData) / (2 * testSpanSize); len(x.Spans) < min {
 				t.Fatalf("%d spans, want at least %d", len(x.Spans), min)
 			}
+			if w := x.Windows; w == nil || int64(len(x.BuiltWindows())) != w.Size || digestString(sha256Of(x.BuiltWindows())) != w.Digest {
+				t.Fatalf("windows blob %+v does not name the %d bytes built", w, len(x.BuiltWindows()))
+			}
 			for i, sp := range x.Spans {
-				if wl := min(sp.Out, WindowSize); int64(len(sp.Window)) != wl || !bytes.Equal(sp.Window, tarData[sp.Out-wl:sp.Out]) {
-					t.Fatalf("span %d: window of %d bytes is not the %d bytes before %d", i, len(sp.Window), wl, sp.Out)
+				w := builtWindow(t, x, i)
+				if wl := min(sp.Out, WindowSize); int64(len(w)) != wl || !bytes.Equal(w, tarData[sp.Out-wl:sp.Out]) {
+					t.Fatalf("span %d: window of %d bytes is not the %d bytes before %d", i, len(w), wl, sp.Out)
+				}
+			}
+			// A damaged window fails its check, in the blob or decoded.
+			if len(x.Spans) > 1 {
+				r := x.WindowRange(1)
+				bad := bytes.Clone(x.BuiltWindows()[r.Start:r.End])
+				bad[len(bad)/2] ^= 0x10
+				if _, err := x.DecodeWindow(1, bad); !errors.Is(err, ErrSpanDigest) {
+					t.Fatalf("damaged compressed window: error %v, want ErrSpanDigest", err)
+				}
+				w := bytes.Clone(builtWindow(t, x, 1))
+				w[0] ^= 1
+				out, in := x.SpanRanges(1)
+				if err := x.DecodeSpan(1, w, blob[in.Start:in.End], make([]byte, out.End-out.Start)); !errors.Is(err, ErrSpanDigest) {
+					t.Fatalf("damaged window: error %v, want ErrSpanDigest", err)
+				}
+				if err := x.DecodeSpan(1, nil, blob[in.Start:in.End], make([]byte, out.End-out.Start)); !errors.Is(err, ErrSpanDigest) {
+					t.Fatalf("missing window: error %v, want ErrSpanDigest", err)
 				}
 			}
 
@@ -236,7 +271,7 @@ func TestBuildGzip(t *testing.T) {
 			for i := range x.Spans {
 				out, in := x.SpanRanges(i)
 				dst := make([]byte, out.End-out.Start)
-				if err := x.DecodeSpan(i, blob[in.Start:in.End], dst); err != nil {
+				if err := x.DecodeSpan(i, builtWindow(t, x, i), blob[in.Start:in.End], dst); err != nil {
 					t.Fatalf("span %d: %v", i, err)
 				}
 				if !bytes.Equal(dst, tarData[out.Start:out.End]) {
@@ -267,7 +302,7 @@ func TestBuildGzip(t *testing.T) {
 			src := bytes.Clone(blob[in.Start:in.End])
 			src[len(src)/2] ^= 1
 			dst := make([]byte, out.End-out.Start)
-			if err := x.DecodeSpan(i, src, dst); !errors.Is(err, ErrSpanDigest) {
+			if err := x.DecodeSpan(i, builtWindow(t, x, i), src, dst); !errors.Is(err, ErrSpanDigest) {
 				t.Fatalf("damaged span: error %v, want ErrSpanDigest", err)
 			}
 			if bytes.Count(dst, []byte{0}) != len(dst) {
@@ -312,11 +347,13 @@ func TestBuildGzipDefaultSpanSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if x.Format != FormatGzip || len(x.Spans) != 2 || x.TarSize != int64(len(tarData)) {
+	if x.Format != FormatGzip || len(x.Spans) < 2 || int64(len(x.Spans)) > x.TarSize/DefaultSpanSize+1 || x.TarSize != int64(len(tarData)) {
 		t.Fatalf("format %s, %d spans, tar %d of %d", x.Format, len(x.Spans), x.TarSize, len(tarData))
 	}
-	if d := x.Spans[1].Out; d < DefaultSpanSize || d > DefaultSpanSize+(1<<20) {
-		t.Fatalf("first span is %d bytes", d)
+	for i := range len(x.Spans) - 1 {
+		if out, _ := x.SpanRanges(i); out.End-out.Start < DefaultSpanSize || out.End-out.Start > DefaultSpanSize+(1<<20) {
+			t.Fatalf("span %d is %d bytes", i, out.End-out.Start)
+		}
 	}
 	if got := readTar(t, x, blob, x.Spans[1].Out-10, 20); !bytes.Equal(got, tarData[x.Spans[1].Out-10:x.Spans[1].Out+10]) {
 		t.Fatal("read across the span boundary differs")
@@ -483,7 +520,7 @@ func TestBuildGzipNotSeekable(t *testing.T) {
 		t.Fatalf("format %s, %d spans", x.Format, len(x.Spans))
 	}
 	dst := make([]byte, x.TarSize)
-	if err := x.DecodeSpan(0, blob[x.Spans[0].InBits/8:], dst); err != nil || !bytes.Equal(dst, tarData) {
+	if err := x.DecodeSpan(0, nil, blob[x.Spans[0].InBits/8:], dst); err != nil || !bytes.Equal(dst, tarData) {
 		t.Fatalf("decode: %v", err)
 	}
 }
@@ -514,16 +551,16 @@ func TestDecodeGzipSpanShort(t *testing.T) {
 		src := blob[in.Start:in.End]
 		dst := make([]byte, out.End-out.Start)
 		for _, cut := range []int{0, 1, len(src) / 2, len(src) - 20} {
-			if err := decodeGzipSpan(&x.Spans[i], src[:cut], dst); !errors.Is(err, ErrMalformed) {
+			if err := decodeGzipSpan(&x.Spans[i], builtWindow(t, x, i), src[:cut], dst); !errors.Is(err, ErrMalformed) {
 				t.Fatalf("span %d cut to %d bytes: error %v", i, cut, err)
 			}
 		}
-		if err := decodeGzipSpan(&x.Spans[i], src, dst); err != nil || !bytes.Equal(dst, tarData[out.Start:out.End]) {
+		if err := decodeGzipSpan(&x.Spans[i], builtWindow(t, x, i), src, dst); err != nil || !bytes.Equal(dst, tarData[out.Start:out.End]) {
 			t.Fatalf("span %d: %v", i, err)
 		}
 		// A span asked for more than it holds fails.
 		if i < len(x.Spans)-1 {
-			if err := decodeGzipSpan(&x.Spans[i], src, make([]byte, len(dst)+1000)); !errors.Is(err, ErrMalformed) {
+			if err := decodeGzipSpan(&x.Spans[i], builtWindow(t, x, i), src, make([]byte, len(dst)+1000)); !errors.Is(err, ErrMalformed) {
 				t.Fatalf("span %d read past its end: error %v", i, err)
 			}
 		}
@@ -539,13 +576,19 @@ func TestDecodeGzipSpanAllocs(t *testing.T) {
 	}
 	out, in := x.SpanRanges(3)
 	dst := make([]byte, out.End-out.Start)
-	decodeGzipSpan(&x.Spans[3], blob[in.Start:in.End], dst) // warm the pool
+	w := builtWindow(t, x, 3)
+	decodeGzipSpan(&x.Spans[3], w, blob[in.Start:in.End], dst) // warm the pool
 	allocs := testing.AllocsPerRun(20, func() {
-		if err := decodeGzipSpan(&x.Spans[3], blob[in.Start:in.End], dst); err != nil {
+		if err := decodeGzipSpan(&x.Spans[3], w, blob[in.Start:in.End], dst); err != nil {
 			t.Fatal(err)
 		}
 	})
 	if allocs > 2 {
 		t.Fatalf("%v allocations per span", allocs)
 	}
+}
+
+func sha256Of(b []byte) []byte {
+	sum := sha256.Sum256(b)
+	return sum[:]
 }

@@ -86,19 +86,39 @@ type Span struct {
 	// InBits is the offset in bits in the blob where the span starts: a
 	// DEFLATE block header for gzip, a frame start (a multiple of 8) for zstd.
 	InBits int64 `json:"in"`
-	// Window is the output that precedes Out, up to WindowSize bytes, which
-	// DEFLATE back-references may reach. Empty for zstd.
-	Window []byte `json:"window,omitempty"`
 	// Digest is the sha256 ("sha256:hex") of the span's compressed bytes.
 	Digest string `json:"digest"`
+	// The window is the output that precedes Out, up to WindowSize bytes,
+	// which DEFLATE back-references may reach. It is kept apart from the
+	// index, in the blob Index.Windows names, so that an index stays small
+	// with small spans: WinOff and WinLen place it there, compressed with
+	// raw DEFLATE; WinSize is its length and WinDigest the sha256 of it,
+	// decompressed. All zero for a span that needs none (the first, and
+	// every zstd span).
+	WinOff    int64  `json:"woff,omitempty"`
+	WinLen    int64  `json:"wlen,omitempty"`
+	WinSize   int64  `json:"wsize,omitempty"`
+	WinDigest string `json:"wdigest,omitempty"`
+}
+
+// BlobRef names a blob by its digest and size.
+type BlobRef struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
 }
 
 // WindowSize is the most history a gzip Span keeps.
 const WindowSize = 32 << 10
 
+// maxWindowLen bounds the compressed bytes of one window: raw DEFLATE
+// never stores 32 KiB in more than this.
+const maxWindowLen = WindowSize + 64
+
 // DefaultSpanSize is the uncompressed distance between seek points that
-// seekable builders aim for when given 0.
-const DefaultSpanSize = 4 << 20
+// seekable builders aim for when given 0. A read of a cold file fetches
+// the spans that hold it, so smaller spans fetch fewer bytes; each costs a
+// span entry in the index and a window in the windows blob.
+const DefaultSpanSize = 512 << 10
 
 // MaxSpanSize bounds the uncompressed bytes of one span: a reader holds a
 // whole span in memory. A blob whose restart points lie further apart is
@@ -136,12 +156,24 @@ type Index struct {
 	Spans    []Span `json:"spans,omitempty"`
 	BlobSize int64  `json:"blobSize,omitempty"`
 	TarSize  int64  `json:"tarSize,omitempty"`
+	// Windows names the blob that holds the gzip spans' windows; nil when
+	// no span needs one.
+	Windows *BlobRef `json:"windows,omitempty"`
 	// Prefetch is the number of leading Entries the layer's writer marked
 	// to be fetched first: in an eStargz TOC, the entries before its
 	// ".prefetch.landmark" (the landmark itself is not an Entry). 0 when
 	// it marked none.
 	Prefetch int `json:"prefetch,omitempty"`
+
+	// windows is the windows blob, as the builder made it; nil in an
+	// index that was decoded.
+	windows []byte
 }
+
+// BuiltWindows returns the windows blob (see Index.Windows) of an index
+// that BuildGzip made; nil for a decoded index, which names the blob
+// without holding it.
+func (x *Index) BuiltWindows() []byte { return x.windows }
 
 // MaxChunkSize bounds a chunk's size and the stored unit read to produce it,
 // so an index cannot make a reader allocate without limit.
@@ -261,19 +293,48 @@ func (x *Index) validateSpans() error {
 	if len(x.Spans) == 0 || x.TarSize <= 0 || x.BlobSize <= 0 {
 		return fmt.Errorf("%w: a %s index needs spans and sizes", ErrMalformed, x.Format)
 	}
+	if w := x.Windows; w != nil && (!validDigest(w.Digest) || w.Size <= 0 || x.Format != FormatGzip) {
+		return fmt.Errorf("%w: windows blob %q of %d bytes", ErrMalformed, w.Digest, w.Size)
+	}
 	for i, sp := range x.Spans {
 		out, in := x.SpanRanges(i)
 		if i == 0 && sp.Out != 0 || out.Start >= out.End || out.End-out.Start > MaxSpanSize ||
 			sp.InBits < 0 || in.Start >= in.End || in.End-in.Start > MaxChunkSize || in.End > x.BlobSize ||
-			len(sp.Window) > WindowSize || int64(len(sp.Window)) > sp.Out || !validDigest(sp.Digest) ||
-			x.Format == FormatZstd && (sp.InBits%8 != 0 || len(sp.Window) > 0) {
+			!validDigest(sp.Digest) || x.Format == FormatZstd && (sp.InBits%8 != 0 || sp.WinSize > 0) {
 			return fmt.Errorf("%w: span %d (out %d, in bit %d)", ErrMalformed, i, sp.Out, sp.InBits)
+		}
+		if err := x.validateWindow(i); err != nil {
+			return err
 		}
 		if i > 0 && sp.InBits <= x.Spans[i-1].InBits {
 			return fmt.Errorf("%w: span %d starts before span %d", ErrMalformed, i, i-1)
 		}
 	}
 	return nil
+}
+
+// validateWindow checks where span i's window lies and what it claims.
+func (x *Index) validateWindow(i int) error {
+	sp := &x.Spans[i]
+	if sp.WinSize == 0 {
+		if sp.WinOff != 0 || sp.WinLen != 0 || sp.WinDigest != "" {
+			return fmt.Errorf("%w: span %d places an empty window", ErrMalformed, i)
+		}
+		return nil
+	}
+	if x.Windows == nil || sp.WinSize < 0 || sp.WinSize > WindowSize || sp.WinSize > sp.Out ||
+		sp.WinOff < 0 || sp.WinLen <= 0 || sp.WinLen > maxWindowLen || sp.WinOff > x.Windows.Size-sp.WinLen ||
+		!validDigest(sp.WinDigest) {
+		return fmt.Errorf("%w: span %d: window of %d bytes at [%d,+%d)", ErrMalformed, i, sp.WinSize, sp.WinOff, sp.WinLen)
+	}
+	return nil
+}
+
+// WindowRange returns where span i's compressed window lies in the windows
+// blob; empty when the span needs no window.
+func (x *Index) WindowRange(i int) Range {
+	sp := &x.Spans[i]
+	return Range{sp.WinOff, sp.WinOff + sp.WinLen}
 }
 
 // Range is a half-open interval of byte offsets.

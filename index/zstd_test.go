@@ -83,7 +83,7 @@ func checkSpans(t *testing.T, x *Index, blob, raw []byte) {
 	for i := range x.Spans {
 		out, in := x.SpanRanges(i)
 		dst := make([]byte, out.End-out.Start)
-		if err := x.DecodeSpan(i, blob[in.Start:in.End], dst); err != nil {
+		if err := x.DecodeSpan(i, nil, blob[in.Start:in.End], dst); err != nil {
 			t.Fatalf("span %d: %v", i, err)
 		}
 		if !bytes.Equal(dst, raw[out.Start:out.End]) {
@@ -142,7 +142,7 @@ func TestBuildZstd(t *testing.T) {
 			out, in := x.SpanRanges(len(x.Spans) - 1)
 			bad := bytes.Clone(blob[in.Start:in.End])
 			bad[len(bad)/2] ^= 1
-			if err := x.DecodeSpan(len(x.Spans)-1, bad, make([]byte, out.End-out.Start)); !errors.Is(err, ErrSpanDigest) {
+			if err := x.DecodeSpan(len(x.Spans)-1, nil, bad, make([]byte, out.End-out.Start)); !errors.Is(err, ErrSpanDigest) {
 				t.Fatalf("damaged span: %v, want ErrSpanDigest", err)
 			}
 		})

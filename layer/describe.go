@@ -39,12 +39,12 @@ func Describe(ctx context.Context, img *Image, st *Store, src IndexSource) []Rep
 	reg := &registryIndexes{img: img}
 	reports := make([]Report, len(img.Layers))
 	for i, l := range img.Layers {
-		reports[i] = describeLayer(ctx, l, st, src, reg)
+		reports[i] = describeLayer(ctx, img, l, st, src, reg)
 	}
 	return reports
 }
 
-func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, reg *registryIndexes) Report {
+func describeLayer(ctx context.Context, img *Image, l *Layer, st *Store, src IndexSource, reg *registryIndexes) Report {
 	r := Report{Layer: l}
 	d := l.Descriptor.Digest
 	c := l.Compression()
@@ -60,10 +60,10 @@ func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, re
 		}
 		return r
 	}
-	o := &opener{st: st, src: src, registry: reg, logf: func(string, ...any) {}, readOnly: true}
+	o := &opener{img: img, st: st, src: src, registry: reg, logf: func(string, ...any) {}, readOnly: true}
 	_, _, hasTOC := l.TOC()
 	if src != IndexBuild || hasTOC {
-		if ls := o.stored(l, BuiltHere, FromStore); ls != nil {
+		if ls := o.stored(ctx, l, BuiltHere, FromStore); ls != nil {
 			closeBlob(ls)
 			return use(ls.Index, "local store")
 		}
@@ -76,7 +76,7 @@ func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, re
 		r.Err = fmt.Errorf("unreadable toc: %w", err)
 	}
 	if src == IndexAny || src == IndexRegistry {
-		if ls := o.stored(l, FetchedFromRegistry, FromRegistry); ls != nil {
+		if ls := o.stored(ctx, l, FetchedFromRegistry, FromRegistry); ls != nil {
 			closeBlob(ls)
 			return use(ls.Index, "registry (stored)")
 		}
@@ -103,10 +103,11 @@ func describeLayer(ctx context.Context, l *Layer, st *Store, src IndexSource, re
 }
 
 func closeBlob(ls *LayerState) {
-	// Only an unpacked copy is a local file to close.
+	// Only an unpacked copy and stored windows are local files to close.
 	if c, ok := ls.blob.(io.Closer); ok {
 		c.Close()
 	}
+	ls.windows.close()
 }
 
 // encodedSize is the size of x as Encode writes it.

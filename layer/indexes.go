@@ -91,6 +91,7 @@ func (r *registryIndexes) get(ctx context.Context, d v1.Hash) ([]byte, error) {
 
 // opener finds or builds the indexes of one image's layers.
 type opener struct {
+	img      *Image
 	st       *Store
 	src      IndexSource
 	spanSize int64
@@ -117,7 +118,7 @@ func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 	}
 	_, _, hasTOC := l.TOC()
 	if o.src != IndexBuild || hasTOC {
-		if ls := o.stored(l, BuiltHere, FromStore); ls != nil {
+		if ls := o.stored(ctx, l, BuiltHere, FromStore); ls != nil {
 			return ls, nil
 		}
 	}
@@ -143,7 +144,7 @@ func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 		}
 	}
 	if o.src == IndexAny || o.src == IndexRegistry {
-		if ls := o.stored(l, FetchedFromRegistry, FromRegistry); ls != nil {
+		if ls := o.stored(ctx, l, FetchedFromRegistry, FromRegistry); ls != nil {
 			return ls, nil
 		}
 		ls, err := o.fromRegistry(ctx, l)
@@ -172,7 +173,7 @@ func (o *opener) mayNeedRegistry(l *Layer) bool {
 
 // stored returns the layer opened with its stored index of provenance p,
 // or nil if there is none this node can use.
-func (o *opener) stored(l *Layer, p Provenance, origin Origin) *LayerState {
+func (o *opener) stored(ctx context.Context, l *Layer, p Provenance, origin Origin) *LayerState {
 	d := l.Descriptor.Digest
 	x, err := o.st.LoadIndex(d, p)
 	if err != nil {
@@ -195,7 +196,14 @@ func (o *opener) stored(l *Layer, p Provenance, origin Origin) *LayerState {
 			return nil // the unpacked copy is gone: stream the layer again
 		}
 	}
-	return &LayerState{Layer: l, Index: x, Origin: origin, blob: l.blob}
+	// The windows of an index this node built are stored with it; those
+	// of a registry index may still be read from the registry.
+	w, err := o.windowsOf(ctx, x, p == FetchedFromRegistry)
+	if err != nil {
+		o.logf("ignoring stored index of %s: %v", d, err)
+		return nil
+	}
+	return &LayerState{Layer: l, Index: x, Origin: origin, blob: l.blob, windows: w}
 }
 
 // fitsLayer checks that x can address l's blob: it names l, its format
@@ -241,12 +249,16 @@ func (o *opener) fromRegistry(ctx context.Context, l *Layer) (*LayerState, error
 	if err != nil {
 		return nil, fmt.Errorf("registry index of %s refused: %w", d, err)
 	}
+	w, err := o.windowsOf(ctx, x, true)
+	if err != nil {
+		return nil, fmt.Errorf("registry index of %s: %w", d, err)
+	}
 	if o.readOnly {
 		// nothing to store
 	} else if err := o.st.SaveIndex(x, FetchedFromRegistry); err != nil {
 		o.logf("keeping registry index of %s in memory only: %v", d, err)
 	}
-	return &LayerState{Layer: l, Index: x, Origin: FromRegistry, blob: l.blob}, nil
+	return &LayerState{Layer: l, Index: x, Origin: FromRegistry, blob: l.blob, windows: w}, nil
 }
 
 // build streams the layer once, verifies its digest, and builds its index:
@@ -285,8 +297,17 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 		return nil, err
 	}
 	dropTOCArtifacts(ctx, x, l)
-	if err := o.st.SaveIndex(x, BuiltHere); err != nil {
+	// The windows go first: a stored index always has its windows.
+	var w *windowSource
+	if x.Windows != nil {
+		w = &windowSource{blob: memBlob(x.BuiltWindows())}
+	}
+	if err := o.st.SaveWindows(x); err != nil {
 		o.logf("keeping index of %s in memory only: %v", d, err)
+	} else if err := o.st.SaveIndex(x, BuiltHere); err != nil {
+		o.logf("keeping index of %s in memory only: %v", d, err)
+	} else if stored, err := o.windowsOf(ctx, x, false); err == nil && stored != nil {
+		w = stored // read from the file rather than held in memory
 	}
 	if x.Format == index.FormatTar && c != None {
 		f, err := openUnpacked(o.st.unpackedPath(d))
@@ -295,8 +316,16 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 		}
 		return &LayerState{Layer: l, Index: x, Origin: Streamed, blob: f}, nil
 	}
-	return &LayerState{Layer: l, Index: x, Origin: Built, blob: l.blob}, nil
+	return &LayerState{Layer: l, Index: x, Origin: Built, blob: l.blob, windows: w}, nil
 }
+
+// memBlob is a blob held in memory.
+type memBlob []byte
+
+func (m memBlob) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return bytes.NewReader(m).ReadAt(p, off)
+}
+func (m memBlob) Size() int64 { return int64(len(m)) }
 
 // sniffCompression reads the first bytes of l's blob and says how it is
 // really compressed.
@@ -443,7 +472,7 @@ func Publish(ctx context.Context, img *Image, layers []*LayerState) (v1.Hash, in
 	if img.Local() {
 		return v1.Hash{}, 0, fmt.Errorf("publish indexes: %w", localError(img))
 	}
-	encoded := map[v1.Hash][]byte{}
+	encoded, windows := map[v1.Hash][]byte{}, map[v1.Hash][]byte{}
 	for _, ls := range layers {
 		if !Publishable(ls) {
 			continue
@@ -452,12 +481,23 @@ func Publish(ctx context.Context, img *Image, layers []*LayerState) (v1.Hash, in
 		if err := ls.Index.Encode(&buf); err != nil {
 			return v1.Hash{}, 0, err
 		}
-		encoded[ls.Layer.Descriptor.Digest] = buf.Bytes()
+		d := ls.Layer.Descriptor.Digest
+		encoded[d] = buf.Bytes()
+		if w := ls.Index.Windows; w != nil {
+			if ls.windows == nil || ls.windows.blob.Size() != w.Size {
+				return v1.Hash{}, 0, fmt.Errorf("publish indexes: the windows of the index of %s are not at hand", d)
+			}
+			b := make([]byte, w.Size)
+			if _, err := ls.windows.blob.ReadAt(ctx, b, 0); err != nil && !errors.Is(err, io.EOF) {
+				return v1.Hash{}, 0, fmt.Errorf("publish indexes: windows of %s: %w", d, err)
+			}
+			windows[d] = b
+		}
 	}
 	if len(encoded) == 0 {
 		return v1.Hash{}, 0, nil
 	}
-	d, err := PushIndexes(ctx, img, encoded)
+	d, err := PushIndexes(ctx, img, encoded, windows)
 	return d, len(encoded), err
 }
 

@@ -481,7 +481,7 @@ func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
 	bb := &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end, pieces: b.pieces()}
 	// On-demand reads of its bytes wait for it meanwhile.
 	defer b.layer.inflight.add(bb)()
-	view := &LayerState{Layer: b.layer.Layer, Index: b.layer.Index, Origin: b.layer.Origin, blob: bb}
+	view := b.layer.view(bb)
 	var failed error
 	for _, u := range b.units {
 		if ctx.Err() != nil {

@@ -84,6 +84,105 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 	return extra
 }
 
+// planSpans notes a miss of span si of l, a seekable layer, and returns how
+// many spans after it to fetch with it: none unless the miss follows the
+// last one, then as many as the growing window holds (spans are large
+// already; a lone miss fetches only its own).
+func (r *readahead) planSpans(l *LayerState, si int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, in := l.Index.SpanRanges(si)
+	follows := r.nextOff > 0 && in.Start >= r.nextOff-readaheadGap && in.Start <= r.nextOff+readaheadGap
+	switch {
+	case !follows:
+		r.streak, r.window = 0, 0
+	case r.streak+1 < readaheadStreak:
+		r.streak++
+	case r.window == 0:
+		r.streak++
+		r.window = readaheadMin
+	default:
+		r.streak++
+		r.window = min(2*r.window, readaheadMax)
+	}
+	r.nextOff = in.End
+	n := 0
+	for j := si + 1; j < len(l.Index.Spans); j++ {
+		_, next := l.Index.SpanRanges(j)
+		if next.End-in.End > r.window {
+			break
+		}
+		n++
+		r.nextOff = next.End
+	}
+	return n
+}
+
+// readSpanAhead reads span si of l, and when its miss follows the last
+// one, the spans after it in the same request; those are decoded in order
+// (each span's output is the next one's window), verified and cached in
+// the background, as on-demand reads would. A widened fetch that fails
+// leaves si to be fetched alone.
+func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byte, error) {
+	if !isRemote(l) {
+		return s.readSpan(ctx, l, si)
+	}
+	_, in := l.Index.SpanRanges(si)
+	if bb := l.ahead.last.Load(); bb != nil && in.Start >= bb.start && in.End <= bb.end {
+		// Inside a widened fetch, made or in flight: share it.
+		if data, err := s.readSpan(ctx, l.view(bb), si); err == nil {
+			return data, nil
+		}
+		return s.readSpan(ctx, l, si)
+	}
+	if l.inflight.covering(in.Start, in.End) != nil {
+		// A prefetch batch is fetching it: wait for that.
+		return s.readSpan(ctx, l, si)
+	}
+	n := l.ahead.planSpans(l, si)
+	for n > 0 {
+		if _, ok := s.cache.Peek(l.spanKey(si + n)); !ok {
+			break
+		}
+		n--
+	}
+	if n == 0 {
+		return s.readSpan(ctx, l, si)
+	}
+	_, last := l.Index.SpanRanges(si + n)
+	bb := &batchBlob{blobReader: l.blob, start: in.Start, end: last.End}
+	l.ahead.last.Store(bb)
+	remove := l.inflight.add(bb)
+	view := l.view(bb)
+	data, err := s.readSpan(ctx, view, si)
+	if err != nil {
+		remove()
+		l.ahead.last.CompareAndSwap(bb, nil)
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return s.readSpan(ctx, l, si)
+	}
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		defer remove()
+		defer l.ahead.last.CompareAndSwap(bb, nil)
+		for j := si + 1; j <= si+n; j++ {
+			key := l.spanKey(j)
+			if _, ok := s.cache.Peek(key); ok {
+				continue
+			}
+			s.cache.Get(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+				ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
+				defer cancel()
+				return s.readSpan(ctx, view, j)
+			})
+		}
+	}()
+	return data, nil
+}
+
 // chunks returns the layer's chunks in blob order, one per blob offset.
 func (r *readahead) chunks(l *LayerState) []*index.Chunk {
 	r.orderOnce.Do(func() {
@@ -174,5 +273,5 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 
 // view is l reading its blob through b.
 func (l *LayerState) view(b blobReader) *LayerState {
-	return &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: b}
+	return &LayerState{Layer: l.Layer, Index: l.Index, Origin: l.Origin, blob: b, windows: l.windows}
 }

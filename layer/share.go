@@ -84,6 +84,11 @@ const (
 	// IndexMediaType is the media type of one layer's encoded index (the
 	// bytes index.Encode writes) inside that artifact.
 	IndexMediaType = "application/vnd.lazyroot.layer.index.v1"
+	// WindowsMediaType is the media type of the windows blob of a gzip
+	// seek index (see index.Index.Windows) inside that artifact, where it
+	// sits beside its index, annotated like it. Nodes read it in ranges,
+	// a window at a time, by the digest the index gives.
+	WindowsMediaType = "application/vnd.lazyroot.layer.index.windows.v1"
 	// AnnotationLayer annotates each index blob with the digest of the layer
 	// it indexes.
 	AnnotationLayer = "dev.lazyroot.layer.digest"
@@ -108,7 +113,8 @@ var emptyJSON = []byte("{}")
 
 // PushIndexes pushes to img's repository an artifact whose subject is img's
 // manifest and whose layers are the encoded indexes, one per layer digest of
-// img (base first), each annotated with AnnotationLayer. Its config is the
+// img (base first), each annotated with AnnotationLayer and followed by its
+// windows blob (WindowsMediaType) if windows holds one for that layer. Its config is the
 // OCI empty descriptor and its artifactType IndexArtifactType; it carries
 // AnnotationCreated. The artifact is pushed by digest, which it returns; no
 // tag is set besides the referrers fallback tag go-containerregistry
@@ -118,7 +124,7 @@ var emptyJSON = []byte("{}")
 // img must come from Resolve of a registry reference: a local image fails
 // with ErrLocalImage. Every key of encoded must be the digest of one
 // of img's layers, and no index may exceed MaxIndexBlobSize.
-func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v1.Hash, error) {
+func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][]byte) (v1.Hash, error) {
 	if img.Local() {
 		return v1.Hash{}, fmt.Errorf("push indexes: %w", localError(img))
 	}
@@ -144,6 +150,11 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 			return fail(fmt.Errorf("index of layer %s: %d bytes", d, len(b)))
 		}
 	}
+	for d, b := range windows {
+		if _, ok := encoded[d]; !ok || len(b) == 0 {
+			return fail(fmt.Errorf("windows of layer %s (%d bytes) without its index", d, len(b)))
+		}
+	}
 	blobs := []v1.Layer{static.NewLayer(emptyJSON, types.OCIEmptyJSON)}
 	var layers []v1.Descriptor
 	for _, l := range img.Layers { // base first; an image may repeat a layer
@@ -161,6 +172,16 @@ func PushIndexes(ctx context.Context, img *Image, encoded map[v1.Hash][]byte) (v
 		desc.Annotations = map[string]string{AnnotationLayer: d.String()}
 		layers = append(layers, desc)
 		blobs = append(blobs, blob)
+		if w, ok := windows[d]; ok {
+			blob := static.NewLayer(w, WindowsMediaType)
+			desc, err := descriptorOf(blob)
+			if err != nil {
+				return fail(err)
+			}
+			desc.Annotations = map[string]string{AnnotationLayer: d.String()}
+			layers = append(layers, desc)
+			blobs = append(blobs, blob)
+		}
 	}
 	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers, nil)
 	if err != nil {

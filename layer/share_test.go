@@ -206,7 +206,7 @@ func TestShareIndexes(t *testing.T) {
 			pushForeignArtifact(t, f)
 
 			reg.Reset()
-			first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1))
+			first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1), nil)
 			if err != nil {
 				t.Fatalf("PushIndexes: %v", err)
 			}
@@ -250,7 +250,7 @@ func TestShareIndexes(t *testing.T) {
 			// both artifacts' layers are found, the newest wins for layer 0.
 			newer := bytes.Clone(f.encoded[f.layers[0]])
 			newer = append(newer, "newer"...)
-			second, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer, f.layers[2]: f.encoded[f.layers[2]]})
+			second, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer, f.layers[2]: f.encoded[f.layers[2]]}, nil)
 			if err != nil {
 				t.Fatalf("second PushIndexes: %v", err)
 			}
@@ -357,7 +357,7 @@ func TestShareIndexesDistribution(t *testing.T) {
 	if got := f.find(t); len(got) != 0 {
 		t.Fatalf("before any push: found %d indexes", len(got))
 	}
-	first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0))
+	first, err := layer.PushIndexes(t.Context(), f.img, f.pick(0), nil)
 	if err != nil {
 		t.Fatalf("PushIndexes: %v", err)
 	}
@@ -366,7 +366,7 @@ func TestShareIndexesDistribution(t *testing.T) {
 		t.Fatalf("fallback tag %s missing", f.fallbackTag())
 	}
 	checkSame(t, f.find(t), f.pick(0))
-	second, err := layer.PushIndexes(t.Context(), f.img, f.pick(1, 2))
+	second, err := layer.PushIndexes(t.Context(), f.img, f.pick(1, 2), nil)
 	if err != nil {
 		t.Fatalf("second PushIndexes: %v", err)
 	}
@@ -385,7 +385,7 @@ func TestSharePushesConcurrently(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, part := range []map[v1.Hash][]byte{f.pick(0), f.pick(1, 2)} {
-		wg.Go(func() { _, errs[i] = layer.PushIndexes(t.Context(), f.img, part) })
+		wg.Go(func() { _, errs[i] = layer.PushIndexes(t.Context(), f.img, part, nil) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -405,7 +405,7 @@ func TestPushIndexesRefuses(t *testing.T) {
 		"empty index":   {f.layers[0]: nil},
 	} {
 		reg.Reset()
-		if d, err := layer.PushIndexes(t.Context(), f.img, encoded); err == nil {
+		if d, err := layer.PushIndexes(t.Context(), f.img, encoded, nil); err == nil {
 			t.Errorf("%s: pushed %s", name, d)
 		} else if !strings.Contains(err.Error(), f.img.Ref.String()) {
 			t.Errorf("%s: error %q does not name the image", name, err)
@@ -414,7 +414,7 @@ func TestPushIndexesRefuses(t *testing.T) {
 			t.Errorf("%s: %d requests sent", name, n)
 		}
 	}
-	if _, err := layer.PushIndexes(t.Context(), &layer.Image{Ref: f.img.Ref, Digest: f.img.Digest}, f.pick(0)); err == nil {
+	if _, err := layer.PushIndexes(t.Context(), &layer.Image{Ref: f.img.Ref, Digest: f.img.Digest}, f.pick(0), nil); err == nil {
 		t.Error("pushed for an image that Resolve did not make")
 	}
 }
@@ -431,7 +431,7 @@ func TestFindIndexesRegistryErrors(t *testing.T) {
 			t.Parallel()
 			reg := testutil.NewRegistry(t, testutil.WithReferrers())
 			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
-			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0)); err != nil {
+			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0), nil); err != nil {
 				t.Fatal(err)
 			}
 			reg.Wrap(func(next http.Handler) http.Handler {
@@ -471,7 +471,7 @@ func TestFindIndexesRefusesBadBlobs(t *testing.T) {
 			t.Parallel()
 			reg := testutil.NewRegistry(t)
 			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
-			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1)); err != nil {
+			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1), nil); err != nil {
 				t.Fatal(err)
 			}
 			good := f.encoded[f.layers[1]]
@@ -506,11 +506,11 @@ func TestFindIndexesSkipsDeletedArtifact(t *testing.T) {
 	t.Parallel()
 	reg := testutil.NewRegistry(t)
 	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
-	gone, err := layer.PushIndexes(t.Context(), f.img, f.pick(0))
+	gone, err := layer.PushIndexes(t.Context(), f.img, f.pick(0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(1)); err != nil {
+	if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(1), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := remote.Delete(f.repo(t).Digest(gone.String()), remote.WithContext(t.Context())); err != nil {
@@ -542,7 +542,7 @@ func TestFindIndexesIgnoresOtherSubjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	art, err := layer.PushIndexes(t.Context(), other, f.pick(0))
+	art, err := layer.PushIndexes(t.Context(), other, f.pick(0), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,12 +579,12 @@ func TestFindIndexesPrefersNewest(t *testing.T) {
 	t.Parallel()
 	reg := testutil.NewRegistry(t, testutil.WithReferrers())
 	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
-	older, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1))
+	older, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	newer := append(bytes.Clone(f.encoded[f.layers[0]]), "newer"...)
-	if _, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer}); err != nil {
+	if _, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer}, nil); err != nil {
 		t.Fatal(err)
 	}
 	reg.Wrap(func(next http.Handler) http.Handler {

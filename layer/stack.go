@@ -55,6 +55,9 @@ type LayerState struct {
 	// Origin says where the index came from.
 	Origin Origin
 	blob   blobReader
+	// windows is where span windows come from, for a gzip seek index
+	// whose spans need them; nil otherwise.
+	windows *windowSource
 
 	spanKeysOnce sync.Once
 	spanKeys     []cache.Key // cache key of every span; set once by spanKeysOnce
@@ -216,7 +219,7 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	}
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout, logf: logf, backingMin: opts.BackingMinSize, copySlots: make(chan struct{}, copiesAtOnce)}
 	s.life, s.endLife = context.WithCancel(context.Background())
-	o := &opener{st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
+	o := &opener{img: img, st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range img.Layers {
@@ -388,6 +391,7 @@ func (s *Stack) Close() error {
 		if c, ok := l.blob.(io.Closer); ok {
 			errs = append(errs, c.Close())
 		}
+		errs = append(errs, l.windows.close())
 	}
 	return errors.Join(errs...)
 }
@@ -517,25 +521,47 @@ func (s *Stack) spanFill(l *LayerState, si int) func(context.Context) ([]byte, e
 		// The fill outlives a waiter that gives up; bound it too.
 		ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 		defer cancel()
-		return s.readSpan(ctx, l, si)
+		return s.readSpanAhead(ctx, l, si)
 	}
 }
 
 // readSpan fetches span si of a seekable layer and decodes it; the index
-// verifies the compressed bytes first.
+// verifies the compressed bytes and the window first. The window comes
+// from the span before when that is at hand, else it is fetched from the
+// windows blob while the span's bytes are.
 func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	out, in := l.Index.SpanRanges(si)
+	window, ok := s.localWindow(l, si)
+	var (
+		fetched chan struct{}
+		werr    error
+	)
+	if !ok {
+		fetched = make(chan struct{})
+		go func() {
+			defer close(fetched)
+			window, werr = fetchWindow(ctx, l, si)
+		}()
+	}
 	src := make([]byte, in.End-in.Start)
-	if _, err := l.readBlob(ctx, src, in.Start); err != nil && !(errors.Is(err, io.EOF) && in.End == l.blob.Size()) {
+	_, err := l.readBlob(ctx, src, in.Start)
+	if fetched != nil {
+		<-fetched
+	}
+	if err != nil && !(errors.Is(err, io.EOF) && in.End == l.blob.Size()) {
 		return nil, err
 	}
+	if werr != nil {
+		return nil, werr
+	}
 	dst := make([]byte, out.End-out.Start)
-	if err := l.Index.DecodeSpan(si, src, dst); err != nil {
+	if err := l.Index.DecodeSpan(si, window, src, dst); err != nil {
 		if errors.Is(err, index.ErrSpanDigest) {
 			return nil, fmt.Errorf("%w: %w", ErrDigest, err)
 		}
 		return nil, err
 	}
+	l.windows.noteDecoded(l.Index, si, dst)
 	return dst, nil
 }
 

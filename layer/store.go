@@ -2,11 +2,14 @@ package layer
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/lazyroot/lazyroot/index"
@@ -52,6 +55,30 @@ func (s *Store) indexPath(d v1.Hash, p Provenance) string {
 func (s *Store) hasIndex(d v1.Hash, p Provenance) bool {
 	_, err := os.Stat(s.indexPath(d, p))
 	return err == nil
+}
+
+// windowsPath is where the windows blob w of a gzip seek index is stored.
+// Windows blobs are named by their digest, whoever built them: every
+// window in one is checked against the index that names it.
+func (s *Store) windowsPath(w *index.BlobRef) string {
+	return filepath.Join(s.root, "index", strings.Replace(w.Digest, ":", "-", 1)+".windows")
+}
+
+// SaveWindows stores the windows blob of x, an index BuildGzip made, so
+// that x can be saved and read later; nothing when x names none.
+func (s *Store) SaveWindows(x *index.Index) error {
+	w, data := x.Windows, x.BuiltWindows()
+	if w == nil {
+		return nil
+	}
+	sum := sha256.Sum256(data)
+	if int64(len(data)) != w.Size || "sha256:"+hex.EncodeToString(sum[:]) != w.Digest {
+		return fmt.Errorf("save windows of %s: %w: the index names other bytes than it holds", x.Layer, index.ErrMalformed)
+	}
+	return writeFileAtomic(s.windowsPath(w), func(bw *bufio.Writer) error {
+		_, err := bw.Write(data)
+		return err
+	})
 }
 
 func (s *Store) unpackedPath(d v1.Hash) string {

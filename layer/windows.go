@@ -1,0 +1,120 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// windowSource is where a gzip seek index's span windows are read: the
+// windows blob (stored beside the index, or the registry's copy), and the
+// tail of the span decoded last, which is the window of the span after it.
+type windowSource struct {
+	blob blobReader
+	last atomic.Pointer[spanTail]
+}
+
+// spanTail is the end of span i's output, as much as span i+1's window
+// needs.
+type spanTail struct {
+	span int
+	tail []byte
+}
+
+// noteDecoded keeps the tail of span si's output for the span after it.
+func (w *windowSource) noteDecoded(x *index.Index, si int, data []byte) {
+	if w == nil || si+1 >= len(x.Spans) {
+		return
+	}
+	n := x.Spans[si+1].WinSize
+	if n == 0 || int64(len(data)) < n {
+		return
+	}
+	w.last.Store(&spanTail{span: si, tail: data[int64(len(data))-n:]})
+}
+
+// localWindow returns span si's window when it needs no fetch: none is
+// needed, or the span before it was decoded last or is in the memory
+// cache. DecodeSpan verifies it either way.
+func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
+	n := l.Index.Spans[si].WinSize
+	if n == 0 {
+		return nil, true
+	}
+	if si == 0 {
+		return nil, false
+	}
+	if l.windows != nil {
+		if t := l.windows.last.Load(); t != nil && t.span == si-1 && int64(len(t.tail)) == n {
+			return t.tail, true
+		}
+	}
+	out, _ := l.Index.SpanRanges(si - 1)
+	if prev, ok := s.cache.Peek(cache.NewKey(l.Index.SpanKey(si-1), 0, out.End-out.Start)); ok && int64(len(prev)) >= n {
+		return prev[int64(len(prev))-n:], true
+	}
+	return nil, false
+}
+
+// fetchWindow reads span si's window from the windows blob and verifies it.
+func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
+	if l.windows == nil || l.windows.blob == nil {
+		return nil, fmt.Errorf("window of span %d of %s: %w: its windows blob is not at hand", si, l.Layer.Descriptor.Digest, index.ErrMalformed)
+	}
+	r := l.Index.WindowRange(si)
+	src := make([]byte, r.End-r.Start)
+	if _, err := l.windows.blob.ReadAt(ctx, src, r.Start); err != nil && !(errors.Is(err, io.EOF) && r.End == l.windows.blob.Size()) {
+		return nil, fmt.Errorf("window of span %d of %s: %w", si, l.Layer.Descriptor.Digest, err)
+	}
+	w, err := l.Index.DecodeWindow(si, src)
+	if errors.Is(err, index.ErrSpanDigest) {
+		return nil, fmt.Errorf("%w: %w", ErrDigest, err)
+	}
+	return w, err
+}
+
+// windowsOf returns where the windows of x, an index of l, are read: the
+// file stored beside the indexes, else (if remoteOK) the registry's copy of
+// the windows blob, in l's repository. nil, nil when x needs none; an
+// error when the blob is neither stored nor allowed from the registry.
+func (o *opener) windowsOf(ctx context.Context, x *index.Index, remoteOK bool) (*windowSource, error) {
+	if x.Windows == nil {
+		return nil, nil
+	}
+	if f, err := openUnpacked(o.st.windowsPath(x.Windows)); err == nil {
+		if f.Size() == x.Windows.Size {
+			return &windowSource{blob: f}, nil
+		}
+		f.Close()
+	}
+	if !remoteOK || o.img == nil || o.img.Local() || o.img.fetcher == nil {
+		return nil, fmt.Errorf("windows blob %s of the index of %s is not stored", x.Windows.Digest, x.Layer)
+	}
+	d, err := v1.NewHash(x.Windows.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("windows blob of the index of %s: %w", x.Layer, err)
+	}
+	b, err := o.img.fetcher.Blob(ctx, o.img.Ref.Context(), v1.Descriptor{MediaType: WindowsMediaType, Digest: d, Size: x.Windows.Size})
+	if err != nil {
+		return nil, fmt.Errorf("windows blob of the index of %s: %w", x.Layer, err)
+	}
+	return &windowSource{blob: b}, nil
+}
+
+// close closes the stored windows file, if that is where they are read.
+func (w *windowSource) close() error {
+	if w == nil {
+		return nil
+	}
+	if c, ok := w.blob.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
