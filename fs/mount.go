@@ -46,8 +46,7 @@ type Options struct {
 //   - readAheadKB is the largest readahead window of the mount's backing
 //     device. FUSE's INIT reply can only lower the kernel's 128 KiB
 //     default, so Mount raises it afterwards through
-//     /sys/class/bdi/MAJOR:MINOR/read_ahead_kb. 4 MiB, one default seek
-//     span: larger windows help a sequential reader served from the disk
+//     /sys/class/bdi/MAJOR:MINOR/read_ahead_kb. 4 MiB: larger windows help a sequential reader served from the disk
 //     tier (16 MiB measured best there), but the bound is also the
 //     read-around of a page fault on a mapped file, so a job that
 //     executes big binaries and libraries from a cold mount would fetch up

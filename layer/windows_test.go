@@ -1,0 +1,200 @@
+package layer_test
+
+import (
+	"bytes"
+	"compress/flate"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyroot/lazyroot/index"
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// builtHere opens img on a fresh node that builds its own indexes, and
+// returns the stack.
+func builtHere(t *testing.T, img *layer.Image) *layer.Stack {
+	t.Helper()
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexLocal})
+	if ls := stack.Layers()[0]; ls.Origin != layer.Built || ls.Index.Windows == nil {
+		t.Fatalf("index from %s, windows %v", ls.Origin, ls.Index.Windows)
+	}
+	return stack
+}
+
+func TestWindowsComeFromTheRegistryBesideTheIndex(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "windows:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := builtHere(t, img)
+	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
+		t.Fatalf("publish: %d indexes, %v", n, err)
+	}
+	w := built.Layers()[0].Index.Windows
+
+	// Another node reads through the registry's index: every window it
+	// needs comes from the windows blob, in ranges, and is not stored.
+	root := t.TempDir()
+	stack, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexRegistry})
+	if ls := stack.Layers()[0]; ls.Origin != layer.FromRegistry || ls.Index.Windows == nil || *ls.Index.Windows != *w {
+		t.Fatalf("index from %s naming windows %v, want %v", ls.Origin, ls.Index.Windows, w)
+	}
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A read in the middle of the big file starts in a span after the
+	// first, with nothing before it cached: its window must be fetched.
+	n, _ := tree.Lookup("data/b.txt")
+	got := make([]byte, 1000)
+	if _, err := stack.ReadAt(context.Background(), n, got, 3*testSpan); err != nil || !bytes.Equal(got, files["data/b.txt"][3*testSpan:3*testSpan+1000]) {
+		t.Fatalf("read in the middle: %v", err)
+	}
+	wd, _ := v1.NewHash(w.Digest)
+	whole, ranged, fetched := blobGets(reg, wd)
+	if whole != 0 || ranged == 0 || fetched >= w.Size {
+		t.Fatalf("windows blob of %d bytes: %d whole GETs, %d ranged, %d bytes", w.Size, whole, ranged, fetched)
+	}
+	checkFiles(t, stack, files)
+	if m, _ := filepath.Glob(filepath.Join(root, "index", "*.windows")); len(m) != 0 {
+		t.Fatalf("windows stored from the registry: %v", m)
+	}
+}
+
+func TestForgedWindowsFailTheirDigest(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "forged-windows:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := builtHere(t, img)
+	x := built.Layers()[0].Index
+	// A windows blob whose windows are all wrong, named by the index with
+	// its true digest and size; the per-window digests are left alone.
+	var windows bytes.Buffer
+	y := *x
+	y.Spans = append([]index.Span(nil), x.Spans...)
+	for i := range y.Spans {
+		sp := &y.Spans[i]
+		if sp.WinSize == 0 {
+			continue
+		}
+		start := windows.Len()
+		fw, _ := flate.NewWriter(&windows, flate.BestSpeed)
+		fw.Write(bytes.Repeat([]byte{'X'}, int(sp.WinSize)))
+		fw.Close()
+		sp.WinOff, sp.WinLen = int64(start), int64(windows.Len()-start)
+	}
+	sum := sha256.Sum256(windows.Bytes())
+	y.Windows = &index.BlobRef{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(windows.Len())}
+	var enc bytes.Buffer
+	if err := y.Encode(&enc); err != nil {
+		t.Fatal(err)
+	}
+	d := img.Layers[0].Descriptor.Digest
+	if _, err := layer.PushIndexes(context.Background(), img, map[v1.Hash][]byte{d: enc.Bytes()}, map[v1.Hash][]byte{d: windows.Bytes()}); err != nil {
+		t.Fatal(err)
+	}
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	tree, _ := index.Merge(stack.Indexes())
+	n, _ := tree.Lookup("data/b.txt")
+	got := make([]byte, 1000)
+	k, err := stack.ReadAt(context.Background(), n, got, 3*testSpan)
+	if !errors.Is(err, layer.ErrDigest) || k != 0 {
+		t.Fatalf("read through forged windows: %d bytes, error %v, want ErrDigest", k, err)
+	}
+	// The first span needs no window and still reads.
+	a, _ := tree.Lookup("data/a.txt")
+	if _, err := stack.ReadAt(context.Background(), a, got, 0); err != nil && err != io.EOF || !bytes.Equal(got, files["data/a.txt"][:1000]) {
+		t.Fatalf("first span: %v", err)
+	}
+}
+
+func TestBuiltIndexNeedsItsStoredWindows(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "stored-windows:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	first, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
+	first.Close()
+	m, _ := filepath.Glob(filepath.Join(root, "index", "*.windows"))
+	if len(m) != 1 {
+		t.Fatalf("stored windows: %v", m)
+	}
+	// With its windows, the stored index is used again.
+	again, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
+	if o := again.Layers()[0].Origin; o != layer.FromStore {
+		t.Fatalf("second open: index from %s", o)
+	}
+	checkFiles(t, again, files)
+	again.Close()
+	// Without them, it is built again (never read with windows missing).
+	if err := os.Remove(m[0]); err != nil {
+		t.Fatal(err)
+	}
+	rebuilt, notes := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
+	if o := rebuilt.Layers()[0].Origin; o != layer.Built || !bytes.Contains([]byte(notes.String()), []byte("not stored")) {
+		t.Fatalf("without windows: index from %s; notes:\n%s", o, notes)
+	}
+	checkFiles(t, rebuilt, files)
+}
+
+func TestSequentialSpanMissesShareRequests(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "span-ahead:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack := builtHere(t, img)
+	ls := stack.Layers()[0]
+	// A fresh cache: every span of the big file is a miss.
+	fresh, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	tree, _ := index.Merge(fresh.Indexes())
+	n, _ := tree.Lookup("data/b.txt")
+	first := ls.Index.FindSpan(n.Chunks[0].BlobOffset)
+	last := ls.Index.FindSpan(n.Chunks[0].BlobOffset + n.Size - 1)
+	spans := last - first + 1
+	before := img.FetchStats().Requests
+	got := make([]byte, n.Size)
+	for off := int64(0); off < n.Size; off += 64 << 10 {
+		end := min(off+64<<10, n.Size)
+		if k, err := fresh.ReadAt(context.Background(), n, got[off:end], off); int64(k) != end-off {
+			t.Fatalf("read at %d: %d bytes, %v", off, k, err)
+		}
+	}
+	if !bytes.Equal(got, files["data/b.txt"]) {
+		t.Fatal("wrong content")
+	}
+	if reqs := img.FetchStats().Requests - before; spans < 5 || reqs >= int64(spans) {
+		t.Fatalf("%d requests for %d spans read in order", reqs, spans)
+	}
+}
+
+func mustStore(t *testing.T, root string) *layer.Store {
+	t.Helper()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
