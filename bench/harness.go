@@ -289,6 +289,11 @@ func (h *Harness) Setup(ctx context.Context) error {
 	if err := h.startRegistry(ctx); err != nil {
 		return err
 	}
+	// Indexes are built anew by the lazyroot under test: one kept from an
+	// earlier run may have been built with other settings.
+	if err := os.RemoveAll(h.path("work", "index-push")); err != nil {
+		return err
+	}
 	for _, img := range h.images() {
 		for _, format := range h.cfg.Formats {
 			var bs []Blob
