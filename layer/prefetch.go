@@ -482,6 +482,14 @@ func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
 	// On-demand reads of its bytes wait for it meanwhile.
 	defer b.layer.inflight.add(bb)()
 	view := b.layer.view(bb)
+	if b.layer.windows != nil {
+		// The windows its spans need, in one request rather than one
+		// round trip per span, while the batch's bytes are fetched.
+		got := make(chan *windowSource, 1)
+		go func() { got <- p.s.fetchWindows(ctx, b.layer, b.units) }()
+		bb.load(ctx) // an error is the first unit's to report
+		view.windows = <-got
+	}
 	var failed error
 	for _, u := range b.units {
 		if ctx.Err() != nil {
@@ -530,6 +538,7 @@ type unit struct {
 	key  cache.Key
 	in   index.Range // the compressed bytes it is decoded from
 	rank int         // its place in the plan's order
+	span int         // the span it is, -1 for a chunk
 	fill func(ctx context.Context, l *LayerState) ([]byte, error)
 }
 
@@ -561,14 +570,14 @@ func (pl *plan) add(l *LayerState, u unit) {
 }
 
 func (pl *plan) addChunk(l *LayerState, c *index.Chunk) {
-	pl.add(l, unit{key: prefetchChunkKey(c), in: index.Range{Start: c.BlobOffset, End: c.BlobEnd}, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
+	pl.add(l, unit{key: prefetchChunkKey(c), in: index.Range{Start: c.BlobOffset, End: c.BlobEnd}, span: -1, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
 		return pl.s.readChunk(ctx, v, c)
 	}})
 }
 
 func (pl *plan) addSpan(l *LayerState, si int) {
 	_, in := l.Index.SpanRanges(si)
-	pl.add(l, unit{key: prefetchSpanKey(l, si), in: in, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
+	pl.add(l, unit{key: prefetchSpanKey(l, si), in: in, span: si, fill: func(ctx context.Context, v *LayerState) ([]byte, error) {
 		return pl.s.readSpan(ctx, v, si)
 	}})
 }

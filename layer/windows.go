@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/lazyroot/lazyroot/cache"
+	"github.com/lazyroot/lazyroot/fetch"
 	"github.com/lazyroot/lazyroot/index"
 )
 
@@ -19,6 +21,8 @@ import (
 type windowSource struct {
 	blob blobReader
 	last atomic.Pointer[spanTail]
+	// given holds windows fetched ahead, verified, by span; read-only.
+	given map[int][]byte
 }
 
 // spanTail is the end of span i's output, as much as span i+1's window
@@ -52,6 +56,9 @@ func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
 		return nil, false
 	}
 	if l.windows != nil {
+		if w, ok := l.windows.given[si]; ok {
+			return w, true
+		}
 		if t := l.windows.last.Load(); t != nil && t.span == si-1 && int64(len(t.tail)) == n {
 			return t.tail, true
 		}
@@ -78,6 +85,57 @@ func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %w", ErrDigest, err)
 	}
 	return w, err
+}
+
+// fetchWindows returns l's window source with the windows that units (a
+// prefetch batch, decoded in order) will need fetched ahead: those of
+// spans whose span before is neither among units nor at hand. It reads
+// them in one request where the blob allows several ranges in one. A
+// window it could not fetch is left to be fetched with its span.
+func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit) *windowSource {
+	inBatch := map[int]bool{}
+	for _, u := range units {
+		inBatch[u.span] = true
+	}
+	var spans []int
+	for _, u := range units {
+		si := u.span
+		if si <= 0 || inBatch[si-1] || l.Index.Spans[si].WinSize == 0 {
+			continue
+		}
+		if _, ok := s.localWindow(l, si); !ok {
+			spans = append(spans, si)
+		}
+	}
+	if len(spans) == 0 {
+		return l.windows
+	}
+	slices.Sort(spans) // windows lie in span order
+	ranges := make([]fetch.Range, len(spans))
+	for i, si := range spans {
+		r := l.Index.WindowRange(si)
+		ranges[i] = fetch.Range{Off: r.Start, Buf: make([]byte, r.End-r.Start)}
+	}
+	var err error
+	if rr, ok := l.windows.blob.(rangesReader); ok && len(ranges) > 1 {
+		err = rr.ReadRanges(ctx, ranges)
+	} else {
+		for _, r := range ranges {
+			if _, err = l.windows.blob.ReadAt(ctx, r.Buf, r.Off); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return l.windows
+	}
+	ws := &windowSource{blob: l.windows.blob, given: make(map[int][]byte, len(spans))}
+	for i, si := range spans {
+		if w, err := l.Index.DecodeWindow(si, ranges[i].Buf); err == nil {
+			ws.given[si] = w
+		}
+	}
+	return ws
 }
 
 // windowsOf returns where the windows of x, an index of l, are read: the
