@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 
@@ -31,7 +32,7 @@ import (
 // hash it; corrupt or truncated blobs fail with ErrMalformed. Decoding runs
 // on its own goroutine, so the tar scan overlaps it.
 func BuildGzip(r io.Reader, layer string, o SeekOptions) (*Index, error) {
-	sp := &gzipSpans{r: r, seekable: true, windows: newWindowPacker()}
+	sp := &gzipSpans{r: r, seekable: true, windows: newWindowPacker(o.Windows)}
 	defer sp.windows.stop()
 	z := inflate.NewReader(sp, inflate.Options{Every: o.spanSize(), OnPoint: sp.point})
 	p := newOutPipe(o.Tar)
@@ -173,8 +174,12 @@ type windowPacker struct {
 	in   chan packedWindow
 	done chan struct{} // closed when the goroutine returned
 	once sync.Once
+	// out receives the blob: the caller's writer, or mem.
+	out io.Writer
 	// Written by the goroutine, read after done.
-	blob  bytes.Buffer
+	mem   *bytes.Buffer
+	size  int64
+	sum   hash.Hash
 	spans []packedWindow
 	err   error
 }
@@ -188,15 +193,30 @@ type packedWindow struct {
 	digest       string
 }
 
-func newWindowPacker() *windowPacker {
-	w := &windowPacker{in: make(chan packedWindow, 16), done: make(chan struct{})}
+// newWindowPacker starts a packer writing the blob to out, or to memory
+// if out is nil.
+func newWindowPacker(out io.Writer) *windowPacker {
+	w := &windowPacker{in: make(chan packedWindow, 16), done: make(chan struct{}), sum: sha256.New()}
+	if out == nil {
+		w.mem = new(bytes.Buffer)
+		out = w.mem
+	}
+	w.out = out
 	go w.run()
 	return w
 }
 
+// Write counts, hashes and passes on the blob's bytes.
+func (w *windowPacker) Write(p []byte) (int, error) {
+	n, err := w.out.Write(p)
+	w.sum.Write(p[:n])
+	w.size += int64(n)
+	return n, err
+}
+
 func (w *windowPacker) run() {
 	defer close(w.done)
-	fw, err := flate.NewWriter(&w.blob, flate.BestSpeed)
+	fw, err := flate.NewWriter(w, flate.BestSpeed)
 	if err != nil {
 		w.err = err
 	}
@@ -204,8 +224,8 @@ func (w *windowPacker) run() {
 		if w.err != nil {
 			continue
 		}
-		start := int64(w.blob.Len())
-		fw.Reset(&w.blob)
+		start := w.size
+		fw.Reset(w)
 		if _, err := fw.Write(p.window); err != nil {
 			w.err = err
 			continue
@@ -215,7 +235,7 @@ func (w *windowPacker) run() {
 			continue
 		}
 		sum := sha256.Sum256(p.window)
-		w.spans = append(w.spans, packedWindow{i: p.i, off: start, n: int64(w.blob.Len()) - start, size: int64(len(p.window)), digest: digestString(sum[:])})
+		w.spans = append(w.spans, packedWindow{i: p.i, off: start, n: w.size - start, size: int64(len(p.window)), digest: digestString(sum[:])})
 	}
 }
 
@@ -238,10 +258,11 @@ func (w *windowPacker) finish(x *Index) error {
 		sp := &x.Spans[p.i]
 		sp.WinOff, sp.WinLen, sp.WinSize, sp.WinDigest = p.off, p.n, p.size, p.digest
 	}
-	if w.blob.Len() > 0 {
-		sum := sha256.Sum256(w.blob.Bytes())
-		x.Windows = &BlobRef{Digest: digestString(sum[:]), Size: int64(w.blob.Len())}
-		x.windows = w.blob.Bytes()
+	if w.size > 0 {
+		x.Windows = &BlobRef{Digest: digestString(w.sum.Sum(nil)), Size: w.size}
+		if w.mem != nil {
+			x.windows = w.mem.Bytes()
+		}
 	}
 	return nil
 }

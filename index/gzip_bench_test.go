@@ -166,6 +166,7 @@ func BenchmarkBuildGzip(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(100*float64(enc.Len())/float64(tarSize), "index-%")
+		b.ReportMetric(100*float64(len(x.BuiltWindows()))/float64(tarSize), "windows-%")
 		b.ReportMetric(float64(len(x.Spans)), "spans")
 	})
 	b.Run("gzip-d", func(b *testing.B) {

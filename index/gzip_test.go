@@ -212,6 +212,13 @@ func TestBuildGzip(t *testing.T) {
 			} else if !reflect.DeepEqual(x, y) {
 				t.Fatal("the index differs when built without SeekOptions.Tar")
 			}
+			// Windows written out rather than kept: the same blob.
+			var wbuf bytes.Buffer
+			if z, err := BuildGzip(bytes.NewReader(blob), "sha256:layer", SeekOptions{SpanSize: testSpanSize, Windows: &wbuf}); err != nil {
+				t.Fatal(err)
+			} else if z.BuiltWindows() != nil || z.Windows == nil || *z.Windows != *x.Windows || !bytes.Equal(wbuf.Bytes(), x.BuiltWindows()) {
+				t.Fatalf("windows written to SeekOptions.Windows: %d bytes named %+v, want %d named %+v", wbuf.Len(), z.Windows, len(x.BuiltWindows()), x.Windows)
+			}
 			if min := len(tarData) / (2 * testSpanSize); len(x.Spans) < min {
 				t.Fatalf("%d spans, want at least %d", len(x.Spans), min)
 			}

@@ -171,7 +171,8 @@ type Index struct {
 }
 
 // BuiltWindows returns the windows blob (see Index.Windows) of an index
-// that BuildGzip made; nil for a decoded index, which names the blob
+// that BuildGzip made in memory; nil for one it wrote to
+// SeekOptions.Windows, and for a decoded index, which names the blob
 // without holding it.
 func (x *Index) BuiltWindows() []byte { return x.windows }
 
@@ -240,7 +241,7 @@ func (x *Index) Validate() error {
 	}
 	switch x.Format {
 	case FormatTar, FormatEStargz, FormatZstdChunked:
-		if len(x.Spans) > 0 {
+		if len(x.Spans) > 0 || x.Windows != nil {
 			return fmt.Errorf("index of %s: %w: spans in a %s index", x.Layer, ErrMalformed, x.Format)
 		}
 	case FormatGzip, FormatZstd:
@@ -293,7 +294,7 @@ func (x *Index) validateSpans() error {
 	if len(x.Spans) == 0 || x.TarSize <= 0 || x.BlobSize <= 0 {
 		return fmt.Errorf("%w: a %s index needs spans and sizes", ErrMalformed, x.Format)
 	}
-	if w := x.Windows; w != nil && (!validDigest(w.Digest) || w.Size <= 0 || x.Format != FormatGzip) {
+	if w := x.Windows; w != nil && (!validDigest(w.Digest) || w.Size <= 0 || w.Size > int64(len(x.Spans))*maxWindowLen || x.Format != FormatGzip) {
 		return fmt.Errorf("%w: windows blob %q of %d bytes", ErrMalformed, w.Digest, w.Size)
 	}
 	for i, sp := range x.Spans {

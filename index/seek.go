@@ -20,6 +20,11 @@ type SeekOptions struct {
 	// Tar, if set, receives the uncompressed tar stream as it is decoded,
 	// for a caller that keeps it when the blob turns out not to be seekable.
 	Tar io.Writer
+	// Windows, if set, receives the windows blob of a gzip index (see
+	// Index.Windows) as it is built, which is then not kept in memory
+	// (BuiltWindows returns nil). What it received is the blob only if
+	// the build succeeded and the index names one.
+	Windows io.Writer
 }
 
 func (o SeekOptions) spanSize() int64 {
@@ -92,7 +97,7 @@ func (x *Index) DecodeWindow(i int, src []byte) ([]byte, error) {
 	}
 	sp := &x.Spans[i]
 	if int64(len(src)) != sp.WinLen {
-		return nil, fmt.Errorf("window %d of %s: %d bytes, want %d", i, x.Layer, len(src), sp.WinLen)
+		return nil, fmt.Errorf("window %d of %s: %w: %d bytes, want %d", i, x.Layer, ErrSpanDigest, len(src), sp.WinLen)
 	}
 	if sp.WinSize == 0 {
 		return nil, nil

@@ -23,6 +23,9 @@ type Report struct {
 	Read string
 	// IndexSize is the encoded size of the index in bytes, 0 if none.
 	IndexSize int64
+	// WindowsSize is the size of the windows blob of a gzip seek index,
+	// read a window at a time beside it; 0 if none.
+	WindowsSize int64
 	// Entries is the number of index entries, when an index is at hand.
 	Entries int
 	// Err is why an index at hand could not be used, if one could not.
@@ -54,6 +57,9 @@ func describeLayer(ctx context.Context, img *Image, l *Layer, st *Store, src Ind
 	}
 	use := func(x *index.Index, source string) Report {
 		r.Format, r.Source, r.Entries, r.IndexSize = x.Format, source, len(x.Entries), encodedSize(x)
+		if x.Windows != nil {
+			r.WindowsSize = x.Windows.Size
+		}
 		r.Read = "lazy"
 		if x.Format == index.FormatTar && c != None {
 			r.Read = "streamed once (cannot be read in pieces), unpacked copy"
@@ -82,6 +88,7 @@ func describeLayer(ctx context.Context, img *Image, l *Layer, st *Store, src Ind
 		}
 		ls, err := o.fromRegistry(ctx, l)
 		if ls != nil {
+			closeBlob(ls)
 			return use(ls.Index, "registry")
 		}
 		if err != nil {

@@ -277,10 +277,27 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 		x   *index.Index
 		err error
 	)
+	// A gzip index's windows go straight to the store (kept in memory
+	// only when they cannot).
+	var wf *windowsFile
 	switch c {
 	case Gzip:
+		opts := index.SeekOptions{SpanSize: o.spanSize}
+		if o.readOnly {
+			// nothing to store
+		} else if wf, err = o.st.createWindows(); err != nil {
+			o.logf("keeping index of %s in memory only: %v", d, err)
+			wf = nil
+		} else {
+			defer func() {
+				if wf != nil {
+					wf.abort()
+				}
+			}()
+			opts.Windows = wf
+		}
 		x, err = o.streamIndex(ctx, l, func(r io.Reader) (*index.Index, error) {
-			return index.BuildGzip(r, d.String(), index.SeekOptions{SpanSize: o.spanSize})
+			return index.BuildGzip(r, d.String(), opts)
 		})
 	case Zstd:
 		x, err = o.buildZstd(ctx, l)
@@ -298,16 +315,28 @@ func (o *opener) build(ctx context.Context, l *Layer) (*LayerState, error) {
 	}
 	dropTOCArtifacts(ctx, x, l)
 	// The windows go first: a stored index always has its windows.
+	var werr error
+	switch {
+	case wf != nil && x.Windows != nil:
+		werr = wf.commit(x.Windows)
+		wf = nil
+	case x.Windows != nil:
+		werr = o.st.SaveWindows(x)
+	}
 	var w *windowSource
 	if x.Windows != nil {
-		w = &windowSource{blob: memBlob(x.BuiltWindows())}
+		if w, err = o.windowsOf(ctx, x, false); err != nil && werr == nil {
+			werr = err
+		}
 	}
-	if err := o.st.SaveWindows(x); err != nil {
-		o.logf("keeping index of %s in memory only: %v", d, err)
+	if werr != nil {
+		if x.BuiltWindows() == nil {
+			return nil, fmt.Errorf("store the windows of the index of %s: %w", d, werr)
+		}
+		o.logf("keeping index of %s in memory only: %v", d, werr)
+		w = &windowSource{blob: memBlob(x.BuiltWindows())}
 	} else if err := o.st.SaveIndex(x, BuiltHere); err != nil {
 		o.logf("keeping index of %s in memory only: %v", d, err)
-	} else if stored, err := o.windowsOf(ctx, x, false); err == nil && stored != nil {
-		w = stored // read from the file rather than held in memory
 	}
 	if x.Format == index.FormatTar && c != None {
 		f, err := openUnpacked(o.st.unpackedPath(d))

@@ -486,7 +486,7 @@ func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
 		// The windows its spans need, in one request rather than one
 		// round trip per span, while the batch's bytes are fetched.
 		got := make(chan *windowSource, 1)
-		go func() { got <- p.s.fetchWindows(ctx, b.layer, b.units) }()
+		go func() { got <- p.s.fetchWindows(ctx, b.layer, b.units, &bb.fetched) }()
 		bb.load(ctx) // an error is the first unit's to report
 		view.windows = <-got
 	}

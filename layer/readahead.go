@@ -9,10 +9,11 @@ import (
 	"github.com/lazyroot/lazyroot/index"
 )
 
-// Readahead window of on-demand chunk misses: none until a few misses in a
-// row each follow the last one in the blob, then growing from the minimum
-// to the maximum while they keep doing so (a job reading many
-// files in layer order: a build, a scan, a copy of a tree).
+// Readahead window of on-demand misses (chunks or spans): none until a
+// few misses in a row each follow the last one in the blob, then growing
+// from the minimum to the maximum while they keep doing so (a job reading
+// many files in layer order: a build, a scan, a copy of a tree; or one big
+// file).
 const (
 	readaheadMin = 128 << 10
 	readaheadMax = 4 << 20
@@ -30,7 +31,7 @@ const (
 	missNeighbours = 32 << 10
 )
 
-// readahead tracks the on-demand misses of one chunked layer. Its methods
+// readahead tracks the on-demand misses of one layer. Its methods
 // are safe for concurrent use.
 type readahead struct {
 	mu      sync.Mutex
@@ -92,7 +93,10 @@ func (r *readahead) planSpans(l *LayerState, si int) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	_, in := l.Index.SpanRanges(si)
-	follows := r.nextOff > 0 && in.Start >= r.nextOff-readaheadGap && in.Start <= r.nextOff+readaheadGap
+	// The kernel reads a big file ahead in several requests at once, so
+	// the misses of one sequential reader arrive up to its readahead
+	// window (4 MiB) apart and out of order: all of them follow.
+	follows := r.nextOff > 0 && in.Start >= r.nextOff-readaheadMax && in.Start <= r.nextOff+readaheadMax
 	switch {
 	case !follows:
 		r.streak, r.window = 0, 0

@@ -53,6 +53,7 @@ package layer
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -114,7 +115,8 @@ var emptyJSON = []byte("{}")
 // PushIndexes pushes to img's repository an artifact whose subject is img's
 // manifest and whose layers are the encoded indexes, one per layer digest of
 // img (base first), each annotated with AnnotationLayer and followed by its
-// windows blob (WindowsMediaType) if windows holds one for that layer. Its config is the
+// windows blob (WindowsMediaType) if windows holds one for that layer; an
+// index that names a windows blob must be given that blob. Its config is the
 // OCI empty descriptor and its artifactType IndexArtifactType; it carries
 // AnnotationCreated. The artifact is pushed by digest, which it returns; no
 // tag is set besides the referrers fallback tag go-containerregistry
@@ -153,6 +155,19 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 	for d, b := range windows {
 		if _, ok := encoded[d]; !ok || len(b) == 0 {
 			return fail(fmt.Errorf("windows of layer %s (%d bytes) without its index", d, len(b)))
+		}
+	}
+	for d, b := range encoded {
+		// An index that names a windows blob goes with that blob: without
+		// it, other nodes could not read the layer.
+		x, err := index.Decode(bytes.NewReader(b))
+		if err != nil || x.Windows == nil {
+			continue // not this function's to judge: readers check indexes
+		}
+		w := windows[d]
+		sum := sha256.Sum256(w)
+		if int64(len(w)) != x.Windows.Size || "sha256:"+hex.EncodeToString(sum[:]) != x.Windows.Digest {
+			return fail(fmt.Errorf("index of layer %s names windows %s of %d bytes, given %d bytes with another digest", d, x.Windows.Digest, x.Windows.Size, len(w)))
 		}
 	}
 	blobs := []v1.Layer{static.NewLayer(emptyJSON, types.OCIEmptyJSON)}

@@ -81,6 +81,55 @@ func (s *Store) SaveWindows(x *index.Index) error {
 	})
 }
 
+// windowsFile is a windows blob being written into the store, under a
+// temporary name until its digest is known.
+type windowsFile struct {
+	st  *Store
+	f   *os.File
+	buf *bufio.Writer
+}
+
+// createWindows starts a windows blob in the store.
+func (s *Store) createWindows() (*windowsFile, error) {
+	f, err := os.CreateTemp(filepath.Join(s.root, "index"), ".tmp-windows-*")
+	if err != nil {
+		return nil, err
+	}
+	return &windowsFile{st: s, f: f, buf: bufio.NewWriterSize(f, 1<<20)}, nil
+}
+
+func (w *windowsFile) Write(p []byte) (int, error) { return w.buf.Write(p) }
+
+// commit syncs the blob and names it w, which must say what was written.
+func (w *windowsFile) commit(ref *index.BlobRef) (err error) {
+	defer func() {
+		if err != nil {
+			w.abort()
+		}
+	}()
+	if err := w.buf.Flush(); err != nil {
+		return err
+	}
+	if fi, err := w.f.Stat(); err != nil {
+		return err
+	} else if fi.Size() != ref.Size {
+		return fmt.Errorf("windows blob %s: %d bytes written, want %d", ref.Digest, fi.Size(), ref.Size)
+	}
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+	if err := w.f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(w.f.Name(), w.st.windowsPath(ref))
+}
+
+// abort drops the blob.
+func (w *windowsFile) abort() {
+	w.f.Close()
+	os.Remove(w.f.Name())
+}
+
 func (s *Store) unpackedPath(d v1.Hash) string {
 	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sync/atomic"
 
@@ -20,6 +21,8 @@ import (
 // tail of the span decoded last, which is the window of the span after it.
 type windowSource struct {
 	blob blobReader
+	// path is the stored file blob reads, "" for the registry's copy.
+	path string
 	last atomic.Pointer[spanTail]
 	// given holds windows fetched ahead, verified, by span; read-only.
 	given map[int][]byte
@@ -45,8 +48,9 @@ func (w *windowSource) noteDecoded(x *index.Index, si int, data []byte) {
 }
 
 // localWindow returns span si's window when it needs no fetch: none is
-// needed, or the span before it was decoded last or is in the memory
-// cache. DecodeSpan verifies it either way.
+// needed, it was fetched ahead (a prefetch batch's), or the span before it
+// was decoded last or is in the memory cache. DecodeSpan verifies it
+// either way.
 func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
 	n := l.Index.Spans[si].WinSize
 	if n == 0 {
@@ -82,6 +86,12 @@ func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	}
 	w, err := l.Index.DecodeWindow(si, src)
 	if errors.Is(err, index.ErrSpanDigest) {
+		if p := l.windows.path; p != "" {
+			// Damaged on this node's disk: without the file, the next
+			// mount builds the index again (or reads the registry's).
+			os.Remove(p)
+			return nil, fmt.Errorf("%w: stored windows %s are damaged (removed): %w", ErrDigest, p, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrDigest, err)
 	}
 	return w, err
@@ -92,7 +102,7 @@ func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 // spans whose span before is neither among units nor at hand. It reads
 // them in one request where the blob allows several ranges in one. A
 // window it could not fetch is left to be fetched with its span.
-func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit) *windowSource {
+func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit, fetched *atomic.Int64) *windowSource {
 	inBatch := map[int]bool{}
 	for _, u := range units {
 		inBatch[u.span] = true
@@ -102,6 +112,9 @@ func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit) *
 		si := u.span
 		if si <= 0 || inBatch[si-1] || l.Index.Spans[si].WinSize == 0 {
 			continue
+		}
+		if _, ok := s.cache.Peek(u.key); ok {
+			continue // not decoded again
 		}
 		if _, ok := s.localWindow(l, si); !ok {
 			spans = append(spans, si)
@@ -129,7 +142,10 @@ func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit) *
 	if err != nil {
 		return l.windows
 	}
-	ws := &windowSource{blob: l.windows.blob, given: make(map[int][]byte, len(spans))}
+	for _, r := range ranges {
+		fetched.Add(int64(len(r.Buf)))
+	}
+	ws := &windowSource{blob: l.windows.blob, path: l.windows.path, given: make(map[int][]byte, len(spans))}
 	for i, si := range spans {
 		if w, err := l.Index.DecodeWindow(si, ranges[i].Buf); err == nil {
 			ws.given[si] = w
@@ -138,17 +154,19 @@ func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit) *
 	return ws
 }
 
-// windowsOf returns where the windows of x, an index of l, are read: the
-// file stored beside the indexes, else (if remoteOK) the registry's copy of
-// the windows blob, in l's repository. nil, nil when x needs none; an
-// error when the blob is neither stored nor allowed from the registry.
+// windowsOf returns where the windows of x, an index of a layer of o's
+// image, are read: the file stored beside the indexes, else (if remoteOK)
+// the registry's copy of the windows blob, in the image's repository. nil,
+// nil when x needs none; an error when the blob is neither stored nor
+// allowed from the registry.
 func (o *opener) windowsOf(ctx context.Context, x *index.Index, remoteOK bool) (*windowSource, error) {
 	if x.Windows == nil {
 		return nil, nil
 	}
-	if f, err := openUnpacked(o.st.windowsPath(x.Windows)); err == nil {
+	path := o.st.windowsPath(x.Windows)
+	if f, err := openUnpacked(path); err == nil {
 		if f.Size() == x.Windows.Size {
-			return &windowSource{blob: f}, nil
+			return &windowSource{blob: f, path: path}, nil
 		}
 		f.Close()
 	}

@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
 	"github.com/lazyroot/lazyroot/layer"
@@ -143,6 +144,38 @@ func TestBuiltIndexNeedsItsStoredWindows(t *testing.T) {
 	}
 	checkFiles(t, again, files)
 	again.Close()
+	// Damaged on disk: the read fails its digest, never serves the wrong
+	// bytes, and the file is dropped so that the next mount rebuilds.
+	data, err := os.ReadFile(m[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range data {
+		data[i] ^= 0x55
+	}
+	if err := os.WriteFile(m[0], data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	damaged, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
+	if o := damaged.Layers()[0].Origin; o != layer.FromStore {
+		t.Fatalf("damaged windows: index from %s", o)
+	}
+	tree, _ := index.Merge(damaged.Indexes())
+	n, _ := tree.Lookup("data/b.txt")
+	buf := make([]byte, 1000)
+	if k, err := damaged.ReadAt(context.Background(), n, buf, 3*testSpan); !errors.Is(err, layer.ErrDigest) || k != 0 {
+		t.Fatalf("read through damaged windows: %d bytes, %v", k, err)
+	}
+	damaged.Close()
+	if _, err := os.Stat(m[0]); !os.IsNotExist(err) {
+		t.Fatalf("damaged windows file kept: %v", err)
+	}
+	if rebuilt, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal}); rebuilt.Layers()[0].Origin != layer.Built {
+		t.Fatalf("after damaged windows: index from %s", rebuilt.Layers()[0].Origin)
+	} else {
+		checkFiles(t, rebuilt, files)
+		rebuilt.Close()
+	}
 	// Without them, it is built again (never read with windows missing).
 	if err := os.Remove(m[0]); err != nil {
 		t.Fatal(err)
@@ -197,4 +230,37 @@ func mustStore(t *testing.T, root string) *layer.Store {
 		t.Fatal(err)
 	}
 	return st
+}
+
+func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "span-warm:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, cacheDir := t.TempDir(), t.TempDir()
+	open := func() (*layer.Stack, *cache.Cache) {
+		c, err := cache.New(cache.Options{MemoryBytes: 16 << 20, Dir: cacheDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := layer.Open(context.Background(), img, mustStore(t, root), c, layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, c
+	}
+	cold, c := open()
+	checkFiles(t, cold, files)
+	cold.Close()
+	c.Close()
+	warm, c := open()
+	defer c.Close()
+	defer warm.Close()
+	before := img.FetchStats().Requests
+	checkFiles(t, warm, files)
+	if n := img.FetchStats().Requests - before; n != 0 {
+		t.Fatalf("a warm read made %d requests", n)
+	}
 }

@@ -62,7 +62,7 @@ func TestIndexPushThenASecondMachineMountsLazily(t *testing.T) {
 	// without streaming the layer.
 	rootB := t.TempDir()
 	out, errOut, code = lazyroot(t, "inspect", "--root", rootB, ref)
-	if code != 0 || !regexp.MustCompile(`gzip +registry +[0-9.]+ [KM]iB +\d+ +lazy`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`gzip +registry +[0-9.]+ [KM]iB \+ [0-9.]+ [KM]iB windows +\d+ +lazy`).MatchString(out) {
 		t.Fatalf("inspect on machine B: code %d\n%s%s", code, out, errOut)
 	}
 	reg.Reset()

@@ -57,6 +57,9 @@ func runInspect(ctx context.Context, stdout io.Writer, args []string) error {
 		if r.IndexSize > 0 {
 			size = humanize.IBytes(uint64(r.IndexSize))
 		}
+		if r.WindowsSize > 0 {
+			size += " + " + humanize.IBytes(uint64(r.WindowsSize)) + " windows"
+		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i, d.Digest.String()[:19], d.MediaType,
 			humanize.IBytes(uint64(d.Size)), r.Format, r.Source, size, entries, r.Read)
 		if r.Err != nil {
