@@ -93,10 +93,10 @@ func (r *readahead) planSpans(l *LayerState, si int) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	_, in := l.Index.SpanRanges(si)
-	// The kernel reads a big file ahead in several requests at once, so
-	// the misses of one sequential reader arrive up to its readahead
-	// window (4 MiB) apart and out of order: all of them follow.
-	follows := r.nextOff > 0 && in.Start >= r.nextOff-readaheadMax && in.Start <= r.nextOff+readaheadMax
+	// (Counting misses up to the kernel's 4 MiB readahead window apart as
+	// following halved the requests of a 1 GiB sequential read but
+	// fetched 11% more bytes, overlapping, and was slower.)
+	follows := r.nextOff > 0 && in.Start >= r.nextOff-readaheadGap && in.Start <= r.nextOff+readaheadGap
 	switch {
 	case !follows:
 		r.streak, r.window = 0, 0
