@@ -161,7 +161,7 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 		// An index that names a windows blob goes with that blob: without
 		// it, other nodes could not read the layer.
 		x, err := index.Decode(bytes.NewReader(b))
-		if err != nil || x.Windows == nil {
+		if err != nil || x.Windows == nil || x.Layer != d.String() {
 			continue // not this function's to judge: readers check indexes
 		}
 		w := windows[d]
