@@ -3,10 +3,7 @@ package layer_test
 import (
 	"archive/tar"
 	"bytes"
-	"compress/flate"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -424,28 +421,13 @@ func TestForgedIndexCannotPoisonASharedCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var windows bytes.Buffer
-	for i := range x.Spans {
-		sp := &x.Spans[i]
-		if sp.WinSize == 0 {
-			continue
-		}
-		w := bytes.Repeat([]byte{'X'}, int(sp.WinSize))
-		start := windows.Len()
-		fw, _ := flate.NewWriter(&windows, flate.BestSpeed)
-		fw.Write(w)
-		fw.Close()
-		sum := sha256.Sum256(w)
-		sp.WinOff, sp.WinLen, sp.WinDigest = int64(start), int64(windows.Len()-start), "sha256:"+hex.EncodeToString(sum[:])
-	}
-	sum := sha256.Sum256(windows.Bytes())
-	x.Windows = &index.BlobRef{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(windows.Len())}
+	windows := forgeWindows(x, true)
 	var forged bytes.Buffer
 	if err := x.Encode(&forged); err != nil {
 		t.Fatal(err)
 	}
 	d := evil.Layers[0].Descriptor.Digest
-	if _, err := layer.PushIndexes(context.Background(), evil, map[v1.Hash][]byte{d: forged.Bytes()}, map[v1.Hash][]byte{d: windows.Bytes()}); err != nil {
+	if _, err := layer.PushIndexes(context.Background(), evil, map[v1.Hash][]byte{d: forged.Bytes()}, map[v1.Hash][]byte{d: windows}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -179,16 +179,11 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 			continue
 		}
 		inImage[d] = false
-		blob := static.NewLayer(b, IndexMediaType)
-		desc, err := descriptorOf(blob)
-		if err != nil {
-			return fail(err)
-		}
-		desc.Annotations = map[string]string{AnnotationLayer: d.String()}
-		layers = append(layers, desc)
-		blobs = append(blobs, blob)
+		parts := []v1.Layer{static.NewLayer(b, IndexMediaType)}
 		if w, ok := windows[d]; ok {
-			blob := static.NewLayer(w, WindowsMediaType)
+			parts = append(parts, static.NewLayer(w, WindowsMediaType))
+		}
+		for _, blob := range parts {
 			desc, err := descriptorOf(blob)
 			if err != nil {
 				return fail(err)

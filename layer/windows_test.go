@@ -84,28 +84,15 @@ func TestForgedWindowsFailTheirDigest(t *testing.T) {
 	x := built.Layers()[0].Index
 	// A windows blob whose windows are all wrong, named by the index with
 	// its true digest and size; the per-window digests are left alone.
-	var windows bytes.Buffer
 	y := *x
 	y.Spans = append([]index.Span(nil), x.Spans...)
-	for i := range y.Spans {
-		sp := &y.Spans[i]
-		if sp.WinSize == 0 {
-			continue
-		}
-		start := windows.Len()
-		fw, _ := flate.NewWriter(&windows, flate.BestSpeed)
-		fw.Write(bytes.Repeat([]byte{'X'}, int(sp.WinSize)))
-		fw.Close()
-		sp.WinOff, sp.WinLen = int64(start), int64(windows.Len()-start)
-	}
-	sum := sha256.Sum256(windows.Bytes())
-	y.Windows = &index.BlobRef{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(windows.Len())}
+	windows := forgeWindows(&y, false)
 	var enc bytes.Buffer
 	if err := y.Encode(&enc); err != nil {
 		t.Fatal(err)
 	}
 	d := img.Layers[0].Descriptor.Digest
-	if _, err := layer.PushIndexes(context.Background(), img, map[v1.Hash][]byte{d: enc.Bytes()}, map[v1.Hash][]byte{d: windows.Bytes()}); err != nil {
+	if _, err := layer.PushIndexes(context.Background(), img, map[v1.Hash][]byte{d: enc.Bytes()}, map[v1.Hash][]byte{d: windows}); err != nil {
 		t.Fatal(err)
 	}
 	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
@@ -263,4 +250,30 @@ func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
 	if n := img.FetchStats().Requests - before; n != 0 {
 		t.Fatalf("a warm read made %d requests", n)
 	}
+}
+
+// forgeWindows replaces every window x's spans need with 'X's in a new
+// windows blob, which it returns and x names; with rehash, the spans'
+// window digests are made to match the forgery.
+func forgeWindows(x *index.Index, rehash bool) []byte {
+	var windows bytes.Buffer
+	for i := range x.Spans {
+		sp := &x.Spans[i]
+		if sp.WinSize == 0 {
+			continue
+		}
+		w := bytes.Repeat([]byte{'X'}, int(sp.WinSize))
+		start := windows.Len()
+		fw, _ := flate.NewWriter(&windows, flate.BestSpeed)
+		fw.Write(w)
+		fw.Close()
+		sp.WinOff, sp.WinLen = int64(start), int64(windows.Len()-start)
+		if rehash {
+			sum := sha256.Sum256(w)
+			sp.WinDigest = "sha256:" + hex.EncodeToString(sum[:])
+		}
+	}
+	sum := sha256.Sum256(windows.Bytes())
+	x.Windows = &index.BlobRef{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(windows.Len())}
+	return windows.Bytes()
 }
