@@ -289,6 +289,28 @@ func (c *Cache) writeBehind(key Key, b []byte) {
 	}()
 }
 
+// Holds reports whether a Get of key would be served without a fill:
+// the memory tier holds it, its disk write is pending, or the disk tier
+// has an entry for it. The disk entry is not read or checked (a Get that
+// finds it bad fills after all), and the memory tier's counters are not
+// touched. It lets a caller leave out of a fetch what is held locally.
+// After Close, Holds reports false.
+func (c *Cache) Holds(key Key) bool {
+	if c.closed.Load() {
+		return false
+	}
+	if _, ok := c.mem.Get(key); ok {
+		return true
+	}
+	if c.disk == nil {
+		return false
+	}
+	if _, ok := c.pendingWrite(key); ok {
+		return true
+	}
+	return c.disk.Has(key)
+}
+
 // pendingWrite returns a fill's result still on its way to disk.
 func (c *Cache) pendingWrite(key Key) ([]byte, bool) {
 	c.wmu.Lock()

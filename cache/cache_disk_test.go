@@ -317,3 +317,52 @@ func TestCacheWriteBehindBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldsLooksInEveryTierWithoutReading: Holds answers for memory and
+// disk alike, does not count a memory hit, and takes a disk entry's word
+// without checking it (the Get that follows finds it bad and fills).
+func TestHoldsLooksInEveryTierWithoutReading(t *testing.T) {
+	dir := t.TempDir()
+	k1, k2 := NewKey("sha256:aa", 0, 3), NewKey("sha256:bb", 0, 3)
+	c, err := New(Options{MemoryBytes: 1 << 20, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(context.Background(), k1, func(context.Context) ([]byte, error) { return []byte("one"), nil }); err != nil {
+		t.Fatal(err)
+	}
+	c.Flush()
+	if !c.Holds(k1) || c.Holds(k2) {
+		t.Fatalf("memory: Holds(k1) = %v, Holds(k2) = %v", c.Holds(k1), c.Holds(k2))
+	}
+	if st := c.Stats(); st.MemoryHits != 0 {
+		t.Errorf("Holds counted %d memory hits", st.MemoryHits)
+	}
+	c.Close()
+	if c.Holds(k1) {
+		t.Error("Holds after Close")
+	}
+
+	c, err = New(Options{MemoryBytes: 1 << 20, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.Holds(k1) || c.Holds(k2) {
+		t.Fatalf("disk: Holds(k1) = %v, Holds(k2) = %v", c.Holds(k1), c.Holds(k2))
+	}
+	if st := c.Stats(); st.DiskHits != 0 || st.DiskMisses != 0 {
+		t.Errorf("Holds read the disk tier: %+v", st)
+	}
+	// Damage the entry: Holds still says yes, Get finds it bad and fills.
+	if err := os.WriteFile(c.disk.entryPath(k1), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Holds(k1) {
+		t.Error("Holds checked the entry")
+	}
+	b, err := c.Get(context.Background(), k1, func(context.Context) ([]byte, error) { return []byte("one"), nil })
+	if err != nil || string(b) != "one" || c.Stats().Fills != 1 {
+		t.Errorf("Get of a damaged entry: %q, %v, %+v", b, err, c.Stats())
+	}
+}

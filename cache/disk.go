@@ -264,6 +264,19 @@ func (d *Disk) Get(key Key) ([]byte, bool) {
 	}
 }
 
+// Has reports whether an entry for key is stored, without reading or
+// checking it: a Get may still find it bad and miss. It costs one stat(2).
+// After Close, Has always reports false.
+func (d *Disk) Has(key Key) bool {
+	d.life.RLock()
+	defer d.life.RUnlock()
+	if d.closed {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Stat(d.entryPath(key), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG
+}
+
 // Put stores data under key. It returns nil without writing if an entry
 // for key is already there (keys are content addresses). The entry
 // becomes visible whole or not at all: it is written to a temp file that

@@ -388,7 +388,7 @@ func (pl *plan) dropHeld() int {
 	for l, us := range pl.units {
 		kept := us[:0]
 		for _, u := range us {
-			if _, ok := pl.s.cache.Peek(u.key); ok || l.inflight.covering(u.in.Start, u.in.End) != nil {
+			if pl.s.cache.Holds(u.key) || l.inflight.covering(u.in.Start, u.in.End) != nil {
 				continue
 			}
 			kept = append(kept, u)

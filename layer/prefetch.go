@@ -556,11 +556,17 @@ func newPlan(s *Stack) *plan {
 	return &plan{s: s, seen: map[cache.Key]bool{}, units: map[*LayerState][]unit{}, byName: map[*LayerState]map[string]*index.Entry{}}
 }
 
+// add plans u, a unit of l, unless it is planned already or the cache
+// holds it (in memory or on disk: a node's later mounts fetch nothing
+// again for what its earlier ones read).
 func (pl *plan) add(l *LayerState, u unit) {
 	if pl.seen[u.key] {
 		return
 	}
 	pl.seen[u.key] = true
+	if pl.s.cache.Holds(u.key) {
+		return
+	}
 	if _, ok := pl.units[l]; !ok {
 		pl.order = append(pl.order, l)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/fetch"
 	"github.com/lazyroot/lazyroot/index"
 )
@@ -94,7 +95,12 @@ func TestActivityIdle(t *testing.T) {
 
 func TestPlanBatches(t *testing.T) {
 	l := &LayerState{Index: &index.Index{Format: index.FormatEStargz}}
-	pl := newPlan(&Stack{layers: []*LayerState{l}})
+	c, err := cache.New(cache.Options{MemoryBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pl := newPlan(&Stack{layers: []*LayerState{l}, cache: c})
 	chunk := func(name string, off, end int64) *index.Chunk {
 		return &index.Chunk{Offset: 0, Size: end - off, BlobOffset: off, BlobEnd: end, Digest: name}
 	}

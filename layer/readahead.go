@@ -145,7 +145,7 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 	}
 	n := l.ahead.planSpans(l, si)
 	for n > 0 {
-		if _, ok := s.cache.Peek(l.spanKey(si + n)); !ok {
+		if !s.cache.Holds(l.spanKey(si + n)) {
 			break
 		}
 		n--
@@ -230,7 +230,7 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	// A cached tail need not be fetched again (cached chunks in the
 	// middle are, to keep one request: the fill skips them).
 	for len(extra) > 0 {
-		if _, ok := s.cache.Peek(l.chunkKey(extra[len(extra)-1])); !ok {
+		if !s.cache.Holds(l.chunkKey(extra[len(extra)-1])) {
 			break
 		}
 		extra = extra[:len(extra)-1]

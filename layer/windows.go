@@ -113,7 +113,7 @@ func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit, f
 		if si <= 0 || inBatch[si-1] || l.Index.Spans[si].WinSize == 0 {
 			continue
 		}
-		if _, ok := s.cache.Peek(u.key); ok {
+		if s.cache.Holds(u.key) {
 			continue // not decoded again
 		}
 		if _, ok := s.localWindow(l, si); !ok {

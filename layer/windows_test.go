@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -276,4 +277,52 @@ func forgeWindows(x *index.Index, rehash bool) []byte {
 	sum := sha256.Sum256(windows.Bytes())
 	x.Windows = &index.BlobRef{Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(windows.Len())}
 	return windows.Bytes()
+}
+
+// TestWarmPrefetchFetchesNothingTheDiskHolds: a node's later mount, with
+// its memory cold and its disk cache holding every span, replays a
+// profile of every file without a request: prefetch leaves out what the
+// disk tier holds instead of fetching it (and its windows) again.
+func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "span-warm-prefetch:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, cacheDir := t.TempDir(), t.TempDir()
+	open := func() (*layer.Stack, *cache.Cache) {
+		c, err := cache.New(cache.Options{MemoryBytes: 16 << 20, Dir: cacheDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := layer.Open(context.Background(), img, mustStore(t, root), c, layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, c
+	}
+	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
+	for name := range files {
+		prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: name})
+	}
+	cold, c := open()
+	checkFiles(t, cold, files)
+	cold.Close()
+	c.Close()
+
+	warm, c := open()
+	defer c.Close()
+	defer warm.Close()
+	before := img.FetchStats()
+	p := layer.StartPrefetch(context.Background(), warm, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	st := waitPrefetch(t, p)
+	p.Stop()
+	if d := img.FetchStats(); d.Requests != before.Requests || st.FetchedBytes != 0 || st.Errors != 0 {
+		t.Fatalf("prefetch over a warm disk cache made %d requests: %+v", d.Requests-before.Requests, st)
+	}
+	checkFiles(t, warm, files)
+	if n := img.FetchStats().Requests - before.Requests; n != 0 {
+		t.Fatalf("warm reads made %d requests", n)
+	}
 }
