@@ -102,6 +102,46 @@ func (c *Client) Manifest(ctx context.Context, repo name.Repository, reference s
 	return c.getDoc(ctx, eps, q)
 }
 
+// ErrNoReferrersAPI means a registry does not serve the OCI referrers API:
+// it answered 404, 400 or 406, or with something other than an OCI index.
+// Its referrers are then listed by the referrers fallback tag.
+var ErrNoReferrersAPI = errors.New("no referrers API")
+
+// Referrers fetches from repo's registry (the server: mirrors keep no
+// referrers) the OCI index that lists the manifests referring to subject,
+// through the referrers API. An error matching ErrNoReferrersAPI says the
+// registry does not offer that API.
+func (c *Client) Referrers(ctx context.Context, repo name.Repository, subject v1.Hash) (*Manifest, error) {
+	what := "referrers of " + repo.Name() + "@" + subject.String()
+	eps, err := c.endpointsFor(repo, CapPull)
+	if err != nil {
+		return nil, fmt.Errorf("%s: hosts configuration: %w", what, err)
+	}
+	q := &docQuery{
+		repo:   repo,
+		what:   what,
+		limit:  MaxManifestSize,
+		size:   -1,
+		accept: string(types.OCIImageIndex),
+		url: func(e *endpoint) string {
+			u := *e.URL
+			u.Path = joinPath(u.Path, repo.RepositoryStr(), "referrers", subject.String())
+			return u.String()
+		},
+	}
+	m, err := c.getDoc(ctx, eps[len(eps)-1:], q)
+	var se *statusError
+	switch {
+	case errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusBadRequest || se.code == http.StatusNotAcceptable):
+		return nil, fmt.Errorf("%w: %w", ErrNoReferrersAPI, err)
+	case err != nil:
+		return nil, err
+	case m.MediaType != types.OCIImageIndex:
+		return nil, fmt.Errorf("%s: %w: the answer is %q, not an OCI index", what, ErrNoReferrersAPI, m.MediaType)
+	}
+	return m, nil
+}
+
 // BlobBytes fetches the whole blob desc of repo, a small one such as an
 // image config, from the endpoints with the pull capability, mirrors
 // first, and returns its bytes once their size and digest match desc.

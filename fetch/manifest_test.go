@@ -274,3 +274,61 @@ func sha256Of(p []byte) v1.Hash {
 	h, _, _ := v1.SHA256(bytes.NewReader(p))
 	return h
 }
+
+func TestReferrers(t *testing.T) {
+	index := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	for _, tc := range []struct {
+		name      string
+		status    int
+		ctype     string
+		body      []byte
+		wantErr   error // nil: the index is returned
+		notNoAPIs bool  // the error must not say the API is missing
+	}{
+		{"an OCI index", http.StatusOK, string(types.OCIImageIndex), index, nil, false},
+		{"404", http.StatusNotFound, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
+		{"400", http.StatusBadRequest, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
+		{"406", http.StatusNotAcceptable, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
+		{"200 but a web page", http.StatusOK, "text/html", []byte("<html></html>"), ErrNoReferrersAPI, false},
+		{"403", http.StatusForbidden, "text/plain", []byte("no"), ErrUnauthorized, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked atomic.Int64
+			env := newEnv(t, envConfig{mw: func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if !strings.Contains(r.URL.Path, "/referrers/") {
+						next.ServeHTTP(w, r)
+						return
+					}
+					asked.Add(1)
+					if got := r.Header.Get("Accept"); got != string(types.OCIImageIndex) {
+						t.Errorf("Accept %q", got)
+					}
+					w.Header().Set("Content-Type", tc.ctype)
+					w.WriteHeader(tc.status)
+					w.Write(tc.body)
+				})
+			}})
+			subject := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
+			m, err := env.client(t).Referrers(context.Background(), env.repo, subject)
+			if asked.Load() != 1 {
+				t.Errorf("%d referrers requests, want 1", asked.Load())
+			}
+			if tc.wantErr == nil {
+				if err != nil || !bytes.Equal(m.Bytes, index) || m.MediaType != types.OCIImageIndex {
+					t.Fatalf("Referrers = %+v, %v", m, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Referrers error %v, want %v", err, tc.wantErr)
+			}
+			if tc.notNoAPIs && errors.Is(err, ErrNoReferrersAPI) {
+				t.Errorf("error %v says the API is missing", err)
+			}
+			if !strings.Contains(err.Error(), subject.String()) {
+				t.Errorf("error %q does not name the subject", err)
+			}
+		})
+	}
+}

@@ -55,6 +55,12 @@ type Image struct {
 	// puller made the resolving calls; reusing it spares later lookups
 	// (index and profile artifacts) a new handshake.
 	puller *remote.Puller
+	// referrers, if set, is the listing of the image's referrers started
+	// while it was resolved (WithReferrers).
+	referrers *referrersListing
+	// mirrored: mirrors serve the image, so its registry may be down and
+	// a listing of its referrers is bounded by lookupTimeout.
+	mirrored bool
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
@@ -116,6 +122,7 @@ type options struct {
 	hostsDir  string
 	fetchOpts []fetch.Option
 	store     *Store
+	referrers bool
 }
 
 // WithPlatform picks the image for platform from a multi-arch index; the
@@ -169,6 +176,16 @@ func WithStore(st *Store) Option {
 // WithFetchOptions passes options on to the blob fetcher.
 func WithFetchOptions(opts ...fetch.Option) Option {
 	return func(o *options) error { o.fetchOpts = append(o.fetchOpts, opts...); return nil }
+}
+
+// WithReferrers starts listing the image's referrers (its index and
+// profile artifacts) as soon as its manifest is known, while the rest is
+// resolved; FindIndexes and FindProfile on the image then use that
+// listing rather than list again. For a caller about to look them up:
+// the listing costs a request (two on registries without the referrers
+// API), made at the same time as the config's.
+func WithReferrers() Option {
+	return func(o *options) error { o.referrers = true; return nil }
 }
 
 func makeOptions(opts []Option) (*options, error) {
@@ -331,15 +348,22 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
+	var early *referrersListing
+	manifestKnown := func(d v1.Hash) {
+		if o.referrers {
+			early = listReferrersEarly(ctx, fc, r.Context(), d, mirrored)
+		}
+	}
 	var im *Image
 	if mirrored {
-		im, err = resolveThroughHosts(ctx, fc, r, o.platform)
+		im, err = resolveThroughHosts(ctx, fc, r, o.platform, manifestKnown)
 	} else {
-		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform)
+		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform, manifestKnown)
 	}
 	if err != nil {
 		return nil, err
 	}
+	im.referrers, im.mirrored = early, mirrored
 	im.Ref, im.remoteOpts, im.puller = r, remoteOpts, puller
 	im.fetcher = fc
 	diffIDs := im.Config.RootFS.DiffIDs
@@ -374,7 +398,7 @@ func pullerOptions(remoteOpts []remote.Option, transport http.RoundTripper, mirr
 // resolveFromRegistry fetches the manifest and config of r from its
 // registry alone, with go-containerregistry and puller, whose handshake
 // later lookups reuse.
-func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform) (*Image, error) {
+func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform, manifestKnown func(v1.Hash)) (*Image, error) {
 	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(platform))...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
@@ -387,6 +411,7 @@ func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []rem
 	if im.Digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
+	manifestKnown(im.Digest)
 	if d, err := partial.Descriptor(img); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	} else {
@@ -425,7 +450,7 @@ func manifestTypes() []string {
 // all else by digest from those that may pull, mirrors first, each
 // document checked against its digest (see fetch.Client.Manifest). An
 // index is followed to platform's image as for an OCI layout.
-func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform) (*Image, error) {
+func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform, manifestKnown func(v1.Hash)) (*Image, error) {
 	repo := r.Context()
 	top, err := fc.Manifest(ctx, repo, r.Identifier(), manifestTypes())
 	if err != nil {
@@ -453,6 +478,7 @@ func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference
 	if m.Config.Size <= 0 || m.Config.Size > maxConfigSize {
 		return nil, fmt.Errorf("resolve %s: config %s: size %d out of bounds", r, m.Config.Digest, m.Config.Size)
 	}
+	manifestKnown(d.Digest)
 	rawConfig, err := fc.BlobBytes(ctx, repo, m.Config)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, err)
@@ -560,6 +586,9 @@ func registryError(err error) error {
 		case http.StatusNotFound:
 			return fmt.Errorf("not found: %w", err)
 		}
+	}
+	if errors.Is(err, fetch.ErrUnauthorized) {
+		return fmt.Errorf("access denied (check credentials): %w", err)
 	}
 	return err
 }

@@ -65,9 +65,11 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -75,6 +77,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lazyroot/lazyroot/fetch"
 	"github.com/lazyroot/lazyroot/index"
 )
 
@@ -245,7 +248,7 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 	// Some registries (go-containerregistry's own) list the config media
 	// type as the artifactType; the manifest says for sure.
 	listed := []string{IndexArtifactType, "", string(types.OCIEmptyJSON)}
-	list, err := listReferrers(ctx, puller, img)
+	list, err := listReferrers(ctx, img)
 	if err != nil {
 		return fail(err)
 	}
@@ -289,18 +292,90 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 	return found, nil
 }
 
-// listReferrers lists the artifacts that refer to img: through the
-// registry's referrers API, or its fallback tag.
-func listReferrers(ctx context.Context, puller *remote.Puller, img *Image) (*v1.IndexManifest, error) {
-	listing, err := remote.Referrers(img.Ref.Context().Digest(img.Digest.String()), remote.Reuse(puller), remote.WithContext(ctx))
+// listReferrers lists the artifacts that refer to img: the listing taken
+// when img was resolved (WithReferrers), else a new one.
+func listReferrers(ctx context.Context, img *Image) (*v1.IndexManifest, error) {
+	if l := img.referrers; l != nil {
+		select {
+		case <-l.done:
+			return l.list, l.err
+		case <-ctx.Done():
+			return nil, fmt.Errorf("list referrers: %w", ctx.Err())
+		}
+	}
+	return fetchReferrers(ctx, img.fetcher, img.Ref.Context(), img.Digest, img.mirrored)
+}
+
+// fetchReferrers lists the artifacts in repo that refer to subject
+// through the registry's referrers API and, at the same time, reads the
+// referrers fallback tag, whose listing is used when the registry has no
+// such API: one round trip either way, rather than two without the API.
+// When mirrors serve the image (mirrored), its registry may be down: the
+// listing then gives up after lookupTimeout.
+func fetchReferrers(ctx context.Context, fc *fetch.Client, repo name.Repository, subject v1.Hash, mirrored bool) (*v1.IndexManifest, error) {
+	if mirrored {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, lookupTimeout)
+		defer cancel()
+	}
+	tagCtx, endTag := context.WithCancel(ctx)
+	defer endTag()
+	type answer struct {
+		m   *fetch.Manifest
+		err error
+	}
+	byTag := make(chan answer, 1)
+	go func() {
+		tag := strings.Replace(subject.String(), ":", "-", 1)
+		m, err := fc.Manifest(tagCtx, repo, tag, []string{string(types.OCIImageIndex)})
+		byTag <- answer{m, err}
+	}()
+	m, err := fc.Referrers(ctx, repo, subject)
+	if errors.Is(err, fetch.ErrNoReferrersAPI) {
+		a := <-byTag
+		m, err = a.m, a.err
+		switch {
+		case errors.Is(err, fetch.ErrNotFound):
+			// No fallback tag: nothing refers to the image yet.
+			return &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}, nil
+		case err == nil && m.MediaType != types.OCIImageIndex:
+			err = fmt.Errorf("referrers fallback tag of %s is a %q, not an OCI index", subject, m.MediaType)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list referrers: %w", err)
 	}
-	list, err := listing.IndexManifest()
+	list, err := v1.ParseIndexManifest(bytes.NewReader(m.Bytes))
 	if err != nil {
 		return nil, fmt.Errorf("list referrers: %w", err)
 	}
 	return list, nil
+}
+
+// referrersListing is a listing of an image's referrers, taken once; its
+// fields are set before done is closed.
+type referrersListing struct {
+	done chan struct{}
+	list *v1.IndexManifest
+	err  error
+}
+
+// earlyListingTimeout bounds a listing started while resolving, which
+// outlives the resolve's context.
+const earlyListingTimeout = 30 * time.Second
+
+// listReferrersEarly starts listing the referrers of subject in repo,
+// bounded by earlyListingTimeout whatever becomes of ctx, and returns the
+// listing to be.
+func listReferrersEarly(ctx context.Context, fc *fetch.Client, repo name.Repository, subject v1.Hash, mirrored bool) *referrersListing {
+	l := &referrersListing{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), earlyListingTimeout)
+		defer cancel()
+		l.list, l.err = fetchReferrers(ctx, fc, repo, subject, mirrored)
+	}()
+	return l
 }
 
 // walkReferrers passes to use the manifest of each artifact of list (the
@@ -531,7 +606,7 @@ func createdAt(annotations map[string]string) time.Time {
 // isNotFound reports a registry's 404.
 func isNotFound(err error) bool {
 	var te *transport.Error
-	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound || errors.Is(err, fetch.ErrNotFound)
 }
 
 // rawManifest is an OCI image manifest's bytes, as remote.Put takes them.
@@ -629,7 +704,7 @@ func FindProfile(ctx context.Context, img *Image) (*Profile, error) {
 	if err != nil {
 		return fail(err)
 	}
-	list, err := listReferrers(ctx, puller, img)
+	list, err := listReferrers(ctx, img)
 	if err != nil {
 		return fail(err)
 	}

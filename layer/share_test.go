@@ -696,3 +696,119 @@ func TestFindProfileReadsNewestFirst(t *testing.T) {
 		})
 	}
 }
+
+// arrival is a request the registry waits to see before answering
+// another, so that a test proves two requests were in flight at once
+// (the one waited on never waits itself).
+type arrival struct {
+	seen     chan struct{}
+	once     sync.Once
+	timedOut atomic.Bool
+}
+
+func newArrival() *arrival { return &arrival{seen: make(chan struct{})} }
+
+func (a *arrival) saw() { a.once.Do(func() { close(a.seen) }) }
+
+// await waits for the arrival, up to a bound that only a sequential
+// client reaches.
+func (a *arrival) await() {
+	select {
+	case <-a.seen:
+	case <-time.After(3 * time.Second):
+		a.timedOut.Store(true)
+	}
+}
+
+// TestReferrersListedInOneRoundTrip: the referrers API and the fallback
+// tag are asked at once, so a registry without the API costs no second
+// round trip, and one with it still has its answer used.
+func TestReferrersListedInOneRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []testutil.RegistryOption
+	}{{"without referrers API", nil}, {"with referrers API", []testutil.RegistryOption{testutil.WithReferrers()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := testutil.NewRegistry(t, tc.opts...)
+			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+			if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(0), nil); err != nil {
+				t.Fatal(err)
+			}
+			tag := "/manifests/" + strings.Replace(f.img.Digest.String(), ":", "-", 1)
+			tagAsked := newArrival()
+			reg.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					switch {
+					case strings.HasSuffix(r.URL.Path, tag):
+						tagAsked.saw()
+					case strings.Contains(r.URL.Path, "/referrers/"):
+						tagAsked.await()
+					}
+					next.ServeHTTP(w, r)
+				})
+			})
+			got, err := layer.FindIndexes(t.Context(), f.img, f.layers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tagAsked.timedOut.Load() {
+				t.Error("the fallback tag was asked for only after the referrers API answered")
+			}
+			if len(got) != 1 || !bytes.Equal(got[f.layers[0]], f.encoded[f.layers[0]]) {
+				t.Errorf("found indexes of %d layers, want layer 0's", len(got))
+			}
+		})
+	}
+}
+
+// TestResolveWithReferrersListsWhileTheConfigIsFetched: WithReferrers
+// lists the image's referrers at the same time as its config is fetched,
+// and the lookups on the resolved image use that listing.
+func TestResolveWithReferrersListsWhileTheConfigIsFetched(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+	if _, err := layer.PushIndexes(t.Context(), f.img, f.pick(1), nil); err != nil {
+		t.Fatal(err)
+	}
+	config := "/blobs/" + f.img.Manifest.Config.Digest.String()
+	listed := newArrival()
+	reg.Reset()
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.Contains(r.URL.Path, "/referrers/"):
+				listed.saw()
+			case strings.HasSuffix(r.URL.Path, config):
+				listed.await()
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, err := layer.Resolve(t.Context(), f.img.Ref.String(), layer.WithReferrers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if listed.timedOut.Load() {
+		t.Error("the config was fetched before the referrers were listed")
+	}
+	got, err := layer.FindIndexes(t.Context(), img, f.layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !bytes.Equal(got[f.layers[1]], f.encoded[f.layers[1]]) {
+		t.Errorf("found indexes of %d layers, want layer 1's", len(got))
+	}
+	var listings, tags int
+	for _, r := range reg.Requests() {
+		switch {
+		case strings.Contains(r.Path, "/referrers/"):
+			listings++
+		case strings.Contains(r.Path, "/manifests/sha256-"):
+			tags++
+		}
+	}
+	if listings != 1 || tags != 1 {
+		t.Errorf("%d referrers requests and %d fallback tag requests, want one of each", listings, tags)
+	}
+}

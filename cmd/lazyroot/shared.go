@@ -49,6 +49,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
+	"github.com/lazyroot/lazyroot/layer"
 )
 
 // sharesLower says whether a mount with these flags goes through a shared
@@ -448,7 +449,8 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	ready := openReadiness(f.readyFD)
 	defer func() { ready.finish(err) }()
-	img, st, err := resolveImage(ctx, f, image)
+	// The server looks up the image's index and profile artifacts.
+	img, st, err := resolveImage(ctx, f, image, layer.WithReferrers())
 	if err != nil {
 		return err
 	}
