@@ -9,8 +9,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/errgroup"
@@ -250,5 +252,70 @@ func TestBlobRejectsBadDescriptor(t *testing.T) {
 				t.Fatal("Blob accepted a bad descriptor")
 			}
 		})
+	}
+}
+
+// TestPrepareOpensConnectionsForTheFirstReads: after Prepare, that many
+// reads sent at once all go over connections it opened, none over a new
+// one.
+func TestPrepareOpensConnectionsForTheFirstReads(t *testing.T) {
+	var (
+		mu       sync.Mutex
+		pingConn = map[string]bool{} // remote addresses the pings came from
+		readConn = map[string]bool{} // remote addresses the blob reads came from
+		pings    atomic.Int64
+	)
+	all := make(chan struct{})
+	var reads atomic.Int64
+	env := newEnv(t, envConfig{front: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			if r.URL.Path == "/v2/" {
+				pings.Add(1)
+				pingConn[r.RemoteAddr] = true
+			} else if isBlobGet(r) {
+				readConn[r.RemoteAddr] = true
+			}
+			mu.Unlock()
+			if isBlobGet(r) && reads.Add(1) == preparedConns {
+				close(all)
+			}
+			if isBlobGet(r) {
+				// Held until all are in flight: each needs a connection.
+				select {
+				case <-all:
+				case <-time.After(5 * time.Second):
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	c := env.client(t)
+	c.Prepare(context.Background(), env.repo)()
+	// The connections are opened in the background: wait for their pings.
+	for deadline := time.Now().Add(5 * time.Second); pings.Load() < preparedConns+1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	b := env.remoteBlob(t, c)
+	var g errgroup.Group
+	for i := range preparedConns {
+		g.Go(func() error {
+			p := make([]byte, 1000)
+			_, err := b.ReadAt(context.Background(), p, int64(i)*1000)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(readConn) != preparedConns {
+		t.Fatalf("%d reads at once came over %d connections", preparedConns, len(readConn))
+	}
+	for addr := range readConn {
+		if !pingConn[addr] {
+			t.Errorf("a read came over a new connection (%s); Prepare opened %v", addr, pingConn)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -285,9 +286,43 @@ func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.authClient(ctx, eps[0], repo) //nolint:errcheck // see above
+		hc, err := c.authClient(ctx, eps[0], repo)
+		if err == nil {
+			go c.openConns(context.WithoutCancel(ctx), eps[0], hc, preparedConns)
+		}
 	}()
 	return func() { <-done }
+}
+
+// preparedConns is how many connections to a registry Prepare leaves
+// open: a mount's first reads go out several at a time (a span and its
+// window, the prefetch batches of each layer), and over HTTP/1.1 each
+// connection opened then would cost them another round trip.
+const preparedConns = 4
+
+// openConns leaves n connections to e open (over HTTP/1.1), by asking its
+// API root n times at once: the handshake's idle connection serves one,
+// the others are new. They stay idle in hc's pool for the requests to
+// come. Failures are of no consequence.
+func (c *Client) openConns(ctx context.Context, e *endpoint, hc *http.Client, n int) {
+	u := *e.URL
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/"
+	ctx, cancel := context.WithTimeout(ctx, c.opts.requestTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+			if err != nil {
+				return
+			}
+			if resp, err := hc.Do(req); err == nil {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // endpoint is an Endpoint made ready for requests.

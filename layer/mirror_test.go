@@ -179,8 +179,9 @@ func TestMirrorWithSilentOrigin(t *testing.T) {
 
 // TestResolveRequestsWithoutMirrors: without a mirror, Resolve sends the
 // registry what it always did (go-containerregistry's ping, manifest and
-// config, and the blob client's own ping), with or without a hosts
-// directory.
+// config, and the blob client's own ping, besides the pings with which
+// the blob client opens connections for the first reads, in the
+// background), with or without a hosts directory.
 func TestResolveRequestsWithoutMirrors(t *testing.T) {
 	reg := testutil.NewRegistry(t)
 	ref, img := pushOne(t, reg, "plain:v1", "plain", testutil.Gzip)
@@ -189,8 +190,6 @@ func TestResolveRequestsWithoutMirrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"GET /v2/",
-		"GET /v2/",
 		"GET /v2/plain/blobs/" + m.Config.Digest.String(),
 		"GET /v2/plain/manifests/v1",
 	}
@@ -208,12 +207,17 @@ func TestResolveRequestsWithoutMirrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []string
+		pings := 0
 		for _, q := range reg.Requests() {
+			if q.Method == http.MethodGet && q.Path == "/v2/" {
+				pings++
+				continue
+			}
 			got = append(got, q.Method+" "+q.Path)
 		}
 		slices.Sort(got) // the blob client's ping runs alongside
-		if !slices.Equal(got, want) {
-			t.Errorf("%d options: requests %q, want %q", len(opts), got, want)
+		if !slices.Equal(got, want) || pings < 2 {
+			t.Errorf("%d options: requests %q and %d pings, want %q and at least 2", len(opts), got, pings, want)
 		}
 	}
 }
