@@ -162,13 +162,17 @@ type chunk struct {
 
 // delayConn delays both directions of a connection by delay, keeping the
 // link pipelined: bytes are held until delay after they were sent, not
-// serialized behind one another. The first bytes received wait one round
-// trip more, for the TCP handshake the real link would have cost.
+// serialized behind one another. Bytes received within a round trip of
+// the connection's accept wait until that round trip is over, for the TCP
+// handshake the real link would have cost: a client that connects ahead
+// of its first request (as real TCP does its handshake at connect) does
+// not pay it again then.
 type delayConn struct {
 	net.Conn
-	delay time.Duration
-	clock clock
-	wire  *atomic.Int64
+	delay    time.Duration
+	clock    clock
+	wire     *atomic.Int64
+	accepted time.Time // when the connection was accepted
 
 	in      chan chunk // filled by readLoop
 	pending []byte     // the rest of the chunk Read is serving
@@ -190,7 +194,7 @@ type delayConn struct {
 
 func newDelayConn(c net.Conn, delay time.Duration, clk clock, wire *atomic.Int64) *delayConn {
 	d := &delayConn{
-		Conn: c, delay: delay, clock: clk, wire: wire,
+		Conn: c, delay: delay, clock: clk, wire: wire, accepted: clk.Now(),
 		in: make(chan chunk, 256), out: make(chan chunk, 256), writeDone: make(chan struct{}),
 		dlCh: make(chan struct{}),
 	}
@@ -200,14 +204,13 @@ func newDelayConn(c net.Conn, delay time.Duration, clk clock, wire *atomic.Int64
 }
 
 func (d *delayConn) readLoop() {
-	first := true
+	handshaken := d.accepted.Add(2 * d.delay) // the handshake's round trip
 	for {
 		b := make([]byte, 32<<10)
 		n, err := d.Conn.Read(b)
 		at := d.clock.Now()
-		if first {
-			at = at.Add(2 * d.delay) // the handshake's round trip
-			first = false
+		if at.Before(handshaken) {
+			at = handshaken
 		}
 		if n > 0 {
 			d.in <- chunk{b: b[:n], at: at}

@@ -8,23 +8,34 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// fakeClock stands still and records what the proxy waited for, so the
-// test counts delays instead of timing them.
+// fakeClock stands still (unless advanced) and records what the proxy
+// waited for, so the test counts delays instead of timing them.
 type fakeClock struct {
 	mu     sync.Mutex
 	now    time.Time
-	waited []time.Time
+	waited []time.Duration // how far ahead of the clock each SleepUntil was asked
 }
 
-func (c *fakeClock) Now() time.Time { return c.now }
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
 
 func (c *fakeClock) SleepUntil(t time.Time) {
 	c.mu.Lock()
-	c.waited = append(c.waited, t)
+	c.waited = append(c.waited, t.Sub(c.now))
 	c.mu.Unlock()
 }
 
@@ -60,6 +71,7 @@ func TestProxyDelaysAndCounts(t *testing.T) {
 		if err != nil || !bytes.Equal(got, body) {
 			t.Fatalf("request %d: %d bytes, err %v", i, len(got), err)
 		}
+		clk.advance(3 * delay) // the next request comes after the handshake
 	}
 	resp, err := client.Get("http://" + l.Addr().String() + "/missing")
 	if err != nil {
@@ -86,13 +98,13 @@ func TestProxyDelaysAndCounts(t *testing.T) {
 	defer clk.mu.Unlock()
 	oneWay, handshake := 0, 0
 	for _, w := range clk.waited {
-		switch w.Sub(clk.now) {
+		switch w {
 		case delay:
 			oneWay++
 		case 3 * delay:
 			handshake++
 		default:
-			t.Errorf("waited until now+%v, want +%v or +%v", w.Sub(clk.now), delay, 3*delay)
+			t.Errorf("waited until now+%v, want +%v or +%v", w, delay, 3*delay)
 		}
 	}
 	// One connection (keep-alive): its first request bytes pay the
@@ -110,5 +122,41 @@ func TestProxyStatsSub(t *testing.T) {
 	b := ProxyStats{Requests: 4, BodyBytes: 300, WireBytes: 400}
 	if got := a.Sub(b); got != (ProxyStats{6, 700, 800}) {
 		t.Fatalf("Sub = %+v", got)
+	}
+}
+
+// TestProxyHandshakeCountsFromAccept: the first bytes of a connection pay
+// the handshake's round trip only if they come within it; a connection
+// made ahead of its first request pays one way then, as over real TCP.
+func TestProxyHandshakeCountsFromAccept(t *testing.T) {
+	const delay = 10 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		later time.Duration // from accept to the first bytes
+		want  time.Duration // their wait, from when they came
+	}{
+		{"at once", 0, 3 * delay},
+		{"within the handshake", delay, 2 * delay},
+		{"after it", 5 * delay, delay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := &fakeClock{now: time.Unix(1000, 0)}
+			client, server := net.Pipe()
+			defer client.Close()
+			var wire atomic.Int64
+			d := newDelayConn(server, delay, clk, &wire)
+			defer d.Close()
+			clk.advance(tc.later)
+			go client.Write([]byte("GET / HTTP/1.1\r\n"))
+			buf := make([]byte, 64)
+			if _, err := d.Read(buf); err != nil {
+				t.Fatal(err)
+			}
+			clk.mu.Lock()
+			defer clk.mu.Unlock()
+			if len(clk.waited) == 0 || clk.waited[0] != tc.want {
+				t.Errorf("waited %v, want %v", clk.waited, tc.want)
+			}
+		})
 	}
 }

@@ -8,8 +8,9 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
-	"sync"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -255,32 +256,18 @@ func TestBlobRejectsBadDescriptor(t *testing.T) {
 	}
 }
 
-// TestPrepareOpensConnectionsForTheFirstReads: after Prepare, that many
-// reads sent at once all go over connections it opened, none over a new
-// one.
-func TestPrepareOpensConnectionsForTheFirstReads(t *testing.T) {
-	var (
-		mu       sync.Mutex
-		pingConn = map[string]bool{} // remote addresses the pings came from
-		readConn = map[string]bool{} // remote addresses the blob reads came from
-		pings    atomic.Int64
-	)
+// TestPrepareDialsConnectionsForTheFirstReads: after Prepare, that many
+// reads sent at once go over connections it dialed ahead: the transport
+// dials nothing more for them.
+func TestPrepareDialsConnectionsForTheFirstReads(t *testing.T) {
 	all := make(chan struct{})
 	var reads atomic.Int64
 	env := newEnv(t, envConfig{front: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			mu.Lock()
-			if r.URL.Path == "/v2/" {
-				pings.Add(1)
-				pingConn[r.RemoteAddr] = true
-			} else if isBlobGet(r) {
-				readConn[r.RemoteAddr] = true
-			}
-			mu.Unlock()
-			if isBlobGet(r) && reads.Add(1) == preparedConns {
-				close(all)
-			}
 			if isBlobGet(r) {
+				if reads.Add(1) == predialedConns {
+					close(all)
+				}
 				// Held until all are in flight: each needs a connection.
 				select {
 				case <-all:
@@ -290,15 +277,29 @@ func TestPrepareOpensConnectionsForTheFirstReads(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}})
-	c := env.client(t)
+	var dials atomic.Int64
+	base := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	c := env.client(t, WithTransport(base))
 	c.Prepare(context.Background(), env.repo)()
-	// The connections are opened in the background: wait for their pings.
-	for deadline := time.Now().Add(5 * time.Second); pings.Load() < preparedConns+1 && time.Now().Before(deadline); {
+	// The connections are dialed in the background: wait for them (the
+	// handshake may have taken one).
+	ready := func() int {
+		c.pre.mu.Lock()
+		defer c.pre.mu.Unlock()
+		u, _ := url.Parse(env.srv.URL)
+		return len(c.pre.ready[dialAddr(u)])
+	}
+	for deadline := time.Now().Add(5 * time.Second); ready() < predialedConns-1 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
+	before := dials.Load()
 	b := env.remoteBlob(t, c)
 	var g errgroup.Group
-	for i := range preparedConns {
+	for i := range predialedConns {
 		g.Go(func() error {
 			p := make([]byte, 1000)
 			_, err := b.ReadAt(context.Background(), p, int64(i)*1000)
@@ -308,14 +309,10 @@ func TestPrepareOpensConnectionsForTheFirstReads(t *testing.T) {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(readConn) != preparedConns {
-		t.Fatalf("%d reads at once came over %d connections", preparedConns, len(readConn))
+	if reads.Load() != predialedConns {
+		t.Fatalf("%d reads sent, want %d", reads.Load(), predialedConns)
 	}
-	for addr := range readConn {
-		if !pingConn[addr] {
-			t.Errorf("a read came over a new connection (%s); Prepare opened %v", addr, pingConn)
-		}
+	if n := dials.Load() - before; n != 0 {
+		t.Errorf("%d reads at once dialed %d connections after Prepare (%d before)", predialedConns, n, before)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,6 +31,7 @@ import (
 type Client struct {
 	opts    *options          // immutable after New
 	base    http.RoundTripper // opts.transport, wrapped, with the User-Agent set
+	pre     *predialer        // dials opts.transport's connections; nil unless it is an *http.Transport
 	storage *http.Client      // base, for redirect targets on other hosts than the endpoint's
 
 	handshakes singleflight.Group // one authentication per endpoint and repository at a time
@@ -142,6 +142,13 @@ func New(opts ...Option) (*Client, error) {
 		asked:      make(map[string]*atomic.Bool),
 		singleOnly: make(map[string]bool),
 		flights:    make(map[flightKey]*flight),
+	}
+	if t, ok := o.transport.(*http.Transport); ok {
+		// A clone: it keeps an idle connection for each request allowed
+		// in flight per host, and its dials go through the predialer.
+		t, c.pre = withPredialer(t)
+		t.MaxIdleConnsPerHost = max(t.MaxIdleConnsPerHost, o.maxConns)
+		o.transport = t
 	}
 	if c.base, err = c.finish(o.transport); err != nil {
 		return nil, fmt.Errorf("fetch options: %w", err)
@@ -275,7 +282,8 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 
 // Prepare starts authenticating to repo's registry in the background, so
 // that the first blob read need not wait for the handshake (and its new
-// connection); wait returns once that attempt has ended. It does nothing
+// connection), and dials a few connections for the first reads ahead
+// (predialedConns); wait returns once the handshake attempt has ended. It does nothing
 // with mirrors, which authenticate on first use, and reports nothing: a
 // failed handshake is met again by Blob.
 func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()) {
@@ -283,46 +291,15 @@ func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()
 	if err != nil || len(eps) != 1 {
 		return func() {}
 	}
+	if c.pre != nil && direct(c.pre.transport, eps[0].URL) {
+		go c.pre.predial(ctx, eps[0].URL, predialedConns)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		hc, err := c.authClient(ctx, eps[0], repo)
-		if err == nil {
-			go c.openConns(context.WithoutCancel(ctx), eps[0], hc, preparedConns)
-		}
+		c.authClient(ctx, eps[0], repo) //nolint:errcheck // see above
 	}()
 	return func() { <-done }
-}
-
-// preparedConns is how many connections to a registry Prepare leaves
-// open: a mount's first reads go out several at a time (a span and its
-// window, the prefetch batches of each layer), and over HTTP/1.1 each
-// connection opened then would cost them another round trip.
-const preparedConns = 4
-
-// openConns leaves n connections to e open (over HTTP/1.1), by asking its
-// API root n times at once: the handshake's idle connection serves one,
-// the others are new. They stay idle in hc's pool for the requests to
-// come. Failures are of no consequence.
-func (c *Client) openConns(ctx context.Context, e *endpoint, hc *http.Client, n int) {
-	u := *e.URL
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/"
-	ctx, cancel := context.WithTimeout(ctx, c.opts.requestTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-			if err != nil {
-				return
-			}
-			if resp, err := hc.Do(req); err == nil {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-				resp.Body.Close()
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // endpoint is an Endpoint made ready for requests.
