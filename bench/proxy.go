@@ -76,7 +76,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cw := &countingWriter{ResponseWriter: w, n: &p.bodyBytes, req: &n}
 	start := time.Now()
 	p.rp.ServeHTTP(cw, r)
-	p.logf("%s %s %s range=%q: %d bytes in %v", start.Format("15:04:05.000"), r.Method, r.URL.Path,
+	// The client's address tells its connections apart.
+	p.logf("%s %s %s %s range=%q: %d bytes in %v", start.Format("15:04:05.000"), r.RemoteAddr, r.Method, r.URL.Path,
 		r.Header.Get("Range"), n.Load(), time.Since(start).Round(time.Millisecond))
 }
 

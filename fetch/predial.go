@@ -127,3 +127,8 @@ func direct(t *http.Transport, u *url.URL) bool {
 	pu, err := t.Proxy(&http.Request{Method: http.MethodGet, URL: u, Header: http.Header{}})
 	return err == nil && pu == nil
 }
+
+// SharedTransport returns the base transport c sends its requests over,
+// before any wrapping: other requests sent through it to the same hosts
+// share c's connections, those Prepare dials ahead included.
+func (c *Client) SharedTransport() http.RoundTripper { return c.opts.transport }

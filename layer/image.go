@@ -209,19 +209,20 @@ func makeOptions(opts []Option) (*options, error) {
 // withHosts returns the hosts that may be reached over plain HTTP, the
 // fetch options for reg, adding the mirrors of o.hostsDir (an http://
 // mirror there was put there by the node's administrator), and the
-// transport for manifest and config requests to reg itself: the base,
-// with the CA, client certificate, proxy and dial settings hosts.toml
-// gives the registry, so a registry behind a private CA resolves.
+// transport for manifest and config requests to reg itself when
+// hosts.toml gives the registry CA, client certificate, proxy or dial
+// settings (a clone of the base with them, so a registry behind a private
+// CA resolves), else nil: the blob reads' own transport will do.
 func (o *options) withHosts(reg name.Registry) ([]string, []fetch.Option, http.RoundTripper, error) {
 	insecure, fetchOpts := slices.Clone(o.insecure), slices.Clone(o.fetchOpts)
 	if o.hostsDir == "" {
-		return insecure, fetchOpts, o.transport, nil
+		return insecure, fetchOpts, nil, nil
 	}
 	endpoints, err := fetch.LoadHosts(o.hostsDir, reg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	origin := o.transport
+	var origin http.RoundTripper
 	for _, e := range endpoints {
 		if e.URL.Scheme == "http" {
 			insecure = append(insecure, e.URL.Host)
@@ -300,9 +301,6 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: registry hosts: %w", r, err)
 	}
-	// go-containerregistry would also use plain HTTP for private
-	// addresses; the guard allows it only where the user said so.
-	transport := newSchemeGuard(origin, insecure)
 	auth := o.auth
 	if auth == nil {
 		if auth, err = authn.Resolve(ctx, o.keychain, r.Context()); err != nil {
@@ -324,6 +322,13 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
+	if origin == nil {
+		// The manifest-level calls share the blob reads' connections.
+		origin = fc.SharedTransport()
+	}
+	// go-containerregistry would also use plain HTTP for private
+	// addresses; the guard allows it only where the user said so.
+	transport := newSchemeGuard(origin, insecure)
 	// The blob reads' handshake overlaps the manifest's round trips; it has
 	// ended when Resolve returns (cut short if Resolve fails).
 	pctx, endPrepare := context.WithCancel(ctx)
