@@ -283,8 +283,8 @@ func (c *Client) Blob(ctx context.Context, repo name.Repository, desc v1.Descrip
 // Prepare starts authenticating to repo's registry in the background, so
 // that the first blob read need not wait for the handshake (and its new
 // connection), and dials a few connections for the first reads ahead
-// (predialedConns), before the handshake, which then uses one of them;
-// wait returns once the handshake attempt has ended. It does nothing
+// (predialedConns; not through a proxy); wait returns once the handshake
+// attempt and those dials have ended, or ctx has. It does nothing
 // with mirrors, which authenticate on first use, and reports nothing: a
 // failed handshake is met again by Blob.
 func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()) {
@@ -292,16 +292,14 @@ func (c *Client) Prepare(ctx context.Context, repo name.Repository) (wait func()
 	if err != nil || len(eps) != 1 {
 		return func() {}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if c.pre != nil && direct(c.pre.transport, eps[0].URL) {
-			// First: the handshake then needs no dial of its own.
-			c.pre.predial(ctx, eps[0].URL, predialedConns)
-		}
+	var wg sync.WaitGroup
+	if e := eps[0]; c.pre != nil && e.Proxy == nil && direct(c.pre.transport, e.URL) {
+		wg.Go(func() { c.pre.predial(ctx, e.URL, min(predialedConns, c.opts.maxConns)) })
+	}
+	wg.Go(func() {
 		c.authClient(ctx, eps[0], repo) //nolint:errcheck // see above
-	}()
-	return func() { <-done }
+	})
+	return wg.Wait
 }
 
 // endpoint is an Endpoint made ready for requests.

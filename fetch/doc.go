@@ -34,7 +34,13 @@
 //     that may resolve, anything by digest from those that may pull, the
 //     origin last, every answer by digest checked against its digest and
 //     size before it is used (see manifest.go). These are not counted in
-//     [Stats], which is about layer reads.
+//     [Stats], which is about layer reads;
+//   - the listing of an image's referrers from its registry, with or
+//     without the referrers API in one round trip ([Client.Referrers]);
+//   - a mount's first connections dialed ahead, while the image is
+//     resolved ([Client.Prepare]), and an idle connection kept for each
+//     request allowed in flight per host; other requests to the same
+//     hosts may share them ([Client.SharedTransport]).
 //
 // # Endpoints and mirrors
 //
@@ -184,7 +190,9 @@
 // settings gets a clone of the base transport with them. To put
 // behaviour of its own on every request (a guard on schemes, logging),
 // the caller gives [WithTransportWrapper]: fetch wraps the base transport
-// and each endpoint's transport with it, so nothing goes around it.
+// and each endpoint's transport with it, so nothing fetch sends goes
+// around it ([Client.SharedTransport] returns the base unwrapped: whoever
+// sends through it wraps it as needed).
 // A transport given with [WithTransport] (meant for tests) decides for
 // itself about proxies; it must be an *http.Transport for endpoints with
 // settings of their own, else Blob fails for that registry.

@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -102,44 +103,77 @@ func (c *Client) Manifest(ctx context.Context, repo name.Repository, reference s
 	return c.getDoc(ctx, eps, q)
 }
 
-// ErrNoReferrersAPI means a registry does not serve the OCI referrers API:
+// errNoReferrersAPI means a registry does not serve the OCI referrers API:
 // it answered 404, 400 or 406, or with something other than an OCI index.
-// Its referrers are then listed by the referrers fallback tag.
-var ErrNoReferrersAPI = errors.New("no referrers API")
+var errNoReferrersAPI = errors.New("no referrers API")
 
-// Referrers fetches from repo's registry (the server: mirrors keep no
-// referrers) the OCI index that lists the manifests referring to subject,
-// through the referrers API. An error matching ErrNoReferrersAPI says the
-// registry does not offer that API.
+// emptyIndex is the listing of a subject nothing refers to.
+var emptyIndex = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+
+// Referrers returns the OCI index listing the manifests in repo that refer
+// to subject: the one the registry's referrers API serves, or, from a
+// registry without that API, the one tagged by the referrers tag schema
+// (sha256-<hex>). Both are asked for at once, so either way the listing
+// costs one round trip, and of the registry's server alone: mirrors keep
+// no referrers. No API and no tag means nothing refers to subject yet: an
+// empty index.
 func (c *Client) Referrers(ctx context.Context, repo name.Repository, subject v1.Hash) (*Manifest, error) {
 	what := "referrers of " + repo.Name() + "@" + subject.String()
 	eps, err := c.endpointsFor(repo, CapPull)
 	if err != nil {
 		return nil, fmt.Errorf("%s: hosts configuration: %w", what, err)
 	}
-	q := &docQuery{
-		repo:   repo,
-		what:   what,
-		limit:  MaxManifestSize,
-		size:   -1,
-		accept: string(types.OCIImageIndex),
+	server := eps[len(eps)-1:]
+	index := string(types.OCIImageIndex)
+	tagCtx, endTag := context.WithCancel(ctx)
+	defer endTag()
+	type answer struct {
+		m   *Manifest
+		err error
+	}
+	byTag := make(chan answer, 1)
+	go func() {
+		tag := strings.Replace(subject.String(), ":", "-", 1)
+		m, err := c.getDoc(tagCtx, server, &docQuery{
+			repo: repo, what: "referrers tag " + repo.Name() + ":" + tag, limit: MaxManifestSize, size: -1, accept: index,
+			url: func(e *endpoint) string { return e.manifestURL(repo, tag) },
+		})
+		byTag <- answer{m, err}
+	}()
+	m, err := c.getDoc(ctx, server, &docQuery{
+		repo: repo, what: what, limit: MaxManifestSize, size: -1, accept: index,
 		url: func(e *endpoint) string {
 			u := *e.URL
 			u.Path = joinPath(u.Path, repo.RepositoryStr(), "referrers", subject.String())
 			return u.String()
 		},
-	}
-	m, err := c.getDoc(ctx, eps[len(eps)-1:], q)
+	})
 	var se *statusError
 	switch {
 	case errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusBadRequest || se.code == http.StatusNotAcceptable):
-		return nil, fmt.Errorf("%w: %w", ErrNoReferrersAPI, err)
-	case err != nil:
-		return nil, err
-	case m.MediaType != types.OCIImageIndex:
-		return nil, fmt.Errorf("%s: %w: the answer is %q, not an OCI index", what, ErrNoReferrersAPI, m.MediaType)
+		err = errNoReferrersAPI
+	case err == nil && m.MediaType != types.OCIImageIndex:
+		err = errNoReferrersAPI
 	}
-	return m, nil
+	if !errors.Is(err, errNoReferrersAPI) {
+		return m, err
+	}
+	a := <-byTag
+	switch {
+	case errors.Is(a.err, ErrNotFound):
+		return &Manifest{Bytes: emptyIndex, MediaType: types.OCIImageIndex, Digest: digestOf(emptyIndex), Host: server[0].host}, nil
+	case a.err != nil:
+		return nil, a.err
+	case a.m.MediaType != types.OCIImageIndex:
+		return nil, fmt.Errorf("%s: the referrers tag is a %q, not an OCI index", what, a.m.MediaType)
+	}
+	return a.m, nil
+}
+
+// digestOf is the sha256 digest of p.
+func digestOf(p []byte) v1.Hash {
+	sum := sha256.Sum256(p)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 }
 
 // BlobBytes fetches the whole blob desc of repo, a small one such as an

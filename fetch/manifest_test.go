@@ -276,57 +276,72 @@ func sha256Of(p []byte) v1.Hash {
 }
 
 func TestReferrers(t *testing.T) {
-	index := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+	apiIndex := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("1", 64) + `","size":1}]}`)
+	tagIndex := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("2", 64) + `","size":2}]}`)
+	type answer struct {
+		status int
+		ctype  string
+		body   []byte
+	}
+	index, notFound := string(types.OCIImageIndex), answer{http.StatusNotFound, "text/plain", []byte("no")}
 	for _, tc := range []struct {
-		name      string
-		status    int
-		ctype     string
-		body      []byte
-		wantErr   error // nil: the index is returned
-		notNoAPIs bool  // the error must not say the API is missing
+		name     string
+		api, tag answer
+		want     []byte // nil: an error
+		wantErr  error
 	}{
-		{"an OCI index", http.StatusOK, string(types.OCIImageIndex), index, nil, false},
-		{"404", http.StatusNotFound, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
-		{"400", http.StatusBadRequest, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
-		{"406", http.StatusNotAcceptable, "text/plain", []byte("no"), ErrNoReferrersAPI, false},
-		{"200 but a web page", http.StatusOK, "text/html", []byte("<html></html>"), ErrNoReferrersAPI, false},
-		{"403", http.StatusForbidden, "text/plain", []byte("no"), ErrUnauthorized, true},
+		{"the API's index", answer{http.StatusOK, index, apiIndex}, answer{http.StatusOK, index, tagIndex}, apiIndex, nil},
+		{"no API (404): the tag's", notFound, answer{http.StatusOK, index, tagIndex}, tagIndex, nil},
+		{"no API (400): the tag's", answer{http.StatusBadRequest, "text/plain", nil}, answer{http.StatusOK, index, tagIndex}, tagIndex, nil},
+		{"no API (406): the tag's", answer{http.StatusNotAcceptable, "text/plain", nil}, answer{http.StatusOK, index, tagIndex}, tagIndex, nil},
+		{"a web page: the tag's", answer{http.StatusOK, "text/html", []byte("<html></html>")}, answer{http.StatusOK, index, tagIndex}, tagIndex, nil},
+		{"no API, no tag: empty", notFound, notFound, emptyIndex, nil},
+		{"API refused", answer{http.StatusForbidden, "text/plain", nil}, notFound, nil, ErrUnauthorized},
+		{"tag not an index", notFound, answer{http.StatusOK, "application/json", []byte(`{"x":1}`)}, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var asked atomic.Int64
+			var apiAsked, tagAsked atomic.Int64
+			serve := func(w http.ResponseWriter, r *http.Request, a answer) {
+				w.Header().Set("Content-Type", a.ctype)
+				w.WriteHeader(a.status)
+				w.Write(a.body)
+			}
 			env := newEnv(t, envConfig{mw: func(next http.Handler) http.Handler {
 				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					if !strings.Contains(r.URL.Path, "/referrers/") {
+					switch {
+					case strings.Contains(r.URL.Path, "/referrers/"):
+						apiAsked.Add(1)
+						serve(w, r, tc.api)
+					case strings.Contains(r.URL.Path, "/manifests/sha256-"):
+						tagAsked.Add(1)
+						serve(w, r, tc.tag)
+					default:
 						next.ServeHTTP(w, r)
 						return
 					}
-					asked.Add(1)
-					if got := r.Header.Get("Accept"); got != string(types.OCIImageIndex) {
-						t.Errorf("Accept %q", got)
+					if got := r.Header.Get("Accept"); got != index {
+						t.Errorf("%s: Accept %q", r.URL.Path, got)
 					}
-					w.Header().Set("Content-Type", tc.ctype)
-					w.WriteHeader(tc.status)
-					w.Write(tc.body)
 				})
 			}})
 			subject := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("ab", 32)}
 			m, err := env.client(t).Referrers(context.Background(), env.repo, subject)
-			if asked.Load() != 1 {
-				t.Errorf("%d referrers requests, want 1", asked.Load())
+			if apiAsked.Load() != 1 || tagAsked.Load() > 1 {
+				t.Errorf("asked the API %d times and the tag %d times, want once and at most once", apiAsked.Load(), tagAsked.Load())
 			}
-			if tc.wantErr == nil {
-				if err != nil || !bytes.Equal(m.Bytes, index) || m.MediaType != types.OCIImageIndex {
-					t.Fatalf("Referrers = %+v, %v", m, err)
+			if tc.want != nil {
+				if err != nil || !bytes.Equal(m.Bytes, tc.want) || m.MediaType != types.OCIImageIndex {
+					t.Fatalf("Referrers = %+v, %v; want %s", m, err, tc.want)
 				}
 				return
 			}
-			if !errors.Is(err, tc.wantErr) {
-				t.Fatalf("Referrers error %v, want %v", err, tc.wantErr)
+			if err == nil {
+				t.Fatalf("Referrers = %s, want an error", m.Bytes)
 			}
-			if tc.notNoAPIs && errors.Is(err, ErrNoReferrersAPI) {
-				t.Errorf("error %v says the API is missing", err)
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("error %v, want %v", err, tc.wantErr)
 			}
-			if !strings.Contains(err.Error(), subject.String()) {
+			if !strings.Contains(err.Error(), subject.String()) && !strings.Contains(err.Error(), subject.Hex) {
 				t.Errorf("error %q does not name the subject", err)
 			}
 		})

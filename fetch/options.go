@@ -118,7 +118,10 @@ func WithKeychain(k authn.Keychain) Option {
 
 // WithTransport sets the base HTTP transport, mainly for tests. The
 // default is a clone of http.DefaultTransport, which honours HTTPS_PROXY,
-// HTTP_PROXY and NO_PROXY. Endpoints that hosts.toml gives TLS, proxy or
+// HTTP_PROXY and NO_PROXY. An *http.Transport is cloned, not used itself:
+// the clone keeps an idle connection for each request allowed in flight
+// per host and dials through Prepare's connections dialed ahead (so later
+// changes to rt do not reach the client); it tries HTTP/2 where rt would. Endpoints that hosts.toml gives TLS, proxy or
 // dial settings of their own use a clone of rt with those settings, which
 // needs rt to be an *http.Transport: with another RoundTripper, [Client.Blob]
 // fails for a registry that has such an endpoint rather than go around

@@ -17,8 +17,11 @@ import (
 const predialedConns = 4
 
 // predialedMaxIdle is how long a connection dialed ahead waits to be used
-// before it is closed (well within the idle timeouts of servers).
-const predialedMaxIdle = 20 * time.Second
+// before it is closed: a mount's first reads come within a second, and a
+// server or load balancer may drop a connection that stays silent much
+// longer (net/http would not retry a request on it: the connection is new
+// to it).
+const predialedMaxIdle = 5 * time.Second
 
 // predialer is the dialer of the base transport: it hands out the
 // connections dialed ahead for an address before dialing new ones. Its
@@ -33,7 +36,12 @@ type predialer struct {
 // withPredialer returns a clone of t whose dials go through a predialer,
 // and the predialer.
 func withPredialer(t *http.Transport) (*http.Transport, *predialer) {
+	// net/http tries HTTP/2 by default only on a transport with neither a
+	// dialer nor a TLS configuration of its own: keep that so.
+	h2 := t.ForceAttemptHTTP2 || t.TLSNextProto == nil && t.DialContext == nil && t.Dial == nil &&
+		t.DialTLSContext == nil && t.DialTLS == nil && t.TLSClientConfig == nil
 	t = t.Clone()
+	t.ForceAttemptHTTP2 = h2
 	p := &predialer{transport: t, dial: t.DialContext, ready: map[string][]net.Conn{}}
 	if p.dial == nil {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
@@ -59,50 +67,48 @@ func (p *predialer) DialContext(ctx context.Context, network, addr string) (net.
 	return p.dial(ctx, network, addr)
 }
 
-// predial dials n connections to the host of u at once and keeps them for
-// DialContext, closing those still unused after predialedMaxIdle. Dial
-// failures are of no consequence: the transport dials again when it needs
-// to.
+// predial dials n connections to the host of u at once, each kept for
+// DialContext as soon as it is up, and returns when the dials have ended
+// (or ctx has). Connections still unused after predialedMaxIdle are
+// closed. Dial failures are of no consequence: the transport dials again
+// when it needs to.
 func (p *predialer) predial(ctx context.Context, u *url.URL, n int) {
 	addr := dialAddr(u)
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, predialTimeout)
 	defer cancel()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		mine []net.Conn
-	)
+	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			c, err := p.dial(dctx, "tcp", addr)
+			c, err := p.dial(ctx, "tcp", addr)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			mine = append(mine, c)
-			mu.Unlock()
+			p.mu.Lock()
+			p.ready[addr] = append(p.ready[addr], c)
+			p.mu.Unlock()
+			time.AfterFunc(predialedMaxIdle, func() { p.drop(addr, c) })
 		})
 	}
 	wg.Wait()
+}
+
+// predialTimeout bounds the dials made ahead: one that takes longer is
+// slower than dialing when needed.
+const predialTimeout = 3 * time.Second
+
+// drop closes c, a connection dialed ahead to addr, unless it was handed
+// out.
+func (p *predialer) drop(addr string, c net.Conn) {
 	p.mu.Lock()
-	p.ready[addr] = append(p.ready[addr], mine...)
+	cs := p.ready[addr]
+	i := slices.Index(cs, c)
+	if i >= 0 {
+		p.ready[addr] = slices.Delete(cs, i, i+1)
+	}
 	p.mu.Unlock()
-	time.AfterFunc(predialedMaxIdle, func() {
-		p.mu.Lock()
-		var keep, stale []net.Conn
-		for _, c := range p.ready[addr] {
-			if slices.Contains(mine, c) {
-				stale = append(stale, c)
-			} else {
-				keep = append(keep, c)
-			}
-		}
-		p.ready[addr] = keep
-		p.mu.Unlock()
-		for _, c := range stale {
-			c.Close()
-		}
-	})
+	if i >= 0 {
+		c.Close()
+	}
 }
 
 // dialAddr is the address the transport dials for u: host:port, the port

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	gojson "github.com/goccy/go-json"
 )
 
 // EncodingVersion is the version Encode writes and Decode accepts. Version
@@ -102,15 +100,9 @@ func Decode(r io.Reader) (*Index, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
-	limit := min(maxDecodedSize, int64(n)*maxExpansion+(1<<20))
-	doc, err := io.ReadAll(io.LimitReader(zr, limit))
-	if err != nil {
-		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
-	}
-	// go-json decodes an index about three times as fast as encoding/json
-	// (8 ms against 25 ms for a 6,700-file layer): time every mount waits.
 	x := new(Index)
-	if err := gojson.Unmarshal(doc, x); err != nil {
+	limit := min(maxDecodedSize, int64(n)*maxExpansion+(1<<20))
+	if err := json.NewDecoder(io.LimitReader(zr, limit)).Decode(x); err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	if err := x.Validate(); err != nil {

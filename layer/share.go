@@ -13,11 +13,12 @@ package layer
 //	                                          mediaType IndexMediaType,
 //	                                          annotated AnnotationLayer: <layer digest>
 //
-// Listing uses go-containerregistry's remote.Referrers: it asks the OCI 1.1
-// referrers API (GET /v2/<name>/referrers/<digest>) and, when the registry
-// does not answer it with an OCI index (404, 400, 406, or another content
-// type), reads the referrers tag schema instead: the OCI index tagged
-// sha256-<hex of the subject digest>. Pushing uses remote.Pusher.Put, which
+// Listing (fetch.Client.Referrers) asks the OCI 1.1 referrers API (GET
+// /v2/<name>/referrers/<digest>) and, at the same time, the referrers tag
+// schema: the OCI index tagged sha256-<hex of the subject digest>, used
+// when the registry does not answer the API with an OCI index (404, 400,
+// 406, or another content type). A mount lists once, while it resolves
+// the image (WithReferrers), for its index and profile lookups. Pushing uses remote.Pusher.Put, which
 // after the manifest PUT probes the referrers API itself and, when that does
 // not answer 200, adds the artifact to the fallback tag's index (creating
 // it when absent). So a registry with the API (go-containerregistry's with
@@ -65,7 +66,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -306,42 +306,17 @@ func listReferrers(ctx context.Context, img *Image) (*v1.IndexManifest, error) {
 	return fetchReferrers(ctx, img.fetcher, img.Ref.Context(), img.Digest, img.mirrored)
 }
 
-// fetchReferrers lists the artifacts in repo that refer to subject
-// through the registry's referrers API and, at the same time, reads the
-// referrers fallback tag, whose listing is used when the registry has no
-// such API: one round trip either way, rather than two without the API.
-// When mirrors serve the image (mirrored), its registry may be down: the
-// listing then gives up after lookupTimeout.
+// fetchReferrers lists the artifacts in repo that refer to subject (see
+// fetch.Client.Referrers: one round trip, with or without the referrers
+// API). When mirrors serve the image (mirrored), its registry may be down:
+// the listing then gives up after lookupTimeout.
 func fetchReferrers(ctx context.Context, fc *fetch.Client, repo name.Repository, subject v1.Hash, mirrored bool) (*v1.IndexManifest, error) {
 	if mirrored {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, lookupTimeout)
 		defer cancel()
 	}
-	tagCtx, endTag := context.WithCancel(ctx)
-	defer endTag()
-	type answer struct {
-		m   *fetch.Manifest
-		err error
-	}
-	byTag := make(chan answer, 1)
-	go func() {
-		tag := strings.Replace(subject.String(), ":", "-", 1)
-		m, err := fc.Manifest(tagCtx, repo, tag, []string{string(types.OCIImageIndex)})
-		byTag <- answer{m, err}
-	}()
 	m, err := fc.Referrers(ctx, repo, subject)
-	if errors.Is(err, fetch.ErrNoReferrersAPI) {
-		a := <-byTag
-		m, err = a.m, a.err
-		switch {
-		case errors.Is(err, fetch.ErrNotFound):
-			// No fallback tag: nothing refers to the image yet.
-			return &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}, nil
-		case err == nil && m.MediaType != types.OCIImageIndex:
-			err = fmt.Errorf("referrers fallback tag of %s is a %q, not an OCI index", subject, m.MediaType)
-		}
-	}
 	if err != nil {
 		return nil, fmt.Errorf("list referrers: %w", err)
 	}
