@@ -220,15 +220,13 @@ func mustStore(t *testing.T, root string) *layer.Store {
 	return st
 }
 
-func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
-	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "span-warm:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+// nodeOpener returns a function that opens img as one node's successive
+// mount servers would: each with a new cache (its memory tier empty) over
+// the same disk cache and store, building the indexes itself.
+func nodeOpener(t *testing.T, img *layer.Image) func() (*layer.Stack, *cache.Cache) {
+	t.Helper()
 	root, cacheDir := t.TempDir(), t.TempDir()
-	open := func() (*layer.Stack, *cache.Cache) {
+	return func() (*layer.Stack, *cache.Cache) {
 		c, err := cache.New(cache.Options{MemoryBytes: 16 << 20, Dir: cacheDir})
 		if err != nil {
 			t.Fatal(err)
@@ -239,6 +237,16 @@ func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
 		}
 		return s, c
 	}
+}
+
+func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, files := spannedImage(t, reg, "span-warm:v1", testutil.Gzip)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := nodeOpener(t, img)
 	cold, c := open()
 	checkFiles(t, cold, files)
 	cold.Close()
@@ -290,18 +298,7 @@ func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, cacheDir := t.TempDir(), t.TempDir()
-	open := func() (*layer.Stack, *cache.Cache) {
-		c, err := cache.New(cache.Options{MemoryBytes: 16 << 20, Dir: cacheDir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := layer.Open(context.Background(), img, mustStore(t, root), c, layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s, c
-	}
+	open := nodeOpener(t, img)
 	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
 	for name := range files {
 		prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: name})
