@@ -46,6 +46,17 @@ func spannedImage(t *testing.T, reg *testutil.Registry, repoTag string, f testut
 	return reg.Push(t, repoTag, testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})), files
 }
 
+// resolvedSpanned pushes the image of spannedImage and resolves it.
+func resolvedSpanned(t *testing.T, reg *testutil.Registry, repoTag string, f testutil.Format) (*layer.Image, map[string][]byte) {
+	t.Helper()
+	ref, files := spannedImage(t, reg, repoTag, f)
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, files
+}
+
 func spannedLayer(t *testing.T, f testutil.Format) (v1.Layer, map[string]string, map[string][]byte) {
 	t.Helper()
 	files := map[string][]byte{
@@ -158,11 +169,7 @@ func TestSeekableLayersAreBuiltOnceAndReadLazily(t *testing.T) {
 		{testutil.Zstd, index.FormatTar, layer.Streamed, true},
 	} {
 		t.Run(string(tc.f), func(t *testing.T) {
-			ref, files := spannedImage(t, reg, "seek:"+strings.ReplaceAll(string(tc.f), ":", "-"), tc.f)
-			img, err := layer.Resolve(context.Background(), ref)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img, files := resolvedSpanned(t, reg, "seek:"+strings.ReplaceAll(string(tc.f), ":", "-"), tc.f)
 			root := t.TempDir()
 			reg.Reset()
 			stack, _ := openStack(t, img, root, layer.StackOptions{})
@@ -207,11 +214,7 @@ func TestIndexesSharedThroughTheRegistry(t *testing.T) {
 				opts = append(opts, testutil.WithReferrers())
 			}
 			reg := testutil.NewRegistry(t, opts...)
-			ref, files := spannedImage(t, reg, "shared:v1", testutil.GzipCmd9)
-			img, err := layer.Resolve(context.Background(), ref)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img, files := resolvedSpanned(t, reg, "shared:v1", testutil.GzipCmd9)
 			d := img.Layers[0].Descriptor.Digest
 
 			// Node A builds the index and publishes it.
@@ -259,14 +262,10 @@ func TestIndexesSharedThroughTheRegistry(t *testing.T) {
 
 func TestIndexSourceRegistryNeverStreams(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, _ := spannedImage(t, reg, "noindex:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, _ := resolvedSpanned(t, reg, "noindex:v1", testutil.Gzip)
 	st, _ := layer.NewStore(t.TempDir())
 	reg.Reset()
-	_, err = layer.Open(context.Background(), img, st, newCache(t), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	_, err := layer.Open(context.Background(), img, st, newCache(t), layer.StackOptions{IndexSource: layer.IndexRegistry})
 	if !errors.Is(err, layer.ErrNoIndex) || !strings.Contains(err.Error(), "--index-source=registry") {
 		t.Fatalf("got %v, want ErrNoIndex naming the option", err)
 	}

@@ -34,11 +34,7 @@ func builtHere(t *testing.T, img *layer.Image) *layer.Stack {
 
 func TestWindowsComeFromTheRegistryBesideTheIndex(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "windows:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "windows:v1", testutil.Gzip)
 	built := builtHere(t, img)
 	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
 		t.Fatalf("publish: %d indexes, %v", n, err)
@@ -76,11 +72,7 @@ func TestWindowsComeFromTheRegistryBesideTheIndex(t *testing.T) {
 
 func TestForgedWindowsFailTheirDigest(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "forged-windows:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "forged-windows:v1", testutil.Gzip)
 	built := builtHere(t, img)
 	x := built.Layers()[0].Index
 	// A windows blob whose windows are all wrong, named by the index with
@@ -113,11 +105,7 @@ func TestForgedWindowsFailTheirDigest(t *testing.T) {
 
 func TestBuiltIndexNeedsItsStoredWindows(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "stored-windows:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "stored-windows:v1", testutil.Gzip)
 	root := t.TempDir()
 	first, _ := openStack(t, img, root, layer.StackOptions{IndexSource: layer.IndexLocal})
 	first.Close()
@@ -177,11 +165,7 @@ func TestBuiltIndexNeedsItsStoredWindows(t *testing.T) {
 
 func TestSequentialSpanMissesShareRequests(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "span-ahead:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "span-ahead:v1", testutil.Gzip)
 	stack := builtHere(t, img)
 	ls := stack.Layers()[0]
 	// A fresh cache: every span of the big file is a miss.
@@ -241,11 +225,7 @@ func nodeOpener(t *testing.T, img *layer.Image) func() (*layer.Stack, *cache.Cac
 
 func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "span-warm:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "span-warm:v1", testutil.Gzip)
 	open := nodeOpener(t, img)
 	cold, c := open()
 	checkFiles(t, cold, files)
@@ -293,11 +273,7 @@ func forgeWindows(x *index.Index, rehash bool) []byte {
 // disk tier holds instead of fetching it (and its windows) again.
 func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	ref, files := spannedImage(t, reg, "span-warm-prefetch:v1", testutil.Gzip)
-	img, err := layer.Resolve(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, files := resolvedSpanned(t, reg, "span-warm-prefetch:v1", testutil.Gzip)
 	open := nodeOpener(t, img)
 	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
 	for name := range files {
