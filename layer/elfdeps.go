@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
 	"strings"
 
@@ -318,7 +319,56 @@ func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
 	if p == nil || p.opts.Mode == PrefetchNone || p.opts.Tree == nil || !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
 		return
 	}
+	// The loader maps it and the program runs through it: the rest is
+	// read soon, much of it.
+	p.fetchRest(n, int64(len(head)))
 	p.follow(n)
+}
+
+// FetchProgram notes that a job starts reading n, a file with an execute
+// bit, with a read of its first end bytes: most likely the kernel
+// starting to run it, which then reads much of the program as it runs.
+// The rest of the file is fetched at once, in the background, beside
+// the job's own read, rather than one miss after another as the program
+// pages itself in (and the loader reads its dynamic section, which
+// FollowELF needs, near the end). It returns at once; it does nothing
+// with prefetch off, for a file of a local layer or over maxELFFileSize,
+// for a file it or a follower planned before, or once Stop was called.
+func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
+	if p == nil || p.opts.Mode == PrefetchNone || n.Type != index.TypeReg || n.Mode&0o111 == 0 {
+		return
+	}
+	p.fetchRest(n, end)
+}
+
+// fetchRest fetches, in the background, the chunks or spans of n that a
+// job's read of its first end bytes does not touch.
+func (p *Prefetch) fetchRest(n *index.Node, end int64) {
+	if n.Size <= end || n.Size > maxELFFileSize || n.Layer < 0 || n.Layer >= len(p.s.layers) || !isRemote(p.s.layers[n.Layer]) {
+		return
+	}
+	if _, dup := p.elfFetched.LoadOrStore(n, true); dup {
+		return
+	}
+	p.elfMu.Lock()
+	defer p.elfMu.Unlock()
+	if p.stopped {
+		return
+	}
+	p.elfJobs.Add(1)
+	go func() {
+		defer p.elfJobs.Done()
+		l := p.s.layers[n.Layer]
+		// What the job's read fetches is left to it: planned as seen.
+		head := newPlan(p.s)
+		head.addFileRange(l, &n.Entry, 0, end)
+		pl := newPlan(p.s)
+		maps.Copy(pl.seen, head.seen)
+		if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
+			p.elfFiles.Add(1)
+			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone)
+		}
+	}()
 }
 
 // follow starts following n unless it was, or too many files were.

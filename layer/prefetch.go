@@ -591,17 +591,29 @@ func (pl *plan) addSpan(l *LayerState, si int) {
 // addFile plans the chunks or spans of the regular file e of l, and
 // reports whether it added anything.
 func (pl *plan) addFile(l *LayerState, e *index.Entry) bool {
+	return pl.addFileRange(l, e, 0, e.Size)
+}
+
+// addFileRange plans the chunks or spans that hold the bytes [from, to) of
+// the regular file e of l, and reports whether it added anything.
+func (pl *plan) addFileRange(l *LayerState, e *index.Entry, from, to int64) bool {
 	before := pl.next
 	for ci := range e.Chunks {
 		c := &e.Chunks[ci]
+		if c.Offset+c.Size <= from || c.Offset >= to {
+			continue
+		}
 		if !l.Index.Format.Seekable() {
 			pl.addChunk(l, c)
 			continue
 		}
-		// A seekable index places chunks in the uncompressed tar.
-		for si := l.Index.FindSpan(c.BlobOffset); si >= 0 && si < len(l.Index.Spans); si++ {
+		// A seekable index places chunks in the uncompressed tar: the
+		// chunk's bytes [start, end) of the file are [tarStart, tarEnd).
+		start, end := max(from, c.Offset), min(to, c.Offset+c.Size)
+		tarStart, tarEnd := c.BlobOffset+start-c.Offset, c.BlobOffset+end-c.Offset
+		for si := l.Index.FindSpan(tarStart); si >= 0 && si < len(l.Index.Spans); si++ {
 			pl.addSpan(l, si)
-			if out, _ := l.Index.SpanRanges(si); out.End >= c.BlobEnd {
+			if out, _ := l.Index.SpanRanges(si); out.End >= tarEnd {
 				break
 			}
 		}

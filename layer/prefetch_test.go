@@ -658,3 +658,69 @@ func TestPrefetchFollowsELF(t *testing.T) {
 		t.Errorf("after reading a text file: %+v", st)
 	}
 }
+
+// TestPrefetchFetchesAProgramWhole: a job's first read of a file with an
+// execute bit (the kernel starting a program) has the rest of the file
+// fetched beside it, in one batch, so that the program's later page-ins
+// find it cached; a file without one is left to its reads.
+func TestPrefetchFetchesAProgramWhole(t *testing.T) {
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.Gzip} {
+		t.Run(string(f), func(t *testing.T) {
+			files := map[string][]byte{"bin/prog": textBytes(41, 1<<20), "share/data": textBytes(42, 1<<20)}
+			ents := []testutil.Entry{
+				{Name: "bin", Type: tar.TypeDir}, {Name: "bin/prog", Content: files["bin/prog"], Mode: 0o755},
+				{Name: "share", Type: tar.TypeDir}, {Name: "share/data", Content: files["share/data"]},
+			}
+			reg := testutil.NewRegistry(t)
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f, testutil.WithChunkSize(64<<10))
+			img, err := layer.Resolve(context.Background(), reg.Push(t, "prog:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+			p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
+			defer p.Stop()
+			waitPrefetch(t, p)
+			r := layer.NewTrackedReader(stack, nil)
+			r.FollowELF(p)
+			reg.Reset()
+
+			prog, _ := tree.Lookup("bin/prog")
+			head := make([]byte, 4096)
+			if _, err := r.ReadAt(context.Background(), prog, head, 0); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			st := p.Status()
+			for ; st.ELFFiles < 1 || st.ELFDoneBytes < st.ELFBytes; st = p.Status() {
+				if time.Now().After(deadline) {
+					t.Fatalf("fetching the rest of bin/prog: %+v", st)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// The head's unit, the rest in one batch, and for gzip the
+			// window the batch's first span starts from.
+			if n := blobRequests(reg); n > 3 {
+				t.Errorf("the head and the rest of bin/prog took %d blob requests, want at most 3", n)
+			}
+			reg.Reset()
+			readCheck(t, r, tree, "bin/prog", files["bin/prog"])
+			if n := blobRequests(reg); n != 0 {
+				t.Errorf("reading bin/prog after its head took %d blob requests, want 0", n)
+			}
+
+			data, _ := tree.Lookup("share/data")
+			if _, err := r.ReadAt(context.Background(), data, head, 0); err != nil {
+				t.Fatal(err)
+			}
+			reg.Reset()
+			readCheck(t, r, tree, "share/data", files["share/data"])
+			if n := blobRequests(reg); n == 0 {
+				t.Error("share/data, not executable, was fetched ahead of its reads")
+			}
+			if st := p.Status(); st.ELFFiles != 1 {
+				t.Errorf("files fetched whole: %d, want bin/prog alone", st.ELFFiles)
+			}
+		})
+	}
+}

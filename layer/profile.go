@@ -259,11 +259,13 @@ func (t *TrackedReader) ReadAt(ctx context.Context, n *index.Node, p []byte, off
 	if t.rec != nil {
 		t.rec.note(n)
 	}
+	pf := t.elf.Load()
+	if off == 0 && pf != nil {
+		pf.FetchProgram(n, int64(len(p)))
+	}
 	got, err := t.s.ReadAt(ctx, n, p, off)
-	if off == 0 && got > 0 {
-		if pf := t.elf.Load(); pf != nil {
-			pf.FollowELF(n, p[:got])
-		}
+	if off == 0 && got > 0 && pf != nil {
+		pf.FollowELF(n, p[:got])
 	}
 	return got, err
 }
