@@ -12,8 +12,6 @@ import (
 	"path"
 	"strings"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-
 	"github.com/lazyroot/lazyroot/index"
 )
 
@@ -346,11 +344,12 @@ func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
 // fetchRest fetches, in the background, the chunks or spans of n that a
 // job's read of its first end bytes does not touch.
 func (p *Prefetch) fetchRest(n *index.Node, end int64) {
-	p.background(func() { p.fetchFrom(n, end) })
-}
-
-// background runs f in the life of p, unless Stop was called.
-func (p *Prefetch) background(f func()) {
+	if n.Size <= end || n.Size > maxELFFileSize || n.Layer < 0 || n.Layer >= len(p.s.layers) || !isRemote(p.s.layers[n.Layer]) {
+		return
+	}
+	if _, dup := p.elfFetched.LoadOrStore(n, true); dup {
+		return
+	}
 	p.elfMu.Lock()
 	defer p.elfMu.Unlock()
 	if p.stopped {
@@ -359,87 +358,17 @@ func (p *Prefetch) background(f func()) {
 	p.elfJobs.Add(1)
 	go func() {
 		defer p.elfJobs.Done()
-		f()
+		l := p.s.layers[n.Layer]
+		// What the job's read fetches is left to it: planned as seen.
+		head := newPlan(p.s)
+		head.addFileRange(l, &n.Entry, 0, end)
+		pl := newPlan(p.s)
+		maps.Copy(pl.seen, head.seen)
+		if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
+			p.elfFiles.Add(1)
+			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone)
+		}
 	}()
-}
-
-// fetchFrom fetches the chunks or spans of n that hold its bytes from
-// end on and not before it (a job's read of [0, end) fetches those), once
-// per file, and returns when they are cached.
-func (p *Prefetch) fetchFrom(n *index.Node, end int64) {
-	if n.Size <= end || n.Size > maxELFFileSize || n.Layer < 0 || n.Layer >= len(p.s.layers) || !isRemote(p.s.layers[n.Layer]) {
-		return
-	}
-	if _, dup := p.elfFetched.LoadOrStore(n, true); dup {
-		return
-	}
-	l := p.s.layers[n.Layer]
-	head := newPlan(p.s)
-	head.addFileRange(l, &n.Entry, 0, end)
-	pl := newPlan(p.s)
-	maps.Copy(pl.seen, head.seen)
-	if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
-		p.elfFiles.Add(1)
-		p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone)
-	}
-}
-
-// followEntrypoint fetches, as soon as prefetch starts, the program the
-// image's config says it runs (its Entrypoint, else its Cmd, looked up
-// along the config's PATH), whole, and then follows it: a job very likely
-// runs it, or at least the loader and C library it shares with every
-// other dynamically linked program of the image (a configured /bin/sh
-// brings those). Without a config naming a program that the merged tree
-// holds, it does nothing.
-func (p *Prefetch) followEntrypoint() {
-	if p.opts.Tree == nil || p.opts.Image == nil || p.opts.Image.Config == nil {
-		return
-	}
-	n, ok := entrypoint(p.opts.Tree, &p.opts.Image.Config.Config)
-	if !ok {
-		return
-	}
-	p.background(func() {
-		p.fetchFrom(n, 0)
-		p.follow(n)
-	})
-}
-
-// entrypoint returns the regular file of t that cfg runs: the first word
-// of its Entrypoint, else of its Cmd, looked up along the PATH of its Env
-// (or the usual one) when it names no directory.
-func entrypoint(t *index.Tree, cfg *v1.Config) (*index.Node, bool) {
-	argv := cfg.Entrypoint
-	if len(argv) == 0 {
-		argv = cfg.Cmd
-	}
-	if len(argv) == 0 || argv[0] == "" {
-		return nil, false
-	}
-	candidates := []string{argv[0]}
-	if !strings.Contains(argv[0], "/") {
-		search := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-		for _, kv := range cfg.Env {
-			if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-				search = v
-			}
-		}
-		candidates = candidates[:0]
-		for _, dir := range strings.Split(search, ":") {
-			if path.IsAbs(dir) {
-				candidates = append(candidates, path.Join(dir, argv[0]))
-			}
-		}
-	}
-	for _, c := range candidates {
-		if !path.IsAbs(c) {
-			c = path.Join("/", c) // relative to the working directory, "/" by default
-		}
-		if n, ok := resolvePath(t, c); ok && n.Type == index.TypeReg {
-			return n, true
-		}
-	}
-	return nil, false
 }
 
 // follow starts following n unless it was, or too many files were.

@@ -276,7 +276,6 @@ func (p *Prefetch) run(ctx context.Context) {
 		close(p.prio)
 		return
 	}
-	p.followEntrypoint()
 	p.priority(ctx)
 	close(p.prio)
 	if p.opts.Mode == PrefetchAll && ctx.Err() == nil {

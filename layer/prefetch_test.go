@@ -17,7 +17,6 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -582,12 +581,10 @@ func TestOnDemandReadJoinsPrefetchBatch(t *testing.T) {
 	}
 }
 
-// elfImage pushes an image of one eStargz layer of this machine's env,
-// libc and loader, laid out as Debian does (with symlinks) beside a loader
-// cache, and with cfg as its config; it returns the image resolved and
-// the layer's files.
-func elfImage(t *testing.T, reg *testutil.Registry, cfg v1.Config) (*layer.Image, map[string][]byte) {
-	t.Helper()
+// TestPrefetchFollowsELF: when a job starts reading a program, its loader,
+// the loader's cache and its libraries are fetched before the loader asks
+// for them (real Debian binaries, laid out as Debian does, with symlinks).
+func TestPrefetchFollowsELF(t *testing.T) {
 	host := map[string]string{
 		"usr/bin/env":                                   "/usr/bin/env",
 		"usr/lib/x86_64-linux-gnu/libc.so.6":            "/lib/x86_64-linux-gnu/libc.so.6",
@@ -604,8 +601,7 @@ func elfImage(t *testing.T, reg *testutil.Registry, cfg v1.Config) (*layer.Image
 	ents := []testutil.Entry{
 		{Name: "etc", Type: tar.TypeDir}, {Name: "usr", Type: tar.TypeDir}, {Name: "usr/bin", Type: tar.TypeDir},
 		{Name: "usr/lib", Type: tar.TypeDir}, {Name: "usr/lib/x86_64-linux-gnu", Type: tar.TypeDir},
-		{Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"}, {Name: "bin", Type: tar.TypeSymlink, Linkname: "usr/bin"},
-		{Name: "lib64", Type: tar.TypeDir},
+		{Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"}, {Name: "lib64", Type: tar.TypeDir},
 		{Name: "lib64/ld-linux-x86-64.so.2", Type: tar.TypeSymlink, Linkname: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
 		{Name: "usr/share", Type: tar.TypeDir},
 	}
@@ -616,39 +612,12 @@ func elfImage(t *testing.T, reg *testutil.Registry, cfg v1.Config) (*layer.Image
 			ents = append(ents, testutil.Entry{Name: fmt.Sprintf("usr/share/%d%d", i, j), Content: textBytes(uint64(10*i+j), 40000)})
 		}
 	}
-	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
-	pushed, err := mutate.Config(testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := layer.Resolve(context.Background(), reg.Push(t, "elf:v1", pushed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img, files
-}
-
-// waitELF waits until p has planned at least files files for ELF files
-// and follows none, failing the test after a generous bound.
-func waitELF(t *testing.T, p *layer.Prefetch, files int64, what string) layer.PrefetchStatus {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	st := p.Status()
-	for ; st.ELFFiles < files || st.ELFFollowing > 0 || st.ELFDoneBytes < st.ELFBytes; st = p.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %+v", what, st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return st
-}
-
-// TestPrefetchFollowsELF: when a job starts reading a program, its loader,
-// the loader's cache and its libraries are fetched before the loader asks
-// for them (real Debian binaries, laid out as Debian does, with symlinks).
-func TestPrefetchFollowsELF(t *testing.T) {
 	reg := testutil.NewRegistry(t)
-	img, files := elfImage(t, reg, v1.Config{})
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
+	img, err := layer.Resolve(context.Background(), reg.Push(t, "elf:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+	if err != nil {
+		t.Fatal(err)
+	}
 	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
 	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
 	defer p.Stop()
@@ -661,7 +630,15 @@ func TestPrefetchFollowsELF(t *testing.T) {
 	if _, err := r.ReadAt(context.Background(), env, head, 0); err != nil {
 		t.Fatal(err)
 	}
-	if st := waitELF(t, p, 3, "following /usr/bin/env"); st.ELFFiles != 3 || st.ELFBytes == 0 || st.ELFDoneBytes != st.ELFBytes {
+	deadline := time.Now().Add(30 * time.Second)
+	st := p.Status()
+	for ; st.ELFFiles < 3 || st.ELFFollowing > 0; st = p.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("following /usr/bin/env: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st.ELFFiles != 3 || st.ELFBytes == 0 || st.ELFDoneBytes != st.ELFBytes {
 		t.Errorf("followed /usr/bin/env: %+v; want its loader, the loader's cache and libc fetched", st)
 	}
 	reg.Reset()
@@ -743,50 +720,6 @@ func TestPrefetchFetchesAProgramWhole(t *testing.T) {
 			}
 			if st := p.Status(); st.ELFFiles != 1 {
 				t.Errorf("files fetched whole: %d, want bin/prog alone", st.ELFFiles)
-			}
-		})
-	}
-}
-
-// TestPrefetchFollowsTheEntrypoint: once prefetch starts, before any read,
-// the program the image's config runs (found along its PATH, through
-// symlinks) is fetched whole and followed, so that its loader and
-// libraries are cached when a job starts it; a config naming no program
-// the tree holds fetches nothing.
-func TestPrefetchFollowsTheEntrypoint(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		cfg   v1.Config
-		files int64 // planned: the program and the three it needs, or none
-	}{
-		{"cmd along PATH", v1.Config{Cmd: []string{"env", "-i"}, Env: []string{"PATH=/nowhere:/bin"}}, 4},
-		{"entrypoint over cmd", v1.Config{Entrypoint: []string{"/usr/bin/env"}, Cmd: []string{"/missing"}}, 4},
-		{"missing program", v1.Config{Cmd: []string{"sh"}}, 0},
-		{"no config", v1.Config{}, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			reg := testutil.NewRegistry(t)
-			img, files := elfImage(t, reg, tc.cfg)
-			stack, _, _, tree := prefetchStack(t, img, t.TempDir())
-			reg.Reset()
-			p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Image: img, Tree: tree})
-			defer p.Stop()
-			waitPrefetch(t, p)
-			if tc.files == 0 {
-				if st := p.Status(); st.ELFFiles != 0 || blobRequests(reg) != 0 {
-					t.Errorf("fetched for a config running nothing in the tree: %+v, %d blob requests", st, blobRequests(reg))
-				}
-				return
-			}
-			if st := waitELF(t, p, tc.files, "following the entrypoint"); st.ELFFiles != tc.files {
-				t.Errorf("planned %d files, want %d: %+v", st.ELFFiles, tc.files, st)
-			}
-			reg.Reset()
-			for _, name := range []string{"usr/bin/env", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"} {
-				readCheck(t, stack, tree, name, files[name])
-			}
-			if n := blobRequests(reg); n != 0 {
-				t.Errorf("running the entrypoint would take %d blob requests, want 0", n)
 			}
 		})
 	}
