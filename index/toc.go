@@ -18,14 +18,14 @@ const MaxTOCSize = 256 << 20
 // footerSizeMax covers the largest footer of the formats ReadTOC knows.
 const footerSizeMax = 64
 
-// tailReadSize is how much of a blob of size bytes ReadTOC reads first,
+// TailReadSize is how much of a blob of size bytes ReadTOC reads first,
 // from its end: the footer and, for most layers, the whole TOC before it,
 // in one round trip. A larger TOC costs a second read of only its missing
 // head; a smaller one wastes the tail's other bytes. TOCs grow with the
 // files a layer holds, and so roughly with its size: a layer reads a
 // 128th of its size, at least 256 KiB and at most 512 KiB (a 52 MB Debian
 // base layer has a 309 KiB TOC).
-func tailReadSize(size int64) int64 {
+func TailReadSize(size int64) int64 {
 	return min(size, max(256<<10, min(size/128, 512<<10)))
 }
 
@@ -74,7 +74,7 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 	default:
 		return nil, fmt.Errorf("read toc of %s: format %q has no toc", layer, f)
 	}
-	tail := make([]byte, tailReadSize(size))
+	tail := make([]byte, TailReadSize(size))
 	tailStart := size - int64(len(tail))
 	if _, err := r.ReadAt(tail, tailStart); err != nil {
 		return nil, fmt.Errorf("read footer of %s: %w", layer, err)

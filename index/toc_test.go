@@ -197,7 +197,7 @@ func TestReadTOCReads(t *testing.T) {
 					t.Fatalf("reads %v, want %d", cr.reads, tc.reads)
 				}
 				tail := cr.reads[0]
-				if want := tailReadSize(int64(len(blob))); tail[0]+tail[1] != int64(len(blob)) || tail[1] != want {
+				if want := TailReadSize(int64(len(blob))); tail[0]+tail[1] != int64(len(blob)) || tail[1] != want {
 					t.Errorf("first read [%d,+%d) of a %d byte blob, want its last %d bytes", tail[0], tail[1], len(blob), want)
 				}
 				if tc.reads == 2 {
@@ -220,8 +220,8 @@ func TestTailReadSize(t *testing.T) {
 		{64 << 20, 512 << 10},
 		{1 << 30, 512 << 10},
 	} {
-		if got := tailReadSize(tc.size); got != tc.want {
-			t.Errorf("tailReadSize(%d) = %d, want %d", tc.size, got, tc.want)
+		if got := TailReadSize(tc.size); got != tc.want {
+			t.Errorf("TailReadSize(%d) = %d, want %d", tc.size, got, tc.want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -89,6 +90,9 @@ type Layer struct {
 	// zero if the config does not say.
 	DiffID v1.Hash
 	blob   blob
+	// tail, if set, is the read of the blob's end where its TOC lies,
+	// started while the image was resolved (WithEarlyTOC).
+	tail atomic.Pointer[tailRead]
 }
 
 // FetchStats counts the requests and bytes sent for this layer's blob; for
@@ -123,6 +127,7 @@ type options struct {
 	fetchOpts []fetch.Option
 	store     *Store
 	referrers bool
+	earlyTOC  *Store
 }
 
 // WithPlatform picks the image for platform from a multi-arch index; the
@@ -186,6 +191,16 @@ func WithFetchOptions(opts ...fetch.Option) Option {
 // API), made at the same time as the config's.
 func WithReferrers() Option {
 	return func(o *options) error { o.referrers = true; return nil }
+}
+
+// WithEarlyTOC reads, as soon as the image manifest is known, the end of
+// each eStargz and zstd:chunked layer blob, where its footer and TOC lie
+// (index.TailReadSize), unless st holds an index of the layer: Open then
+// finds it at hand rather than asking for it after the config. For a
+// caller about to open the image; the reads are bounded by
+// earlyTOCTimeout and end with a failed Resolve.
+func WithEarlyTOC(st *Store) Option {
+	return func(o *options) error { o.earlyTOC = st; return nil }
 }
 
 func makeOptions(opts []Option) (*options, error) {
@@ -353,10 +368,25 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, err)
 	}
-	var early *referrersListing
-	manifestKnown := func(d v1.Hash) {
+	var (
+		early    *referrersListing
+		tails    map[v1.Hash]*tailRead
+		endTails = func() {}
+	)
+	defer func() {
+		if err != nil {
+			endTails()
+		}
+	}()
+	manifestKnown := func(d v1.Hash, m *v1.Manifest) {
 		if o.referrers {
 			early = listReferrersEarly(ctx, fc, r.Context(), d, mirrored)
+		}
+		if o.earlyTOC != nil {
+			// Open reads them right after Resolve: they outlive ctx.
+			tctx, end := context.WithTimeout(context.WithoutCancel(ctx), earlyTOCTimeout)
+			endTails = end
+			tails = readTails(tctx, end, fc, r.Context(), m, o.earlyTOC)
 		}
 	}
 	var im *Image
@@ -377,7 +407,10 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 		if len(diffIDs) == len(im.Manifest.Layers) {
 			l.DiffID = diffIDs[i]
 		}
-		if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
+		if t := tails[d.Digest]; t != nil && t.blob.Size() == d.Size {
+			l.blob = t.blob
+			l.tail.Store(t)
+		} else if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
 			return nil, fmt.Errorf("resolve %s: layer %s: %w", r, d.Digest, err)
 		}
 		im.Layers = append(im.Layers, l)
@@ -403,7 +436,7 @@ func pullerOptions(remoteOpts []remote.Option, transport http.RoundTripper, mirr
 // resolveFromRegistry fetches the manifest and config of r from its
 // registry alone, with go-containerregistry and puller, whose handshake
 // later lookups reuse.
-func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform, manifestKnown func(v1.Hash)) (*Image, error) {
+func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
 	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(platform))...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
@@ -416,7 +449,6 @@ func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []rem
 	if im.Digest, err = img.Digest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	}
-	manifestKnown(im.Digest)
 	if d, err := partial.Descriptor(img); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
 	} else {
@@ -425,6 +457,7 @@ func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []rem
 	if im.Manifest, err = img.Manifest(); err != nil {
 		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
 	}
+	manifestKnown(im.Digest, im.Manifest)
 	if im.Config, err = img.ConfigFile(); err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
@@ -455,7 +488,7 @@ func manifestTypes() []string {
 // all else by digest from those that may pull, mirrors first, each
 // document checked against its digest (see fetch.Client.Manifest). An
 // index is followed to platform's image as for an OCI layout.
-func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform, manifestKnown func(v1.Hash)) (*Image, error) {
+func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
 	repo := r.Context()
 	top, err := fc.Manifest(ctx, repo, r.Identifier(), manifestTypes())
 	if err != nil {
@@ -483,7 +516,7 @@ func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference
 	if m.Config.Size <= 0 || m.Config.Size > maxConfigSize {
 		return nil, fmt.Errorf("resolve %s: config %s: size %d out of bounds", r, m.Config.Digest, m.Config.Size)
 	}
-	manifestKnown(d.Digest)
+	manifestKnown(d.Digest, m)
 	rawConfig, err := fc.BlobBytes(ctx, repo, m.Config)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, err)

@@ -113,6 +113,7 @@ func (o *opener) runLater(f func()) {
 
 func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 	d := l.Descriptor.Digest
+	defer l.tail.Store(nil) // a tail read early is of no use after this
 	if l.Compression() == "" {
 		return nil, fmt.Errorf("unsupported media type %q", l.Descriptor.MediaType)
 	}
@@ -123,7 +124,7 @@ func (o *opener) open(ctx context.Context, l *Layer) (*LayerState, error) {
 		}
 	}
 	if format, want, ok := l.TOC(); ok {
-		x, err := index.ReadTOC(readerAt{ctx: ctx, b: l.blob}, l.blob.Size(), d.String(), format, want)
+		x, err := index.ReadTOC(tocReader{ctx: ctx, l: l}, l.blob.Size(), d.String(), format, want)
 		switch {
 		case err == nil:
 			// The TOC is at hand again from the registry: storing its

@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
 	"github.com/lazyroot/lazyroot/layer"
@@ -810,5 +814,99 @@ func TestResolveWithReferrersListsWhileTheConfigIsFetched(t *testing.T) {
 	}
 	if listings != 1 || tags != 1 {
 		t.Errorf("%d referrers requests and %d fallback tag requests, want one of each", listings, tags)
+	}
+}
+
+// TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched: with
+// WithEarlyTOC, the end of an eStargz layer, where its TOC lies, is asked
+// for as soon as the manifest is in, while the config request waits, and
+// Open reads the TOC from it without asking again; a layer whose index
+// the store holds is not read at all.
+func TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	files := prefetchFiles()
+	l0, a0 := prioritizedLayer(t, files, nil)
+	l1, a1 := testutil.Layer(t, testutil.Tar(t, []testutil.Entry{{Name: "top", Content: textBytes(5, 300_000)}}), testutil.EStargz)
+	ref := reg.Push(t, "early:v1", testutil.Image(t, []v1.Layer{l0, l1}, []map[string]string{a0, a1}))
+	d1, err := l1.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A first open stores both indexes; then layer 1's alone is kept.
+	first, err := layer.Resolve(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := layer.Open(t.Context(), first, st, c, layer.StackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	d0 := first.Layers[0].Descriptor.Digest
+	removed := 0
+	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && strings.Contains(p, d0.Hex) {
+			os.Remove(p)
+			removed++
+		}
+		return nil
+	})
+	if removed == 0 {
+		t.Fatalf("no stored index of %s to remove", d0)
+	}
+
+	config := "/blobs/" + first.Manifest.Config.Digest.String()
+	tail := newArrival()
+	reg.Reset()
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.HasSuffix(r.URL.Path, "/blobs/"+d0.String()) && r.Header.Get("Range") != "":
+				tail.saw()
+			case strings.HasSuffix(r.URL.Path, config):
+				tail.await()
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	img, err := layer.Resolve(t.Context(), ref, layer.WithEarlyTOC(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tail.timedOut.Load() {
+		t.Error("the config was fetched before the tail of layer 0 was asked for")
+	}
+	s, err = layer.Open(t.Context(), img, st, c, layer.StackOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tree, err := index.Merge(s.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	readCheck(t, s, tree, "f/03", files["f/03"])
+	var tails, others int
+	for _, r := range reg.Requests() {
+		switch {
+		case r.Blob == d0.String() && r.Method == http.MethodGet && r.Range != "":
+			tails++
+		case r.Blob == d1.String():
+			others++
+		}
+	}
+	// The tail, then f/03's chunks.
+	if tails != 2 || others != 0 {
+		t.Errorf("%d range requests of layer 0 (want the tail and one read) and %d requests of layer 1 (want none: its index is stored)", tails, others)
 	}
 }

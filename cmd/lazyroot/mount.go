@@ -404,7 +404,7 @@ func (m *mounted) close() {
 
 // prepare resolves the image, indexes its layers and merges them.
 func prepare(ctx context.Context, f *mountFlags, image string, memBytes int64, logger *log.Logger) (*mounted, error) {
-	img, st, err := resolveImage(ctx, f, image, layer.WithReferrers())
+	img, st, err := resolveImage(ctx, f, image, true)
 	if err != nil {
 		return nil, err
 	}
@@ -471,19 +471,23 @@ func prepareImage(ctx context.Context, f *mountFlags, img *layer.Image, st *laye
 }
 
 // resolveImage resolves image, or the --layer files, within
-// --resolve-timeout, with the node's store of indexes and file digests and
-// the extra options.
-func resolveImage(ctx context.Context, f *mountFlags, image string, extra ...layer.Option) (*layer.Image, *layer.Store, error) {
+// --resolve-timeout, with the node's store of indexes and file digests;
+// toOpen is for a caller about to open the image's layers.
+func resolveImage(ctx context.Context, f *mountFlags, image string, toOpen bool) (*layer.Image, *layer.Store, error) {
 	opts, err := f.options()
 	if err != nil {
 		return nil, nil, err
 	}
-	opts = append(opts, extra...)
 	st, err := layer.NewStore(f.root)
 	if err != nil {
 		return nil, nil, err
 	}
 	opts = append(opts, layer.WithStore(st))
+	if toOpen {
+		// The referrers listing (index and profile artifacts) and the
+		// layers' TOCs are asked for beside the config.
+		opts = append(opts, layer.WithReferrers(), layer.WithEarlyTOC(st))
+	}
 	rctx, cancel := context.WithTimeout(ctx, f.resolveTimeout)
 	defer cancel()
 	var img *layer.Image

@@ -49,7 +49,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyroot/lazyroot/fs"
-	"github.com/lazyroot/lazyroot/layer"
 )
 
 // sharesLower says whether a mount with these flags goes through a shared
@@ -312,7 +311,7 @@ func adoptLog(startLog, lowerLog string, logger *log.Logger) string {
 // resolveDigest resolves image (or the --layer files) to its name and the
 // digest that names its content, as the server will mount it.
 func resolveDigest(ctx context.Context, f *mountFlags, image string) (name, digest string, err error) {
-	img, _, err := resolveImage(ctx, f, image)
+	img, _, err := resolveImage(ctx, f, image, false)
 	if err != nil {
 		return "", "", err
 	}
@@ -449,8 +448,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	ready := openReadiness(f.readyFD)
 	defer func() { ready.finish(err) }()
-	// The server looks up the image's index and profile artifacts.
-	img, st, err := resolveImage(ctx, f, image, layer.WithReferrers())
+	img, st, err := resolveImage(ctx, f, image, true)
 	if err != nil {
 		return err
 	}

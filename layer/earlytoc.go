@@ -1,0 +1,86 @@
+package layer
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyroot/lazyroot/fetch"
+	"github.com/lazyroot/lazyroot/index"
+)
+
+// earlyTOCTimeout bounds the reads WithEarlyTOC starts: Open, which uses
+// them, follows Resolve at once.
+const earlyTOCTimeout = 30 * time.Second
+
+// tailRead is a read of the end of a layer blob, [off, size), under way or
+// done, for the TOC there.
+type tailRead struct {
+	blob *fetch.RemoteBlob
+	off  int64
+	buf  []byte
+	done chan struct{} // closed when the read ended
+	err  error         // set before done is closed
+}
+
+// readTails starts reading the tail of each layer of m that has a TOC and
+// no index in st, through blobs of fc in repo, and returns the reads by
+// layer digest. end, called once they all ended, releases ctx.
+func readTails(ctx context.Context, end context.CancelFunc, fc *fetch.Client, repo name.Repository, m *v1.Manifest, st *Store) map[v1.Hash]*tailRead {
+	tails := map[v1.Hash]*tailRead{}
+	var wg sync.WaitGroup
+	for _, d := range m.Layers {
+		if _, _, ok := (&Layer{Descriptor: d}).TOC(); !ok || d.Size <= 0 || st.hasIndex(d.Digest, BuiltHere) {
+			continue
+		}
+		b, err := fc.Blob(ctx, repo, d)
+		if err != nil {
+			continue // Resolve makes it again, and says what is wrong
+		}
+		n := index.TailReadSize(d.Size)
+		t := &tailRead{blob: b, off: d.Size - n, buf: make([]byte, n), done: make(chan struct{})}
+		tails[d.Digest] = t
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(t.done)
+			if _, err := b.ReadAt(ctx, t.buf, t.off); err != nil && !(errors.Is(err, io.EOF)) {
+				t.err = err
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		end()
+	}()
+	return tails
+}
+
+// tocReader reads l's blob for ReadTOC: from the tail read started early,
+// the first time a read falls inside it, and else (or when that read
+// failed) from the blob.
+type tocReader struct {
+	ctx context.Context
+	l   *Layer
+}
+
+// ReadAt implements io.ReaderAt.
+func (r tocReader) ReadAt(p []byte, off int64) (int, error) {
+	if t := r.l.tail.Load(); t != nil && off >= t.off && off+int64(len(p)) <= t.off+int64(len(t.buf)) {
+		select {
+		case <-t.done:
+			r.l.tail.CompareAndSwap(t, nil) // used once: let its bytes go
+			if t.err == nil {
+				return copy(p, t.buf[off-t.off:]), nil
+			}
+		case <-r.ctx.Done():
+			return 0, r.ctx.Err()
+		}
+	}
+	return r.l.blob.ReadAt(r.ctx, p, off)
+}
