@@ -2,8 +2,6 @@ package layer
 
 import (
 	"context"
-	"errors"
-	"io"
 	"sync"
 	"time"
 
@@ -28,12 +26,18 @@ type tailRead struct {
 	err  error         // set before done is closed
 }
 
+// earlyTails bounds the tail reads in flight at once, so that with many
+// layers the config and the referrers listing still find a connection.
+const earlyTails = 4
+
 // readTails starts reading the tail of each layer of m that has a TOC and
-// no index in st, through blobs of fc in repo, and returns the reads by
-// layer digest. end, called once they all ended, releases ctx.
-func readTails(ctx context.Context, end context.CancelFunc, fc *fetch.Client, repo name.Repository, m *v1.Manifest, st *Store) map[v1.Hash]*tailRead {
+// no index in st, through blobs of fc in repo (made within ctx), and
+// returns the reads by layer digest. The reads run within rctx; end,
+// called once they all ended, releases it.
+func readTails(ctx, rctx context.Context, end context.CancelFunc, fc *fetch.Client, repo name.Repository, m *v1.Manifest, st *Store) map[v1.Hash]*tailRead {
 	tails := map[v1.Hash]*tailRead{}
 	var wg sync.WaitGroup
+	slots := make(chan struct{}, earlyTails)
 	for _, d := range m.Layers {
 		if _, _, ok := (&Layer{Descriptor: d}).TOC(); !ok || d.Size <= 0 || st.hasIndex(d.Digest, BuiltHere) {
 			continue
@@ -49,7 +53,14 @@ func readTails(ctx context.Context, end context.CancelFunc, fc *fetch.Client, re
 		go func() {
 			defer wg.Done()
 			defer close(t.done)
-			if _, err := b.ReadAt(ctx, t.buf, t.off); err != nil && !(errors.Is(err, io.EOF)) {
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+			case <-rctx.Done():
+				t.err = rctx.Err()
+				return
+			}
+			if _, err := b.ReadAt(rctx, t.buf, t.off); err != nil {
 				t.err = err
 			}
 		}()

@@ -32,11 +32,14 @@ const (
 	maxELFSymlinks = 16
 	// maxELFFollowed bounds the files one Prefetch follows.
 	maxELFFollowed = 512
-	// maxELFFileSize is the largest file fetched whole for a follower: a
-	// larger library is mapped by the loader but read in part, on demand.
+	// maxELFFileSize is the largest file fetched whole for a follower or
+	// FetchProgram: a larger one is mapped but read in part, on demand.
 	maxELFFileSize = 64 << 20
 	// elfFollowersAtOnce bounds the followers fetching at once.
 	elfFollowersAtOnce = 2
+	// restJobsAtOnce bounds the files whose rest is fetched at once
+	// (FetchProgram).
+	restJobsAtOnce = 2
 )
 
 // elfInfo is what the dynamic loader will open for an ELF file.
@@ -311,18 +314,21 @@ func resolvePath(t *index.Tree, p string) (*index.Node, bool) {
 }
 
 // FollowELF notes that a job read head, the first bytes of file n. If n is
-// an ELF file, the files the loader opens for it (see neededFiles) are
-// fetched in the background, and then followed in turn, each file once. It
-// returns at once, and does nothing without a merged tree, with prefetch
-// off, or once Stop was called.
+// an ELF file, the rest of it is fetched in the background (see
+// FetchProgram), and, with a merged tree, the files the loader opens for
+// it (see neededFiles), which are then followed in turn, each file once.
+// It returns at once, and does nothing with prefetch off or once Stop was
+// called.
 func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
-	if p == nil || p.opts.Mode == PrefetchNone || p.opts.Tree == nil || !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
+	if p == nil || p.opts.Mode == PrefetchNone || !bytes.HasPrefix(head, []byte(elf.ELFMAG)) {
 		return
 	}
 	// The loader maps it and the program runs through it: the rest is
 	// read soon, much of it.
 	p.fetchRest(n, int64(len(head)))
-	p.follow(n)
+	if p.opts.Tree != nil {
+		p.follow(n)
+	}
 }
 
 // FetchProgram notes that a job starts reading n, a file with an execute
@@ -331,9 +337,11 @@ func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
 // The rest of the file is fetched at once, in the background, beside
 // the job's own read, rather than one miss after another as the program
 // pages itself in (and the loader reads its dynamic section, which
-// FollowELF needs, near the end). It returns at once; it does nothing
-// with prefetch off, for a file of a local layer or over maxELFFileSize,
-// for a file it or a follower planned before, or once Stop was called.
+// FollowELF needs, near the end). It returns at once. It does nothing
+// with prefetch off, for a file of a local layer, one over maxELFFileSize
+// or one planned before (here or by a follower), beyond maxELFFollowed
+// files, or once Stop was called; restJobsAtOnce files are fetched at a
+// time.
 func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
 	if p == nil || p.opts.Mode == PrefetchNone || n.Type != index.TypeReg || n.Mode&0o111 == 0 {
 		return
@@ -342,12 +350,12 @@ func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
 }
 
 // fetchRest fetches, in the background, the chunks or spans of n that a
-// job's read of its first end bytes does not touch.
+// job's read of its first end bytes does not touch (see FetchProgram).
 func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 	if n.Size <= end || n.Size > maxELFFileSize || n.Layer < 0 || n.Layer >= len(p.s.layers) || !isRemote(p.s.layers[n.Layer]) {
 		return
 	}
-	if _, dup := p.elfFetched.LoadOrStore(n, true); dup {
+	if _, dup := p.elfFetched.LoadOrStore(n, true); dup || p.restCount.Add(1) > maxELFFollowed {
 		return
 	}
 	p.elfMu.Lock()
@@ -358,6 +366,12 @@ func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 	p.elfJobs.Add(1)
 	go func() {
 		defer p.elfJobs.Done()
+		select {
+		case p.restSlots <- struct{}{}:
+			defer func() { <-p.restSlots }()
+		case <-p.life.Done():
+			return
+		}
 		l := p.s.layers[n.Layer]
 		// What the job's read fetches is left to it: planned as seen.
 		head := newPlan(p.s)
@@ -365,8 +379,7 @@ func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 		pl := newPlan(p.s)
 		maps.Copy(pl.seen, head.seen)
 		if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
-			p.elfFiles.Add(1)
-			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone)
+			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone, &p.elfFiles)
 		}
 	}()
 }
@@ -417,7 +430,7 @@ func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
 	if pl.dropHeld() > 0 {
 		select {
 		case p.elfSlots <- struct{}{}:
-			p.runPlanCounting(ctx, pl, &p.elfBytes, &p.elfDone)
+			p.runPlanCounting(ctx, pl, &p.elfBytes, &p.elfDone, nil)
 			<-p.elfSlots
 		case <-ctx.Done():
 			return

@@ -62,6 +62,9 @@ type Image struct {
 	// mirrored: mirrors serve the image, so its registry may be down and
 	// a listing of its referrers is bounded by lookupTimeout.
 	mirrored bool
+	// endTails ends the tail reads started early (WithEarlyTOC); nil when
+	// none were.
+	endTails func()
 }
 
 // FetchStats counts the requests and blob bytes sent to the registry for
@@ -386,7 +389,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 			// Open reads them right after Resolve: they outlive ctx.
 			tctx, end := context.WithTimeout(context.WithoutCancel(ctx), earlyTOCTimeout)
 			endTails = end
-			tails = readTails(tctx, end, fc, r.Context(), m, o.earlyTOC)
+			tails = readTails(ctx, tctx, end, fc, r.Context(), m, o.earlyTOC)
 		}
 	}
 	var im *Image
@@ -398,7 +401,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, err
 	}
-	im.referrers, im.mirrored = early, mirrored
+	im.referrers, im.mirrored, im.endTails = early, mirrored, endTails
 	im.Ref, im.remoteOpts, im.puller = r, remoteOpts, puller
 	im.fetcher = fc
 	diffIDs := im.Config.RootFS.DiffIDs

@@ -85,10 +85,14 @@ func (im *Image) Name() string {
 // registry blobs.
 func (im *Image) Local() bool { return im.local != nil }
 
-// Close releases the files a local image reads; it does nothing for a
-// registry image. Close every Stack opened on the image first: their reads
-// fail once it is closed. Close may be called more than once.
+// Close releases the files a local image reads, and ends the reads of a
+// registry image's TOCs started while it was resolved (WithEarlyTOC) if
+// they still run. Close every Stack opened on the image first: their
+// reads fail once it is closed. Close may be called more than once.
 func (im *Image) Close() error {
+	if im.endTails != nil {
+		im.endTails() // an image closed unopened has no use for them
+	}
 	if im.local == nil {
 		return nil
 	}

@@ -137,9 +137,10 @@ type PrefetchStatus struct {
 	Errors       int64 `json:"errors"`
 	// ELFFiles counts the files planned because an ELF file a job read
 	// needs them (its loader, the loader's cache, its libraries; found
-	// cached or fetched), ELFBytes and ELFDoneBytes their compressed
-	// bytes to fetch and handled, and ELFFollowing the ELF files whose
-	// needs are being fetched.
+	// cached or fetched), and the programs and ELF files whose rest was
+	// fetched once a job started reading them (FetchProgram); ELFBytes
+	// and ELFDoneBytes their compressed bytes to fetch and handled, and
+	// ELFFollowing the ELF files whose needs are being fetched.
 	ELFFiles     int64 `json:"elfFiles,omitempty"`
 	ELFBytes     int64 `json:"elfBytes,omitempty"`
 	ELFDoneBytes int64 `json:"elfDoneBytes,omitempty"`
@@ -171,18 +172,21 @@ type Prefetch struct {
 	// life ends with Stop; the ELF followers (see FollowELF) run in it.
 	life       context.Context
 	elfSeen    sync.Map // *index.Node → true, once followed
-	elfFetched sync.Map // *index.Node → true, once planned for a follower
+	elfFetched sync.Map // *index.Node → true, once planned whole, or its rest (FetchProgram)
 	elfCount   atomic.Int64
+	restCount  atomic.Int64 // files whose rest was asked for
 	// elfFiles and elfFollowing are Status's ELFFiles and ELFFollowing.
 	elfFiles     atomic.Int64
 	elfBytes     atomic.Int64
 	elfDone      atomic.Int64
 	elfFollowing atomic.Int64
-	// elfSlots bounds the followers fetching at once.
-	elfSlots chan struct{}
-	elfMu    sync.Mutex
-	elfJobs  sync.WaitGroup // guarded by elfMu for Add
-	stopped  bool           // guarded by elfMu
+	// elfSlots bounds the followers fetching at once; restSlots the
+	// files whose rest is fetched (FetchProgram).
+	elfSlots  chan struct{}
+	restSlots chan struct{}
+	elfMu     sync.Mutex
+	elfJobs   sync.WaitGroup // guarded by elfMu for Add
+	stopped   bool           // guarded by elfMu
 }
 
 // StartPrefetch starts prefetch for s as opts say and returns at once.
@@ -196,7 +200,7 @@ func StartPrefetch(ctx context.Context, s *Stack, opts PrefetchOptions) *Prefetc
 	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p := &Prefetch{s: s, opts: opts, logf: opts.Logf, cancel: cancel, done: make(chan struct{}), prio: make(chan struct{}), life: ctx,
-		elfSlots: make(chan struct{}, elfFollowersAtOnce)}
+		elfSlots: make(chan struct{}, elfFollowersAtOnce), restSlots: make(chan struct{}, restJobsAtOnce)}
 	if p.logf == nil {
 		p.logf = func(string, ...any) {}
 	}
@@ -391,15 +395,18 @@ func (p *Prefetch) visible(i int, e *index.Entry) bool {
 
 // runPlan runs the plan's batches, a few at a time, in plan order.
 func (p *Prefetch) runPlan(ctx context.Context, pl *plan) {
-	p.runPlanCounting(ctx, pl, &p.priorityBytes, &p.priorityDone)
+	p.runPlanCounting(ctx, pl, &p.priorityBytes, &p.priorityDone, nil)
 }
 
 // runPlanCounting runs pl's batches, adding their bytes to planned and,
-// as each ends, to done.
-func (p *Prefetch) runPlanCounting(ctx context.Context, pl *plan, planned, done *atomic.Int64) {
+// as each ends, to done; and then one to files, if set.
+func (p *Prefetch) runPlanCounting(ctx context.Context, pl *plan, planned, done, files *atomic.Int64) {
 	batches := pl.batches(priorityBatch)
 	for _, b := range batches {
 		planned.Add(b.unitBytes)
+	}
+	if files != nil {
+		files.Add(1)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(priorityJobs)

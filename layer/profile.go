@@ -232,8 +232,9 @@ type TrackedReader struct {
 	elf atomic.Pointer[Prefetch]
 }
 
-// FollowELF has p fetch, when a job starts reading an ELF file, the files
-// the loader will open for it (see Prefetch.FollowELF).
+// FollowELF has p fetch, when a job starts reading a program or an ELF
+// file, the rest of it and the files the loader will open for it (see
+// Prefetch.FetchProgram and Prefetch.FollowELF).
 func (t *TrackedReader) FollowELF(p *Prefetch) { t.elf.Store(p) }
 
 // NewTrackedReader wraps s; rec may be nil.

@@ -150,6 +150,13 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 		}
 		n--
 	}
+	// Nor past where a batch under way (a program's rest, say) fetches.
+	for j := 1; j <= n; j++ {
+		if _, next := l.Index.SpanRanges(si + j); l.inflight.covering(next.Start, next.End) != nil {
+			n = j - 1
+			break
+		}
+	}
 	if n == 0 {
 		return s.readSpan(ctx, l, si)
 	}
@@ -234,6 +241,13 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 			break
 		}
 		extra = extra[:len(extra)-1]
+	}
+	// Nor past where a batch under way (a program's rest, say) fetches.
+	for i, ec := range extra {
+		if l.inflight.covering(ec.BlobOffset, ec.BlobEnd) != nil {
+			extra = extra[:i]
+			break
+		}
 	}
 	if len(extra) == 0 {
 		return s.readChunk(ctx, l, c)

@@ -910,3 +910,55 @@ func TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched(t *testing.T) {
 		t.Errorf("%d range requests of layer 0 (want the tail and one read) and %d requests of layer 1 (want none: its index is stored)", tails, others)
 	}
 }
+
+// TestEarlyTOCReadFailingIsReadAgain: a tail read started early that fails
+// leaves Open to read the TOC itself, and the layer opens.
+func TestEarlyTOCReadFailingIsReadAgain(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	files := prefetchFiles()
+	l0, a0 := prioritizedLayer(t, files, nil)
+	ref := reg.Push(t, "early:v1", testutil.Image(t, []v1.Layer{l0}, []map[string]string{a0}))
+	d0, err := l0.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed atomic.Int32
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/blobs/"+d0.String()) && r.Header.Get("Range") != "" && failed.Add(1) == 1 {
+				http.Error(w, "injected", http.StatusNotFound)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	st, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := layer.Resolve(t.Context(), ref, layer.WithEarlyTOC(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := layer.Open(t.Context(), img, st, c, layer.StackOptions{})
+	if err != nil {
+		t.Fatalf("open after a failed early tail read: %v", err)
+	}
+	defer s.Close()
+	if got := s.Layers()[0].Origin; got != layer.FromTOC {
+		t.Errorf("index from %s, want the TOC, read again", got)
+	}
+	if failed.Load() < 2 {
+		t.Errorf("%d range requests of the layer, want the failed tail and another", failed.Load())
+	}
+	tree, err := index.Merge(s.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	readCheck(t, s, tree, "f/05", files["f/05"])
+}
