@@ -67,6 +67,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -99,7 +100,19 @@ const (
 	// AnnotationCreated is the OCI annotation with the time the artifact was
 	// pushed (RFC 3339, UTC); FindIndexes prefers the newest artifact.
 	AnnotationCreated = "org.opencontainers.image.created"
+	// AnnotationIndexBlobs annotates an index artifact with its index
+	// blobs, a JSON array of {"layer", "digest", "size"}: a referrers
+	// listing carries it, so that FindIndexes can fetch the blobs without
+	// reading the artifact's manifest first.
+	AnnotationIndexBlobs = "dev.lazyroot.index.blobs"
 )
+
+// listedIndexBlob is one index blob as AnnotationIndexBlobs names it.
+type listedIndexBlob struct {
+	Layer  string `json:"layer"`
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+}
 
 const (
 	// MaxIndexBlobSize bounds one encoded index pushed or fetched.
@@ -121,7 +134,7 @@ var emptyJSON = []byte("{}")
 // windows blob (WindowsMediaType) if windows holds one for that layer; an
 // index that names a windows blob must be given that blob. Its config is the
 // OCI empty descriptor and its artifactType IndexArtifactType; it carries
-// AnnotationCreated. The artifact is pushed by digest, which it returns; no
+// AnnotationCreated and AnnotationIndexBlobs. The artifact is pushed by digest, which it returns; no
 // tag is set besides the referrers fallback tag go-containerregistry
 // maintains on registries without the referrers API (see the top of this
 // file for the race that update has).
@@ -174,7 +187,10 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 		}
 	}
 	blobs := []v1.Layer{static.NewLayer(emptyJSON, types.OCIEmptyJSON)}
-	var layers []v1.Descriptor
+	var (
+		layers []v1.Descriptor
+		listed []listedIndexBlob
+	)
 	for _, l := range img.Layers { // base first; an image may repeat a layer
 		d := l.Descriptor.Digest
 		b, ok := encoded[d]
@@ -194,9 +210,16 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 			desc.Annotations = map[string]string{AnnotationLayer: d.String()}
 			layers = append(layers, desc)
 			blobs = append(blobs, blob)
+			if desc.MediaType == IndexMediaType {
+				listed = append(listed, listedIndexBlob{Layer: d.String(), Digest: desc.Digest.String(), Size: desc.Size})
+			}
 		}
 	}
-	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers, nil)
+	named, err := json.Marshal(listed)
+	if err != nil {
+		return fail(err)
+	}
+	h, err := pushArtifact(ctx, img, subject, IndexArtifactType, blobs[0], blobs[1:], layers, map[string]string{AnnotationIndexBlobs: string(named)})
 	if err != nil {
 		return fail(err)
 	}
@@ -212,10 +235,13 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 // When several artifacts hold one layer, the one with the newest
 // AnnotationCreated wins, as the listing gives it (when it gives it for
 // every artifact; else as each manifest does; artifacts without it lose;
-// ties go to the one listed last): see walkReferrers. At most 64 artifacts
-// are read. Artifacts listed but gone from
-// the registry, not of this artifactType, not naming img as their subject,
-// or with a manifest over 4 MiB are skipped, as are index blobs over
+// ties go to the one listed last): see walkReferrers. When the listing
+// gives every index artifact's AnnotationIndexBlobs, the blobs are
+// fetched as it names them, while the artifacts they come from are looked
+// up (HEAD); if one is gone, the manifests are read after all. Else at
+// most 64 artifacts are read. Artifacts listed but gone from the
+// registry, not of this artifactType, not naming img as their subject, or
+// with a manifest over 4 MiB are skipped, as are index blobs over
 // MaxIndexBlobSize.
 //
 // Every blob is fetched by digest from img's repository and checked against
@@ -252,26 +278,69 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 	if err != nil {
 		return fail(err)
 	}
-	chosen := map[v1.Hash]v1.Descriptor{}
-	err = walkReferrers(ctx, puller, img, list, listed, IndexArtifactType, func(m *v1.Manifest) bool {
-		for _, b := range m.Layers {
-			l, err := v1.NewHash(b.Annotations[AnnotationLayer])
-			if err != nil || !wanted[l] || b.MediaType != IndexMediaType || b.Size <= 0 || b.Size > MaxIndexBlobSize {
-				continue
-			}
-			if _, ok := chosen[l]; !ok {
-				chosen[l] = b
-			}
+	// The listing names the blobs (AnnotationIndexBlobs), or the
+	// artifacts' manifests do.
+	chosen, from, named := listedIndexBlobs(list, wanted)
+	if named {
+		got, stale, err := fetchIndexBlobs(ctx, puller, img, chosen, from)
+		if err != nil {
+			return fail(err)
 		}
-		return len(chosen) < len(wanted)
-	})
+		if !stale {
+			return got, nil
+		}
+		// A stale fallback tag lists an artifact deleted since: its
+		// blobs may linger, but it was withdrawn. Read the manifests.
+		named = false
+	}
+	if !named {
+		chosen = map[v1.Hash]v1.Descriptor{}
+		err = walkReferrers(ctx, puller, img, list, listed, IndexArtifactType, func(m *v1.Manifest) bool {
+			for _, b := range m.Layers {
+				l, err := v1.NewHash(b.Annotations[AnnotationLayer])
+				if err != nil || !wanted[l] || b.MediaType != IndexMediaType || b.Size <= 0 || b.Size > MaxIndexBlobSize {
+					continue
+				}
+				if _, ok := chosen[l]; !ok {
+					chosen[l] = b
+				}
+			}
+			return len(chosen) < len(wanted)
+		})
+		if err != nil {
+			return fail(err)
+		}
+	}
+
+	got, _, err := fetchIndexBlobs(ctx, puller, img, chosen, nil)
 	if err != nil {
 		return fail(err)
 	}
+	return got, nil
+}
 
-	var mu sync.Mutex
+// fetchIndexBlobs fetches the index blobs chosen names, by layer, checking
+// each against its descriptor; a blob not found is left out. Meanwhile it
+// makes sure that the artifacts of from (whose manifests were not read)
+// still exist, and reports stale if one does not.
+func fetchIndexBlobs(ctx context.Context, puller *remote.Puller, img *Image, chosen map[v1.Hash]v1.Descriptor, from []v1.Hash) (found map[v1.Hash][]byte, stale bool, err error) {
+	found = map[v1.Hash][]byte{}
+	var (
+		mu   sync.Mutex
+		gone atomic.Bool
+	)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(shareJobs)
+	g.SetLimit(shareJobs + len(from))
+	for _, a := range from {
+		g.Go(func() error {
+			_, err := puller.Head(gctx, img.Ref.Context().Digest(a.String()))
+			if isNotFound(err) {
+				gone.Store(true)
+				return nil
+			}
+			return err
+		})
+	}
 	for l, b := range chosen {
 		g.Go(func() error {
 			p, err := fetchIndexBlob(gctx, puller, img, b)
@@ -287,9 +356,68 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return fail(err)
+		return nil, false, err
 	}
-	return found, nil
+	return found, gone.Load(), nil
+}
+
+// listedIndexBlobs returns, for the layers in wanted, the index blobs the
+// listing names in the index artifacts' AnnotationIndexBlobs, the newest
+// artifact's for a layer several hold. It reports false, for FindIndexes
+// to read the manifests instead, unless every index artifact listed gives
+// its creation time and its blobs, and every artifact that may be one (a
+// registry may list the config's media type as the artifactType) does or
+// is of another artifactType. It also returns the artifacts it took blobs
+// from.
+func listedIndexBlobs(list *v1.IndexManifest, wanted map[v1.Hash]bool) (map[v1.Hash]v1.Descriptor, []v1.Hash, bool) {
+	type listedArtifact struct {
+		digest  v1.Hash
+		created time.Time
+		blobs   []listedIndexBlob
+	}
+	var arts []listedArtifact
+	for _, d := range list.Manifests {
+		named, has := d.Annotations[AnnotationIndexBlobs]
+		switch {
+		case !has && d.ArtifactType == IndexArtifactType:
+			return nil, nil, false // an older pusher's: read it
+		case !has && (d.ArtifactType == "" || d.ArtifactType == string(types.OCIEmptyJSON)):
+			return nil, nil, false // may be one
+		case !has:
+			continue
+		}
+		a := listedArtifact{digest: d.Digest}
+		if a.created = createdAt(d.Annotations); a.created.IsZero() || json.Unmarshal([]byte(named), &a.blobs) != nil {
+			return nil, nil, false
+		}
+		arts = append(arts, a)
+	}
+	// Newest first; among equals, the one listed last.
+	slices.Reverse(arts)
+	slices.SortStableFunc(arts, func(a, b listedArtifact) int { return b.created.Compare(a.created) })
+	chosen := map[v1.Hash]v1.Descriptor{}
+	var from []v1.Hash
+	for _, a := range arts {
+		used := false
+		for _, b := range a.blobs {
+			l, err := v1.NewHash(b.Layer)
+			if err != nil || !wanted[l] || b.Size <= 0 || b.Size > MaxIndexBlobSize {
+				continue
+			}
+			h, err := v1.NewHash(b.Digest)
+			if err != nil {
+				continue
+			}
+			if _, ok := chosen[l]; !ok {
+				chosen[l] = v1.Descriptor{MediaType: IndexMediaType, Digest: h, Size: b.Size}
+				used = true
+			}
+		}
+		if used {
+			from = append(from, a.digest)
+		}
+	}
+	return chosen, from, true
 }
 
 // listReferrers lists the artifacts that refer to img: the listing taken

@@ -962,3 +962,38 @@ func TestEarlyTOCReadFailingIsReadAgain(t *testing.T) {
 	}
 	readCheck(t, s, tree, "f/05", files["f/05"])
 }
+
+// TestFindIndexesFromTheListing: the referrers listing names each index
+// artifact's blobs (AnnotationIndexBlobs), with and without the referrers
+// API, so FindIndexes fetches them, the newest artifact's for a layer two
+// hold, without reading an artifact's manifest.
+func TestFindIndexesFromTheListing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []testutil.RegistryOption
+	}{{"fallback tag", nil}, {"referrers API", []testutil.RegistryOption{testutil.WithReferrers()}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := testutil.NewRegistry(t, tc.opts...)
+			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
+			older, err := layer.PushIndexes(t.Context(), f.img, f.pick(0, 1), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond) // creation times apart
+			newer := append(bytes.Clone(f.encoded[f.layers[0]]), "newer"...)
+			newest, err := layer.PushIndexes(t.Context(), f.img, map[v1.Hash][]byte{f.layers[0]: newer}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg.Reset()
+			want := f.pick(1)
+			want[f.layers[0]] = newer
+			checkSame(t, f.find(t), want)
+			for _, r := range reg.Requests() {
+				if r.Method == http.MethodGet && (strings.HasSuffix(r.Path, "/manifests/"+older.String()) || strings.HasSuffix(r.Path, "/manifests/"+newest.String())) {
+					t.Errorf("read artifact manifest %s", r.Path)
+				}
+			}
+		})
+	}
+}
