@@ -43,7 +43,8 @@ package layer
 //
 // Trust: FindIndexes checks that every blob it returns has the size and
 // digest its artifact's descriptor gives, and that the artifact names this
-// image as its subject. It does not decode the indexes: an index pushed by
+// image as its subject (when the listing names the blobs, it reads the
+// artifacts' manifests beside them, and checks both there). It does not decode the indexes: an index pushed by
 // anyone with push access to the repository is only as good as its content,
 // which index.Decode validates and the per-chunk digests of a Stack check.
 // FindProfile reads the newest profile's blob by the digest the listing
@@ -102,8 +103,10 @@ const (
 	AnnotationCreated = "org.opencontainers.image.created"
 	// AnnotationIndexBlobs annotates an index artifact with its index
 	// blobs, a JSON array of {"layer", "digest", "size"}: a referrers
-	// listing carries it, so that FindIndexes can fetch the blobs without
-	// reading the artifact's manifest first.
+	// listing carries it, so that FindIndexes can fetch the blobs while
+	// it reads the artifact's manifest, not after. It adds about 175
+	// bytes per layer to the artifact's entry in every listing, whose
+	// whole is bounded by fetch.MaxManifestSize (4 MiB).
 	AnnotationIndexBlobs = "dev.lazyroot.index.blobs"
 )
 
@@ -134,10 +137,10 @@ var emptyJSON = []byte("{}")
 // windows blob (WindowsMediaType) if windows holds one for that layer; an
 // index that names a windows blob must be given that blob. Its config is the
 // OCI empty descriptor and its artifactType IndexArtifactType; it carries
-// AnnotationCreated and AnnotationIndexBlobs. The artifact is pushed by digest, which it returns; no
-// tag is set besides the referrers fallback tag go-containerregistry
-// maintains on registries without the referrers API (see the top of this
-// file for the race that update has).
+// AnnotationCreated and AnnotationIndexBlobs. The artifact is pushed by
+// digest, which it returns; no tag is set besides the referrers fallback
+// tag go-containerregistry maintains on registries without the referrers
+// API (see the top of this file for the race that update has).
 //
 // img must come from Resolve of a registry reference: a local image fails
 // with ErrLocalImage. Every key of encoded must be the digest of one
@@ -237,12 +240,13 @@ func PushIndexes(ctx context.Context, img *Image, encoded, windows map[v1.Hash][
 // every artifact; else as each manifest does; artifacts without it lose;
 // ties go to the one listed last): see walkReferrers. When the listing
 // gives every index artifact's AnnotationIndexBlobs, the blobs are
-// fetched as it names them, while the artifacts they come from are looked
-// up (HEAD); if one is gone, the manifests are read after all. Else at
-// most 64 artifacts are read. Artifacts listed but gone from the
-// registry, not of this artifactType, not naming img as their subject, or
-// with a manifest over 4 MiB are skipped, as are index blobs over
-// MaxIndexBlobSize.
+// fetched as it names them while the manifests of the artifacts they come
+// from are read, in the same round trip; unless each of those still
+// exists, names img as its subject and lists those blobs, the manifests
+// are walked after all (keeping the blobs fetched). Else at most 64
+// artifacts are read. Artifacts listed but gone from the registry, not of
+// this artifactType, not naming img as their subject, or with a manifest
+// over 4 MiB are skipped, as are index blobs over MaxIndexBlobSize.
 //
 // Every blob is fetched by digest from img's repository and checked against
 // its descriptor: a blob of another size or digest fails the call with an
@@ -280,18 +284,20 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 	}
 	// The listing names the blobs (AnnotationIndexBlobs), or the
 	// artifacts' manifests do.
-	chosen, from, named := listedIndexBlobs(list, wanted)
+	chosen, from, named := listedIndexBlobs(list, listed, wanted)
+	var have map[v1.Hash][]byte // blobs fetched, by digest
 	if named {
-		got, stale, err := fetchIndexBlobs(ctx, puller, img, chosen, from)
+		got, fetched, confirmed, err := fetchIndexBlobs(ctx, puller, img, chosen, from, nil)
 		if err != nil {
 			return fail(err)
 		}
-		if !stale {
+		if confirmed {
 			return got, nil
 		}
-		// A stale fallback tag lists an artifact deleted since: its
-		// blobs may linger, but it was withdrawn. Read the manifests.
-		named = false
+		// A fallback tag may list an artifact deleted since (its blobs
+		// may linger, but it was withdrawn), or one that does not say
+		// what the listing does: read the manifests, keeping the blobs.
+		named, have = false, fetched
 	}
 	if !named {
 		chosen = map[v1.Hash]v1.Descriptor{}
@@ -312,7 +318,7 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 		}
 	}
 
-	got, _, err := fetchIndexBlobs(ctx, puller, img, chosen, nil)
+	got, _, _, err := fetchIndexBlobs(ctx, puller, img, chosen, nil, have)
 	if err != nil {
 		return fail(err)
 	}
@@ -320,56 +326,90 @@ func FindIndexes(ctx context.Context, img *Image, want []v1.Hash) (map[v1.Hash][
 }
 
 // fetchIndexBlobs fetches the index blobs chosen names, by layer, checking
-// each against its descriptor; a blob not found is left out. Meanwhile it
-// makes sure that the artifacts of from (whose manifests were not read)
-// still exist, and reports stale if one does not.
-func fetchIndexBlobs(ctx context.Context, puller *remote.Puller, img *Image, chosen map[v1.Hash]v1.Descriptor, from []v1.Hash) (found map[v1.Hash][]byte, stale bool, err error) {
-	found = map[v1.Hash][]byte{}
+// each against its descriptor (or takes it from have, by digest); a blob
+// not found is left out. It returns them by layer and by digest.
+// Meanwhile it reads the manifests of the artifacts in from, whose blobs
+// the listing named (listedIndexBlobs), and reports confirmed only if
+// each names img as its subject and lists those blobs for those layers.
+func fetchIndexBlobs(ctx context.Context, puller *remote.Puller, img *Image, chosen map[v1.Hash]v1.Descriptor, from map[v1.Hash][]listedIndexBlob, have map[v1.Hash][]byte) (found, byDigest map[v1.Hash][]byte, confirmed bool, err error) {
+	found, byDigest = map[v1.Hash][]byte{}, map[v1.Hash][]byte{}
 	var (
-		mu   sync.Mutex
-		gone atomic.Bool
+		mu          sync.Mutex
+		unconfirmed atomic.Bool
 	)
+	repo := img.Ref.Context()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(shareJobs + len(from))
-	for _, a := range from {
+	g.SetLimit(shareJobs)
+	for a, blobs := range from {
 		g.Go(func() error {
-			_, err := puller.Head(gctx, img.Ref.Context().Digest(a.String()))
+			desc, err := puller.Get(gctx, repo.Digest(a.String()))
 			if isNotFound(err) {
-				gone.Store(true)
+				unconfirmed.Store(true)
 				return nil
+			} else if err != nil {
+				return fmt.Errorf("artifact %s: %w", a, err)
 			}
-			return err
+			if !artifactLists(desc.Manifest, img, blobs) {
+				unconfirmed.Store(true)
+			}
+			return nil
 		})
 	}
 	for l, b := range chosen {
 		g.Go(func() error {
-			p, err := fetchIndexBlob(gctx, puller, img, b)
-			if isNotFound(err) {
-				return nil
-			} else if err != nil {
-				return fmt.Errorf("index of layer %s: %w", l, err)
+			p, ok := have[b.Digest]
+			if !ok {
+				var err error
+				p, err = fetchIndexBlob(gctx, puller, img, b)
+				if isNotFound(err) {
+					return nil
+				} else if err != nil {
+					return fmt.Errorf("index of layer %s: %w", l, err)
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			found[l] = p
+			found[l], byDigest[b.Digest] = p, p
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
-	return found, gone.Load(), nil
+	return found, byDigest, !unconfirmed.Load(), nil
+}
+
+// artifactLists reports whether raw is an index artifact's manifest that
+// names img as its subject and lists each of blobs, as an index of its
+// layer.
+func artifactLists(raw []byte, img *Image, blobs []listedIndexBlob) bool {
+	if len(raw) > maxArtifactManifestSize {
+		return false
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil || m.ArtifactType != IndexArtifactType || m.Subject == nil || m.Subject.Digest != img.Digest {
+		return false
+	}
+	for _, b := range blobs {
+		if !slices.ContainsFunc(m.Layers, func(d v1.Descriptor) bool {
+			return d.MediaType == IndexMediaType && d.Digest.String() == b.Digest && d.Size == b.Size && d.Annotations[AnnotationLayer] == b.Layer
+		}) {
+			return false
+		}
+	}
+	return true
 }
 
 // listedIndexBlobs returns, for the layers in wanted, the index blobs the
 // listing names in the index artifacts' AnnotationIndexBlobs, the newest
-// artifact's for a layer several hold. It reports false, for FindIndexes
-// to read the manifests instead, unless every index artifact listed gives
-// its creation time and its blobs, and every artifact that may be one (a
-// registry may list the config's media type as the artifactType) does or
-// is of another artifactType. It also returns the artifacts it took blobs
-// from.
-func listedIndexBlobs(list *v1.IndexManifest, wanted map[v1.Hash]bool) (map[v1.Hash]v1.Descriptor, []v1.Hash, bool) {
+// artifact's for a layer several hold, and for each artifact it took
+// blobs from, those blobs. Only entries walkReferrers would read are
+// looked at (an artifactType among listed, a manifest's media type, a
+// bounded size). It reports false, for FindIndexes to read the manifests
+// instead, unless each of those that is, or may be, an index artifact (a
+// registry may list the config's media type as the artifactType) gives
+// its creation time and its blobs.
+func listedIndexBlobs(list *v1.IndexManifest, listed []string, wanted map[v1.Hash]bool) (map[v1.Hash]v1.Descriptor, map[v1.Hash][]listedIndexBlob, bool) {
 	type listedArtifact struct {
 		digest  v1.Hash
 		created time.Time
@@ -377,14 +417,13 @@ func listedIndexBlobs(list *v1.IndexManifest, wanted map[v1.Hash]bool) (map[v1.H
 	}
 	var arts []listedArtifact
 	for _, d := range list.Manifests {
-		named, has := d.Annotations[AnnotationIndexBlobs]
-		switch {
-		case !has && d.ArtifactType == IndexArtifactType:
-			return nil, nil, false // an older pusher's: read it
-		case !has && (d.ArtifactType == "" || d.ArtifactType == string(types.OCIEmptyJSON)):
-			return nil, nil, false // may be one
-		case !has:
+		if !slices.Contains(listed, d.ArtifactType) ||
+			(d.MediaType != types.OCIManifestSchema1 && d.MediaType != "") || d.Size > maxArtifactManifestSize {
 			continue
+		}
+		named, has := d.Annotations[AnnotationIndexBlobs]
+		if !has {
+			return nil, nil, false // an older pusher's, or not ours: read it
 		}
 		a := listedArtifact{digest: d.Digest}
 		if a.created = createdAt(d.Annotations); a.created.IsZero() || json.Unmarshal([]byte(named), &a.blobs) != nil {
@@ -396,9 +435,8 @@ func listedIndexBlobs(list *v1.IndexManifest, wanted map[v1.Hash]bool) (map[v1.H
 	slices.Reverse(arts)
 	slices.SortStableFunc(arts, func(a, b listedArtifact) int { return b.created.Compare(a.created) })
 	chosen := map[v1.Hash]v1.Descriptor{}
-	var from []v1.Hash
+	from := map[v1.Hash][]listedIndexBlob{}
 	for _, a := range arts {
-		used := false
 		for _, b := range a.blobs {
 			l, err := v1.NewHash(b.Layer)
 			if err != nil || !wanted[l] || b.Size <= 0 || b.Size > MaxIndexBlobSize {
@@ -410,11 +448,8 @@ func listedIndexBlobs(list *v1.IndexManifest, wanted map[v1.Hash]bool) (map[v1.H
 			}
 			if _, ok := chosen[l]; !ok {
 				chosen[l] = v1.Descriptor{MediaType: IndexMediaType, Digest: h, Size: b.Size}
-				used = true
+				from[a.digest] = append(from[a.digest], b)
 			}
-		}
-		if used {
-			from = append(from, a.digest)
 		}
 	}
 	return chosen, from, true

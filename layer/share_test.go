@@ -555,17 +555,32 @@ func TestFindIndexesIgnoresOtherSubjects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	forged := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	forged = mutate.AppendManifests(forged, mutate.IndexAddendum{
-		Add:        staticManifest{desc: *desc},
-		Descriptor: v1.Descriptor{ArtifactType: layer.IndexArtifactType, MediaType: desc.MediaType},
-	})
-	if err := remote.Put(f.repo(t).Tag(f.fallbackTag()), forged, remote.WithContext(t.Context())); err != nil {
+	// With the annotations its pusher set, as a copied entry has them
+	// (the listing then names its blobs), and without.
+	raw, err := remote.Get(f.repo(t).Digest(art.String()), remote.WithContext(t.Context()))
+	if err != nil {
 		t.Fatal(err)
 	}
-	checkFallbackLists(t, f, art)
-	if got := f.find(t); len(got) != 0 {
-		t.Errorf("found %d indexes of another image's artifact: %v", len(got), slices.Collect(maps.Keys(got)))
+	m, err := v1.ParseManifest(bytes.NewReader(raw.Manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Annotations[layer.AnnotationIndexBlobs] == "" {
+		t.Fatal("the artifact names no index blobs")
+	}
+	for _, annotations := range []map[string]string{m.Annotations, nil} {
+		forged := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		forged = mutate.AppendManifests(forged, mutate.IndexAddendum{
+			Add:        staticManifest{desc: *desc},
+			Descriptor: v1.Descriptor{ArtifactType: layer.IndexArtifactType, MediaType: desc.MediaType, Annotations: annotations},
+		})
+		if err := remote.Put(f.repo(t).Tag(f.fallbackTag()), forged, remote.WithContext(t.Context())); err != nil {
+			t.Fatal(err)
+		}
+		checkFallbackLists(t, f, art)
+		if got := f.find(t); len(got) != 0 {
+			t.Errorf("annotated %v: found %d indexes of another image's artifact: %v", annotations != nil, len(got), slices.Collect(maps.Keys(got)))
+		}
 	}
 }
 
@@ -966,7 +981,7 @@ func TestEarlyTOCReadFailingIsReadAgain(t *testing.T) {
 // TestFindIndexesFromTheListing: the referrers listing names each index
 // artifact's blobs (AnnotationIndexBlobs), with and without the referrers
 // API, so FindIndexes fetches them, the newest artifact's for a layer two
-// hold, without reading an artifact's manifest.
+// hold, while it reads the artifacts' manifests rather than after.
 func TestFindIndexesFromTheListing(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -985,14 +1000,24 @@ func TestFindIndexesFromTheListing(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			reg.Reset()
+			blob, _, _ := v1.SHA256(bytes.NewReader(newer))
+			fetched := newArrival()
+			reg.Wrap(func(next http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					switch {
+					case strings.HasSuffix(r.URL.Path, "/blobs/"+blob.String()):
+						fetched.saw()
+					case strings.HasSuffix(r.URL.Path, "/manifests/"+older.String()), strings.HasSuffix(r.URL.Path, "/manifests/"+newest.String()):
+						fetched.await()
+					}
+					next.ServeHTTP(w, r)
+				})
+			})
 			want := f.pick(1)
 			want[f.layers[0]] = newer
 			checkSame(t, f.find(t), want)
-			for _, r := range reg.Requests() {
-				if r.Method == http.MethodGet && (strings.HasSuffix(r.Path, "/manifests/"+older.String()) || strings.HasSuffix(r.Path, "/manifests/"+newest.String())) {
-					t.Errorf("read artifact manifest %s", r.Path)
-				}
+			if fetched.timedOut.Load() {
+				t.Error("the index blobs were fetched after the artifacts' manifests were read")
 			}
 		})
 	}
