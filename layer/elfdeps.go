@@ -358,14 +358,7 @@ func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 	if _, dup := p.elfFetched.LoadOrStore(n, true); dup || p.restCount.Add(1) > maxELFFollowed {
 		return
 	}
-	p.elfMu.Lock()
-	defer p.elfMu.Unlock()
-	if p.stopped {
-		return
-	}
-	p.elfJobs.Add(1)
-	go func() {
-		defer p.elfJobs.Done()
+	p.inLife(func() {
 		select {
 		case p.restSlots <- struct{}{}:
 			defer func() { <-p.restSlots }()
@@ -381,7 +374,23 @@ func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 		if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
 			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone, &p.elfFiles)
 		}
+	})
+}
+
+// inLife runs f on a goroutine of its own that Stop waits for, and
+// reports whether it did: not once Stop was called.
+func (p *Prefetch) inLife(f func()) bool {
+	p.elfMu.Lock()
+	defer p.elfMu.Unlock()
+	if p.stopped {
+		return false
+	}
+	p.elfJobs.Add(1)
+	go func() {
+		defer p.elfJobs.Done()
+		f()
 	}()
+	return true
 }
 
 // follow starts following n unless it was, or too many files were.
@@ -389,18 +398,13 @@ func (p *Prefetch) follow(n *index.Node) {
 	if _, dup := p.elfSeen.LoadOrStore(n, true); dup || p.elfCount.Add(1) > maxELFFollowed {
 		return
 	}
-	p.elfMu.Lock()
-	defer p.elfMu.Unlock()
-	if p.stopped {
-		return
-	}
-	p.elfJobs.Add(1)
 	p.elfFollowing.Add(1)
-	go func() {
-		defer p.elfJobs.Done()
+	if !p.inLife(func() {
 		defer p.elfFollowing.Add(-1)
 		p.followELF(p.life, n)
-	}()
+	}) {
+		p.elfFollowing.Add(-1)
+	}
 }
 
 // followELF fetches what the loader opens for n, if n is a dynamically

@@ -581,6 +581,25 @@ func TestOnDemandReadJoinsPrefetchBatch(t *testing.T) {
 	}
 }
 
+// followingReader pushes an image of layer l (with annotations ann) as
+// repoTag, opens it, starts prefetch (its priority phase done) and
+// returns the stack, its tree, the prefetch and a reader whose reads have
+// it follow programs and ELF files. The prefetch stops with the test.
+func followingReader(t *testing.T, reg *testutil.Registry, repoTag string, l v1.Layer, ann map[string]string) (*layer.Stack, *index.Tree, *layer.Prefetch, *layer.TrackedReader) {
+	t.Helper()
+	img, err := layer.Resolve(context.Background(), reg.Push(t, repoTag, testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
+	t.Cleanup(p.Stop)
+	waitPrefetch(t, p)
+	r := layer.NewTrackedReader(stack, nil)
+	r.FollowELF(p)
+	return stack, tree, p, r
+}
+
 // TestPrefetchFollowsELF: when a job starts reading a program, its loader,
 // the loader's cache and its libraries are fetched before the loader asks
 // for them (real Debian binaries, laid out as Debian does, with symlinks).
@@ -614,16 +633,7 @@ func TestPrefetchFollowsELF(t *testing.T) {
 	}
 	reg := testutil.NewRegistry(t)
 	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
-	img, err := layer.Resolve(context.Background(), reg.Push(t, "elf:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
-	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
-	defer p.Stop()
-	waitPrefetch(t, p)
-	r := layer.NewTrackedReader(stack, nil)
-	r.FollowELF(p)
+	stack, tree, p, r := followingReader(t, reg, "elf:v1", l, ann)
 
 	env, _ := tree.Lookup("usr/bin/env")
 	head := make([]byte, 4096)
@@ -675,16 +685,7 @@ func TestPrefetchFetchesAProgramWhole(t *testing.T) {
 			}
 			reg := testutil.NewRegistry(t)
 			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f, testutil.WithChunkSize(64<<10))
-			img, err := layer.Resolve(context.Background(), reg.Push(t, "prog:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
-			if err != nil {
-				t.Fatal(err)
-			}
-			stack, _, _, tree := prefetchStack(t, img, t.TempDir())
-			p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
-			defer p.Stop()
-			waitPrefetch(t, p)
-			r := layer.NewTrackedReader(stack, nil)
-			r.FollowELF(p)
+			_, tree, p, r := followingReader(t, reg, "prog:v1", l, ann)
 			reg.Reset()
 
 			prog, _ := tree.Lookup("bin/prog")

@@ -832,6 +832,31 @@ func TestResolveWithReferrersListsWhileTheConfigIsFetched(t *testing.T) {
 	}
 }
 
+// openImage resolves ref with opts and opens it over st with a cache of
+// its own; the stack closes with the test.
+func openImage(t *testing.T, ref string, st *layer.Store, opts ...layer.Option) (*layer.Stack, *index.Tree) {
+	t.Helper()
+	img, err := layer.Resolve(t.Context(), ref, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	s, err := layer.Open(t.Context(), img, st, c, layer.StackOptions{})
+	if err != nil {
+		t.Fatalf("open %s: %v", ref, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	tree, err := index.Merge(s.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, tree
+}
+
 // TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched: with
 // WithEarlyTOC, the end of an eStargz layer, where its TOC lies, is asked
 // for as soon as the manifest is in, while the config request waits, and
@@ -853,21 +878,9 @@ func TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A first open stores both indexes; then layer 1's alone is kept.
-	first, err := layer.Resolve(t.Context(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := layer.Open(t.Context(), first, st, c, layer.StackOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	d0 := first.Layers[0].Descriptor.Digest
+	first, _ := openImage(t, ref, st)
+	first.Close() // once its index saves are done
+	d0 := first.Layers()[0].Layer.Descriptor.Digest
 	removed := 0
 	filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
 		if err == nil && !e.IsDir() && strings.Contains(p, d0.Hex) {
@@ -880,7 +893,11 @@ func TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched(t *testing.T) {
 		t.Fatalf("no stored index of %s to remove", d0)
 	}
 
-	config := "/blobs/" + first.Manifest.Config.Digest.String()
+	img, err := layer.Resolve(t.Context(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := "/blobs/" + img.Manifest.Config.Digest.String()
 	tail := newArrival()
 	reg.Reset()
 	reg.Wrap(func(next http.Handler) http.Handler {
@@ -894,21 +911,9 @@ func TestResolveWithEarlyTOCReadsTheTailWhileTheConfigIsFetched(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	})
-	img, err := layer.Resolve(t.Context(), ref, layer.WithEarlyTOC(st))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, tree := openImage(t, ref, st, layer.WithEarlyTOC(st))
 	if tail.timedOut.Load() {
 		t.Error("the config was fetched before the tail of layer 0 was asked for")
-	}
-	s, err = layer.Open(t.Context(), img, st, c, layer.StackOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	tree, err := index.Merge(s.Indexes())
-	if err != nil {
-		t.Fatal(err)
 	}
 	readCheck(t, s, tree, "f/03", files["f/03"])
 	var tails, others int
@@ -951,29 +956,12 @@ func TestEarlyTOCReadFailingIsReadAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := layer.Resolve(t.Context(), ref, layer.WithEarlyTOC(st))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := layer.Open(t.Context(), img, st, c, layer.StackOptions{})
-	if err != nil {
-		t.Fatalf("open after a failed early tail read: %v", err)
-	}
-	defer s.Close()
+	s, tree := openImage(t, ref, st, layer.WithEarlyTOC(st))
 	if got := s.Layers()[0].Origin; got != layer.FromTOC {
 		t.Errorf("index from %s, want the TOC, read again", got)
 	}
 	if failed.Load() < 2 {
 		t.Errorf("%d range requests of the layer, want the failed tail and another", failed.Load())
-	}
-	tree, err := index.Merge(s.Indexes())
-	if err != nil {
-		t.Fatal(err)
 	}
 	readCheck(t, s, tree, "f/05", files["f/05"])
 }
