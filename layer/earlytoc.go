@@ -19,11 +19,12 @@ const earlyTOCTimeout = 30 * time.Second
 // tailRead is a read of the end of a layer blob, [off, size), under way or
 // done, for the TOC there.
 type tailRead struct {
-	blob *fetch.RemoteBlob
-	off  int64
-	buf  []byte
-	done chan struct{} // closed when the read ended
-	err  error         // set before done is closed
+	off   int64
+	buf   []byte
+	ready chan struct{}     // closed once blob is set, or could not be
+	blob  *fetch.RemoteBlob // set before ready is closed; nil if Blob failed
+	done  chan struct{}     // closed when the read ended
+	err   error             // set before done is closed
 }
 
 // earlyTails bounds the tail reads in flight at once, so that with many
@@ -31,8 +32,9 @@ type tailRead struct {
 const earlyTails = 4
 
 // readTails starts reading the tail of each layer of m that has a TOC and
-// no index in st, through blobs of fc in repo (made within ctx), and
-// returns the reads by layer digest. The reads run within rctx; end,
+// no index in st, through blobs of fc in repo (made within ctx, which
+// must outlive Resolve's wait for them), and returns the reads by layer
+// digest. The reads run within rctx; end,
 // called once they all ended, releases it.
 func readTails(ctx, rctx context.Context, end context.CancelFunc, fc *fetch.Client, repo name.Repository, m *v1.Manifest, st *Store) map[v1.Hash]*tailRead {
 	tails := map[v1.Hash]*tailRead{}
@@ -42,17 +44,22 @@ func readTails(ctx, rctx context.Context, end context.CancelFunc, fc *fetch.Clie
 		if _, _, ok := (&Layer{Descriptor: d}).TOC(); !ok || d.Size <= 0 || st.hasIndex(d.Digest, BuiltHere) {
 			continue
 		}
-		b, err := fc.Blob(ctx, repo, d)
-		if err != nil {
-			continue // Resolve makes it again, and says what is wrong
-		}
 		n := index.TailReadSize(d.Size)
-		t := &tailRead{blob: b, off: d.Size - n, buf: make([]byte, n), done: make(chan struct{})}
+		t := &tailRead{off: d.Size - n, buf: make([]byte, n), ready: make(chan struct{}), done: make(chan struct{})}
 		tails[d.Digest] = t
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer close(t.done)
+			// Its handshake, if not done yet, does not hold the config
+			// request back.
+			b, err := fc.Blob(ctx, repo, d)
+			t.blob = b
+			close(t.ready)
+			if err != nil {
+				t.err = err // Resolve makes it again, and says what is wrong
+				return
+			}
 			select {
 			case slots <- struct{}{}:
 				defer func() { <-slots }()
@@ -70,6 +77,17 @@ func readTails(ctx, rctx context.Context, end context.CancelFunc, fc *fetch.Clie
 		end()
 	}()
 	return tails
+}
+
+// waitReady waits until t's blob is made (or could not be), or ctx ends,
+// and reports which.
+func waitReady(ctx context.Context, t *tailRead) bool {
+	select {
+	case <-t.ready:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // tocReader reads l's blob for ReadTOC: from the tail read started early,

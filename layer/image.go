@@ -410,7 +410,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 		if len(diffIDs) == len(im.Manifest.Layers) {
 			l.DiffID = diffIDs[i]
 		}
-		if t := tails[d.Digest]; t != nil && t.blob.Size() == d.Size {
+		if t := tails[d.Digest]; t != nil && waitReady(ctx, t) && t.blob != nil && t.blob.Size() == d.Size {
 			l.blob = t.blob
 			l.tail.Store(t)
 		} else if l.blob, err = fc.Blob(ctx, r.Context(), d); err != nil {
