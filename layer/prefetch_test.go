@@ -86,13 +86,21 @@ func prefetchImage(t *testing.T, reg *testutil.Registry, prioritized []string) (
 	return img, base, top
 }
 
-// prefetchStack opens img over root with a cache of its own.
+// prefetchStack opens img over a store at root (see openMerged).
 func prefetchStack(t *testing.T, img *layer.Image, root string) (*layer.Stack, *layer.Store, *cache.Cache, *index.Tree) {
 	t.Helper()
 	st, err := layer.NewStore(root)
 	if err != nil {
 		t.Fatal(err)
 	}
+	stack, c, tree := openMerged(t, img, st)
+	return stack, st, c, tree
+}
+
+// openMerged opens img over st with a cache of its own, and merges its
+// layers; stack and cache close with the test.
+func openMerged(t *testing.T, img *layer.Image, st *layer.Store) (*layer.Stack, *cache.Cache, *index.Tree) {
+	t.Helper()
 	c, err := cache.New(cache.Options{MemoryBytes: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +115,7 @@ func prefetchStack(t *testing.T, img *layer.Image, root string) (*layer.Stack, *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return stack, st, c, tree
+	return stack, c, tree
 }
 
 // waitPrefetch waits for p to end, failing the test after a generous bound.
@@ -600,6 +608,34 @@ func followingReader(t *testing.T, reg *testutil.Registry, repoTag string, l v1.
 	return stack, tree, p, r
 }
 
+// readHead reads the first 4 KiB of name through r, as the kernel starting
+// a program does.
+func readHead(t *testing.T, r *layer.TrackedReader, tree *index.Tree, name string) {
+	t.Helper()
+	n, ok := tree.Lookup(name)
+	if !ok {
+		t.Fatalf("%s missing", name)
+	}
+	if _, err := r.ReadAt(context.Background(), n, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitStatus waits until done holds of p's status and returns it, failing
+// the test, doing what, after a generous bound.
+func waitStatus(t *testing.T, p *layer.Prefetch, what string, done func(layer.PrefetchStatus) bool) layer.PrefetchStatus {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	st := p.Status()
+	for ; !done(st); st = p.Status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %+v", what, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return st
+}
+
 // TestPrefetchFollowsELF: when a job starts reading a program, its loader,
 // the loader's cache and its libraries are fetched before the loader asks
 // for them (real Debian binaries, laid out as Debian does, with symlinks).
@@ -635,19 +671,8 @@ func TestPrefetchFollowsELF(t *testing.T) {
 	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
 	stack, tree, p, r := followingReader(t, reg, "elf:v1", l, ann)
 
-	env, _ := tree.Lookup("usr/bin/env")
-	head := make([]byte, 4096)
-	if _, err := r.ReadAt(context.Background(), env, head, 0); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	st := p.Status()
-	for ; st.ELFFiles < 3 || st.ELFFollowing > 0; st = p.Status() {
-		if time.Now().After(deadline) {
-			t.Fatalf("following /usr/bin/env: %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	readHead(t, r, tree, "usr/bin/env")
+	st := waitStatus(t, p, "following /usr/bin/env", func(st layer.PrefetchStatus) bool { return st.ELFFiles >= 3 && st.ELFFollowing == 0 })
 	if st.ELFFiles != 3 || st.ELFBytes == 0 || st.ELFDoneBytes != st.ELFBytes {
 		t.Errorf("followed /usr/bin/env: %+v; want its loader, the loader's cache and libc fetched", st)
 	}
@@ -659,11 +684,7 @@ func TestPrefetchFollowsELF(t *testing.T) {
 		t.Errorf("reading what /usr/bin/env needs took %d blob requests, want 0", n)
 	}
 	// Not a program: nothing is followed.
-	other, _ := tree.Lookup("usr/share/07")
-	if other == nil {
-		t.Fatal("usr/share/07 missing")
-	}
-	r.ReadAt(context.Background(), other, head, 0)
+	readHead(t, r, tree, "usr/share/07")
 	if st := p.Status(); st.ELFFiles != 3 || st.ELFFollowing != 0 {
 		t.Errorf("after reading a text file: %+v", st)
 	}
@@ -688,19 +709,8 @@ func TestPrefetchFetchesAProgramWhole(t *testing.T) {
 			_, tree, p, r := followingReader(t, reg, "prog:v1", l, ann)
 			reg.Reset()
 
-			prog, _ := tree.Lookup("bin/prog")
-			head := make([]byte, 4096)
-			if _, err := r.ReadAt(context.Background(), prog, head, 0); err != nil {
-				t.Fatal(err)
-			}
-			deadline := time.Now().Add(30 * time.Second)
-			st := p.Status()
-			for ; st.ELFFiles < 1 || st.ELFDoneBytes < st.ELFBytes; st = p.Status() {
-				if time.Now().After(deadline) {
-					t.Fatalf("fetching the rest of bin/prog: %+v", st)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			readHead(t, r, tree, "bin/prog")
+			waitStatus(t, p, "fetching the rest of bin/prog", func(st layer.PrefetchStatus) bool { return st.ELFFiles >= 1 && st.ELFDoneBytes >= st.ELFBytes })
 			// The head's unit, the rest in one batch, and for gzip the
 			// window the batch's first span starts from; no byte twice.
 			if n := blobRequests(reg); n > 3 {
@@ -713,10 +723,7 @@ func TestPrefetchFetchesAProgramWhole(t *testing.T) {
 				t.Errorf("reading bin/prog after its head took %d blob requests, want 0", n)
 			}
 
-			data, _ := tree.Lookup("share/data")
-			if _, err := r.ReadAt(context.Background(), data, head, 0); err != nil {
-				t.Fatal(err)
-			}
+			readHead(t, r, tree, "share/data")
 			reg.Reset()
 			readCheck(t, r, tree, "share/data", files["share/data"])
 			if n := blobRequests(reg); n == 0 {

@@ -29,7 +29,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/lazyroot/lazyroot/cache"
 	"github.com/lazyroot/lazyroot/index"
 	"github.com/lazyroot/lazyroot/internal/testutil"
 	"github.com/lazyroot/lazyroot/layer"
@@ -739,14 +738,18 @@ func (a *arrival) await() {
 	}
 }
 
+// listingKinds are the two ways a registry lists referrers: the
+// fallback tag (no referrers API) and the referrers API.
+var listingKinds = []struct {
+	name string
+	opts []testutil.RegistryOption
+}{{"fallback tag", nil}, {"referrers API", []testutil.RegistryOption{testutil.WithReferrers()}}}
+
 // TestReferrersListedInOneRoundTrip: the referrers API and the fallback
 // tag are asked at once, so a registry without the API costs no second
 // round trip, and one with it still has its answer used.
 func TestReferrersListedInOneRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		opts []testutil.RegistryOption
-	}{{"without referrers API", nil}, {"with referrers API", []testutil.RegistryOption{testutil.WithReferrers()}}} {
+	for _, tc := range listingKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := testutil.NewRegistry(t, tc.opts...)
 			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })
@@ -832,28 +835,14 @@ func TestResolveWithReferrersListsWhileTheConfigIsFetched(t *testing.T) {
 	}
 }
 
-// openImage resolves ref with opts and opens it over st with a cache of
-// its own; the stack closes with the test.
+// openImage resolves ref with opts and opens it over st (see openMerged).
 func openImage(t *testing.T, ref string, st *layer.Store, opts ...layer.Option) (*layer.Stack, *index.Tree) {
 	t.Helper()
 	img, err := layer.Resolve(t.Context(), ref, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cache.New(cache.Options{MemoryBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	s, err := layer.Open(t.Context(), img, st, c, layer.StackOptions{})
-	if err != nil {
-		t.Fatalf("open %s: %v", ref, err)
-	}
-	t.Cleanup(func() { s.Close() })
-	tree, err := index.Merge(s.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _, tree := openMerged(t, img, st)
 	return s, tree
 }
 
@@ -971,10 +960,7 @@ func TestEarlyTOCReadFailingIsReadAgain(t *testing.T) {
 // API, so FindIndexes fetches them, the newest artifact's for a layer two
 // hold, while it reads the artifacts' manifests rather than after.
 func TestFindIndexesFromTheListing(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		opts []testutil.RegistryOption
-	}{{"fallback tag", nil}, {"referrers API", []testutil.RegistryOption{testutil.WithReferrers()}}} {
+	for _, tc := range listingKinds {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := testutil.NewRegistry(t, tc.opts...)
 			f := newShareFixture(t, reg.Host, "share:v1", func(repoTag string, img v1.Image) string { return reg.Push(t, repoTag, img) })

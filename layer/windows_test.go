@@ -204,13 +204,14 @@ func mustStore(t *testing.T, root string) *layer.Store {
 	return st
 }
 
-// nodeOpener returns a function that opens img as one node's successive
-// mount servers would: each with a new cache (its memory tier empty) over
-// the same disk cache and store, building the indexes itself.
-func nodeOpener(t *testing.T, img *layer.Image) func() (*layer.Stack, *cache.Cache) {
+// warmAfterCold opens img as one node's successive mount servers would:
+// each with a new cache (its memory tier empty) over the same disk cache
+// and store, building the indexes itself. The first reads every file of
+// files and closes; the second, returned, closes with the test.
+func warmAfterCold(t *testing.T, img *layer.Image, files map[string][]byte) *layer.Stack {
 	t.Helper()
 	root, cacheDir := t.TempDir(), t.TempDir()
-	return func() (*layer.Stack, *cache.Cache) {
+	open := func() (*layer.Stack, *cache.Cache) {
 		c, err := cache.New(cache.Options{MemoryBytes: 16 << 20, Dir: cacheDir})
 		if err != nil {
 			t.Fatal(err)
@@ -221,19 +222,20 @@ func nodeOpener(t *testing.T, img *layer.Image) func() (*layer.Stack, *cache.Cac
 		}
 		return s, c
 	}
-}
-
-func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
-	reg := testutil.NewRegistry(t)
-	img, files := resolvedSpanned(t, reg, "span-warm:v1", testutil.Gzip)
-	open := nodeOpener(t, img)
 	cold, c := open()
 	checkFiles(t, cold, files)
 	cold.Close()
 	c.Close()
 	warm, c := open()
-	defer c.Close()
-	defer warm.Close()
+	t.Cleanup(c.Close)
+	t.Cleanup(func() { warm.Close() })
+	return warm
+}
+
+func TestSpansReadAheadAreCachedForTheNextMount(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, files := resolvedSpanned(t, reg, "span-warm:v1", testutil.Gzip)
+	warm := warmAfterCold(t, img, files)
 	before := img.FetchStats().Requests
 	checkFiles(t, warm, files)
 	if n := img.FetchStats().Requests - before; n != 0 {
@@ -274,19 +276,11 @@ func forgeWindows(x *index.Index, rehash bool) []byte {
 func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
 	reg := testutil.NewRegistry(t)
 	img, files := resolvedSpanned(t, reg, "span-warm-prefetch:v1", testutil.Gzip)
-	open := nodeOpener(t, img)
 	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
 	for name := range files {
 		prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: name})
 	}
-	cold, c := open()
-	checkFiles(t, cold, files)
-	cold.Close()
-	c.Close()
-
-	warm, c := open()
-	defer c.Close()
-	defer warm.Close()
+	warm := warmAfterCold(t, img, files)
 	before := img.FetchStats()
 	p := layer.StartPrefetch(context.Background(), warm, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
 	st := waitPrefetch(t, p)
