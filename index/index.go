@@ -190,6 +190,9 @@ var ErrMalformed = errors.New("malformed")
 // to the root, no "." components, no trailing slash; "" for the root. A name
 // with a ".." component is refused with ErrUnsafePath.
 func CleanName(name string) (string, error) {
+	if isClean(name) {
+		return name, nil
+	}
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
 			return "", fmt.Errorf("entry %q: %w: it leaves the layer root", name, ErrUnsafePath)
@@ -197,6 +200,26 @@ func CleanName(name string) (string, error) {
 	}
 	clean := path.Clean("/" + name)
 	return strings.TrimPrefix(clean, "/"), nil
+}
+
+// isClean reports whether name is non-empty and already in CleanName's
+// form, with no ".." component: most names are, and need no copy.
+func isClean(name string) bool {
+	if name == "" || name[0] == '/' || name[len(name)-1] == '/' {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '/' {
+			continue
+		}
+		switch name[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }
 
 // validate checks the invariants every Entry must hold, whatever built it.

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"errors"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 )
 
 // MaxTOCSize bounds the table of contents ReadTOC accepts.
@@ -121,14 +124,18 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 			return nil, fmt.Errorf("read toc of %s: %w: stored bytes are %s, descriptor says %s", layer, ErrTOCDigest, got, want.Compressed)
 		}
 	}
-	toc, jsonDigest, err := d.ParseTOC(bytes.NewReader(raw))
+	js, err := tocJSON(raw, f)
 	if err != nil {
 		return nil, fmt.Errorf("parse toc of %s: %w: %w", layer, ErrMalformed, err)
 	}
-	if want.JSON != "" && jsonDigest.String() != want.JSON {
+	if jsonDigest := digestString(sha256Sum(js)); want.JSON != "" && jsonDigest != want.JSON {
 		return nil, fmt.Errorf("read toc of %s: %w: toc is %s, descriptor says %s", layer, ErrTOCDigest, jsonDigest, want.JSON)
 	}
-	x, err := fromTOC(toc, layer, f, payloadEnd)
+	entries, err := decodeTOCJSON(js)
+	if err != nil {
+		return nil, fmt.Errorf("parse toc of %s: %w: %w", layer, ErrMalformed, err)
+	}
+	x, err := fromTOC(entries, layer, f, payloadEnd)
 	if err == nil {
 		err = x.Validate()
 	}
@@ -138,6 +145,51 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 	return x, nil
 }
 
+// maxTOCJSONSize bounds a TOC's JSON once decompressed.
+const maxTOCJSONSize = 1 << 30
+
+// tocJSON decompresses raw, the TOC as a blob of format f stores it: for
+// eStargz, a gzip stream of a tar holding one file, the JSON; for
+// zstd:chunked, a zstd frame of the JSON.
+func tocJSON(raw []byte, f Format) ([]byte, error) {
+	switch f {
+	case FormatEStargz:
+		zr, err := gzip.NewReader(bytes.NewReader(raw))
+		if err != nil {
+			return nil, fmt.Errorf("toc gzip header: %w", err)
+		}
+		zr.Multistream(false)
+		tr := tar.NewReader(zr)
+		h, err := tr.Next()
+		if err != nil {
+			return nil, fmt.Errorf("toc tar header: %w", err)
+		}
+		if h.Name != tocTarName {
+			return nil, fmt.Errorf("toc tar holds %q, not %q", h.Name, tocTarName)
+		}
+		if h.Size > maxTOCJSONSize {
+			return nil, fmt.Errorf("toc of %d bytes uncompressed: over %d", h.Size, maxTOCJSONSize)
+		}
+		js := make([]byte, h.Size)
+		if _, err := io.ReadFull(tr, js); err != nil {
+			return nil, fmt.Errorf("toc json: %w", err)
+		}
+		return js, nil
+	case FormatZstdChunked:
+		zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCJSONSize))
+		if err != nil {
+			return nil, err
+		}
+		defer zr.Close()
+		js, err := zr.DecodeAll(raw, nil)
+		if err != nil {
+			return nil, fmt.Errorf("toc zstd frame: %w", err)
+		}
+		return js, nil
+	}
+	return nil, fmt.Errorf("format %q has no toc", f)
+}
+
 func sha256Sum(b []byte) []byte {
 	s := sha256.Sum256(b)
 	return s[:]
@@ -145,21 +197,24 @@ func sha256Sum(b []byte) []byte {
 
 // fromTOC converts TOC entries, in order, into an Index. payloadEnd is where
 // the last chunk's stored unit ends at the latest.
-func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Index, error) {
+func fromTOC(entries []tocEntry, layer string, f Format, payloadEnd int64) (*Index, error) {
 	// The stored unit of a chunk ends where the next unit starts; units
 	// that share a start (InnerOffset > 0) share an end.
-	ends := make([]int64, len(toc.Entries))
+	ends := make([]int64, len(entries))
 	next := payloadEnd
-	for i := len(toc.Entries) - 1; i >= 0; i-- {
-		te := toc.Entries[i]
+	for i := len(entries) - 1; i >= 0; i-- {
+		te := &entries[i]
 		ends[i] = next
 		if (te.Type == "reg" || te.Type == "chunk") && te.Offset > 0 && te.InnerOffset == 0 {
 			next = te.Offset
 		}
 	}
-	x := &Index{Layer: layer, Format: f}
+	x := &Index{Layer: layer, Format: f, Entries: make([]Entry, 0, len(entries))}
 	cur := -1 // index in x.Entries of the regular file chunks attach to
-	for i, te := range toc.Entries {
+	var lastModTime string
+	var lastTime time.Time
+	for i := range entries {
+		te := &entries[i]
 		if te.Type == "chunk" {
 			if cur < 0 {
 				return nil, fmt.Errorf("%w: chunk entry %d follows no regular file", ErrMalformed, i)
@@ -183,17 +238,22 @@ func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Inde
 		e := Entry{
 			Name:     name,
 			Mode:     uint32(te.Mode) & 07777,
-			UID:      te.UID,
-			GID:      te.GID,
+			UID:      int(te.UID),
+			GID:      int(te.GID),
 			Devmajor: uint32(te.DevMajor),
 			Devminor: uint32(te.DevMinor),
 			Xattrs:   te.Xattrs,
 		}
-		if te.ModTime3339 != "" {
-			if e.ModTime, err = time.Parse(time.RFC3339, te.ModTime3339); err != nil {
-				return nil, fmt.Errorf("entry %q: %w: modtime: %w", te.Name, ErrMalformed, err)
+		if te.ModTime != "" {
+			// Files of one layer mostly share a few times.
+			if te.ModTime != lastModTime {
+				t, err := time.Parse(time.RFC3339, te.ModTime)
+				if err != nil {
+					return nil, fmt.Errorf("entry %q: %w: modtime: %w", te.Name, ErrMalformed, err)
+				}
+				lastModTime, lastTime = te.ModTime, t.UTC()
 			}
-			e.ModTime = e.ModTime.UTC()
+			e.ModTime = lastTime
 		}
 		switch te.Type {
 		case "reg":
@@ -228,7 +288,7 @@ func fromTOC(toc *estargz.JTOC, layer string, f Format, payloadEnd int64) (*Inde
 }
 
 // addTOCChunk appends the chunk te describes to the regular file e.
-func addTOCChunk(e *Entry, te *estargz.TOCEntry, end int64) error {
+func addTOCChunk(e *Entry, te *tocEntry, end int64) error {
 	size := te.ChunkSize
 	if size == 0 {
 		size = e.Size - te.ChunkOffset
