@@ -2,6 +2,8 @@ package layer
 
 import (
 	"context"
+	"path"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,11 @@ const (
 	// read next (modules of one package, say), and on a network this many
 	// bytes cost less than another round trip.
 	missNeighbours = 32 << 10
+	// smallDir is the most compressed bytes a directory's files may
+	// take for a lone miss of one of them to fetch them all: the files of
+	// a small directory are often read together (a locale's categories,
+	// a package's modules, /etc), each a round trip apart.
+	smallDir = 128 << 10
 )
 
 // readahead tracks the on-demand misses of one layer. Its methods
@@ -41,16 +48,27 @@ type readahead struct {
 
 	orderOnce sync.Once
 	order     []*index.Chunk // the layer's chunks in blob order; set once by orderOnce
+	dirOf     []int32        // the directory of order[i]'s file, an index in dirs; set with order
+	dirs      []dirChunks    // set with order
 
 	// last is the latest widened fetch: a miss inside it is served from
 	// its bytes, whether or not the background fill got there first.
 	last atomic.Pointer[batchBlob]
 }
 
-// plan notes a miss of chunk c of l and returns the chunks after it in the
-// blob to fetch with it, in blob order: those within missNeighbours, or
-// within the growing window when the miss follows the last one.
-func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
+// dirChunks is where the chunks of one directory's files lie in a layer's
+// blob order.
+type dirChunks struct {
+	first, last int   // indexes in order of its first and last chunk
+	bytes       int64 // stored bytes of its chunks
+}
+
+// plan notes a miss of chunk c of l and returns the chunks before and after
+// it in the blob to fetch with it, each in blob order: after it, those
+// within missNeighbours, or within the growing window when the miss
+// follows the last one; and for a lone miss in a small directory, the
+// chunks of that directory's other files, when they lie together.
+func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.Chunk) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	follows := r.nextOff > 0 && c.BlobOffset >= r.nextOff-readaheadGap && c.BlobOffset <= r.nextOff+readaheadGap
@@ -74,15 +92,27 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) []*index.Chunk {
 		window = missNeighbours
 	}
 	order := r.chunks(l)
-	i := sort.Search(len(order), func(i int) bool { return order[i].BlobOffset >= c.BlobEnd })
-	var extra []*index.Chunk
-	for ; i < len(order) && order[i].BlobEnd-c.BlobEnd <= window; i++ {
-		extra = append(extra, order[i])
+	ci := sort.Search(len(order), func(i int) bool { return order[i].BlobOffset >= c.BlobOffset })
+	i := ci
+	for i < len(order) && order[i].BlobOffset < c.BlobEnd {
+		i++
 	}
-	if len(extra) > 0 {
-		r.nextOff = extra[len(extra)-1].BlobEnd
+	end := c.BlobEnd + window
+	if ci < len(order) && order[ci].BlobOffset == c.BlobOffset && r.window == 0 {
+		if d := r.dirs[r.dirOf[ci]]; d.bytes <= smallDir && order[d.last].BlobEnd-order[d.first].BlobOffset <= 2*smallDir {
+			// Only what lies between the directory's first and last
+			// chunks: its files, and what a tar puts between them.
+			before = order[d.first:ci]
+			end = max(end, order[d.last].BlobEnd)
+		}
 	}
-	return extra
+	for ; i < len(order) && order[i].BlobEnd <= end; i++ {
+		after = append(after, order[i])
+	}
+	if len(after) > 0 {
+		r.nextOff = after[len(after)-1].BlobEnd
+	}
+	return before, after
 }
 
 // planSpans notes a miss of span si of l, a seekable layer, and returns how
@@ -194,30 +224,61 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 	return data, nil
 }
 
-// chunks returns the layer's chunks in blob order, one per blob offset.
+// chunks returns the layer's chunks in blob order, one per blob offset,
+// noting the directory of each.
 func (r *readahead) chunks(l *LayerState) []*index.Chunk {
 	r.orderOnce.Do(func() {
+		type placed struct {
+			c   *index.Chunk
+			dir int32
+		}
+		var all []placed
 		seen := map[int64]bool{}
+		dirIDs := map[string]int32{}
 		for i := range l.Index.Entries {
 			e := &l.Index.Entries[i]
+			if len(e.Chunks) == 0 {
+				continue
+			}
+			dir := path.Dir(e.Name)
+			id, ok := dirIDs[dir]
+			if !ok {
+				id = int32(len(dirIDs))
+				dirIDs[dir] = id
+			}
 			for j := range e.Chunks {
 				c := &e.Chunks[j]
 				if c.Digest == "" || seen[c.BlobOffset] {
 					continue
 				}
 				seen[c.BlobOffset] = true
-				r.order = append(r.order, c)
+				all = append(all, placed{c, id})
 			}
 		}
-		sort.Slice(r.order, func(i, j int) bool { return r.order[i].BlobOffset < r.order[j].BlobOffset })
+		sort.Slice(all, func(i, j int) bool { return all[i].c.BlobOffset < all[j].c.BlobOffset })
+		r.order = make([]*index.Chunk, len(all))
+		r.dirOf = make([]int32, len(all))
+		r.dirs = make([]dirChunks, len(dirIDs))
+		for i := range r.dirs {
+			r.dirs[i].first = -1
+		}
+		for i, p := range all {
+			r.order[i], r.dirOf[i] = p.c, p.dir
+			d := &r.dirs[p.dir]
+			if d.first < 0 {
+				d.first = i
+			}
+			d.last = i
+			d.bytes += p.c.BlobEnd - p.c.BlobOffset
+		}
 	})
 	return r.order
 }
 
-// readChunkAhead reads chunk c of l, and when its miss follows the last
-// one, the chunks after it in the same request; those are verified and
-// cached in the background, each as an on-demand read would. A widened
-// fetch that fails leaves c to be fetched alone.
+// readChunkAhead reads chunk c of l with the chunks plan picks around it,
+// in the same request; those are verified and cached in the background,
+// each as an on-demand read would. A widened fetch that fails leaves c to
+// be fetched alone.
 func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chunk) ([]byte, error) {
 	if !isRemote(l) {
 		return s.readChunk(ctx, l, c)
@@ -233,26 +294,34 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		// A prefetch batch is fetching it: wait for that.
 		return s.readChunk(ctx, l, c)
 	}
-	extra := l.ahead.plan(l, c)
-	// A cached tail need not be fetched again (cached chunks in the
+	before, after := l.ahead.plan(l, c)
+	// Cached ends need not be fetched again (cached chunks in the
 	// middle are, to keep one request: the fill skips them).
-	for len(extra) > 0 {
-		if !s.cache.Holds(l.chunkKey(extra[len(extra)-1])) {
-			break
-		}
-		extra = extra[:len(extra)-1]
+	for len(after) > 0 && s.cache.Holds(l.chunkKey(after[len(after)-1])) {
+		after = after[:len(after)-1]
+	}
+	for len(before) > 0 && s.cache.Holds(l.chunkKey(before[0])) {
+		before = before[1:]
 	}
 	// Nor past where a batch under way (a program's rest, say) fetches.
-	for i, ec := range extra {
+	for i, ec := range after {
 		if l.inflight.covering(ec.BlobOffset, ec.BlobEnd) != nil {
-			extra = extra[:i]
+			after = after[:i]
 			break
 		}
 	}
-	if len(extra) == 0 {
+	for i := len(before) - 1; i >= 0; i-- {
+		if l.inflight.covering(before[i].BlobOffset, before[i].BlobEnd) != nil {
+			before = before[i+1:]
+			break
+		}
+	}
+	if len(before)+len(after) == 0 {
 		return s.readChunk(ctx, l, c)
 	}
-	bb := &batchBlob{blobReader: l.blob, start: c.BlobOffset, end: extra[len(extra)-1].BlobEnd}
+	extra := append(slices.Clip(before), after...)
+	bb := &batchBlob{blobReader: l.blob, start: extra[0].BlobOffset, end: extra[len(extra)-1].BlobEnd}
+	bb.start, bb.end = min(bb.start, c.BlobOffset), max(bb.end, c.BlobEnd)
 	// Published before the fetch, so misses inside it wait for it rather
 	// than fetching their chunks again (inflight keeps it findable when a
 	// later fetch replaces it as the last).

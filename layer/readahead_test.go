@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -91,6 +92,89 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 			// after it (files next to a file are often read next).
 			if n, b := blobGets(); n < 4 || n > 5 || b > 5*(8000+32<<10) {
 				t.Errorf("5 scattered reads took %d blob requests, %d bytes; want 4 or 5, about their own chunks and neighbours", n, b)
+			}
+		})
+	}
+}
+
+// TestReadaheadFetchesASmallDirectory: a lone miss of a file in a small
+// directory fetches that directory's other files with it, those before
+// it in the layer too (a locale's categories are read in no layer order);
+// a lone miss in a large directory does not.
+func TestReadaheadFetchesASmallDirectory(t *testing.T) {
+	var ents []testutil.Entry
+	want := map[string][]byte{}
+	add := func(name string, content []byte) {
+		ents = append(ents, testutil.Entry{Name: name, Content: content})
+		want[name] = content
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 24 { // 192 KiB that do not compress: over smallDir
+		b := make([]byte, 8<<10)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		add(fmt.Sprintf("big/f%02d", i), b)
+	}
+	for i := range 10 {
+		add(fmt.Sprintf("loc/f%d", i), textBytes(uint64(i), 3000))
+	}
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
+		t.Run(string(f), func(t *testing.T) {
+			reg := testutil.NewRegistry(t)
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
+			ref := reg.Push(t, "dir:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+			digest, _ := l.Digest()
+			ctx := context.Background()
+			img, err := layer.Resolve(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ := layer.NewStore(t.TempDir())
+			stack, err := layer.Open(ctx, img, st, newCache(t), layer.StackOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stack.Close()
+			tree, err := index.Merge(stack.Indexes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			blobGets := func() (n int) {
+				for _, r := range reg.Requests() {
+					if r.Blob == digest.String() && r.Method == "GET" {
+						n++
+					}
+				}
+				return n
+			}
+			read := func(name string) {
+				t.Helper()
+				n, ok := tree.Lookup(name)
+				if !ok {
+					t.Fatalf("%s not in the tree", name)
+				}
+				buf := make([]byte, n.Size)
+				if k, err := stack.ReadAt(ctx, n, buf, 0); (err != nil && err != io.EOF) || !bytes.Equal(buf[:k], want[name]) {
+					t.Fatalf("%s: read %d bytes, %v; content differs", name, k, err)
+				}
+			}
+			reg.Reset()
+			read("loc/f6")
+			if n := blobGets(); n != 1 {
+				t.Fatalf("a lone miss took %d blob requests", n)
+			}
+			for i := range 10 {
+				read(fmt.Sprintf("loc/f%d", i))
+			}
+			if n := blobGets(); n != 1 {
+				t.Errorf("reading the rest of a small directory after a miss in it took %d more blob requests; want none", n-1)
+			}
+			reg.Reset()
+			read("big/f20")
+			read("big/f03")
+			if n := blobGets(); n != 2 {
+				t.Errorf("two lone misses in a large directory took %d blob requests; want 2", n)
 			}
 		})
 	}
