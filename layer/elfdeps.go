@@ -358,23 +358,30 @@ func (p *Prefetch) fetchRest(n *index.Node, end int64) {
 	if _, dup := p.elfFetched.LoadOrStore(n, true); dup || p.restCount.Add(1) > maxELFFollowed {
 		return
 	}
-	p.inLife(func() {
+	l := p.s.layers[n.Layer]
+	// What the job's read fetches is left to it: planned as seen.
+	head := newPlan(p.s)
+	head.addFileRange(l, &n.Entry, 0, end)
+	pl := newPlan(p.s)
+	maps.Copy(pl.seen, head.seen)
+	if !pl.addFileRange(l, &n.Entry, end, n.Size) || pl.dropHeld() == 0 {
+		return
+	}
+	// Claimed before the job's read goes on, so that its own fetch
+	// stops where the rest begins, though the rest waits for a slot.
+	c := claimPlan(pl)
+	if !p.inLife(func() {
 		select {
 		case p.restSlots <- struct{}{}:
 			defer func() { <-p.restSlots }()
 		case <-p.life.Done():
+			c.release()
 			return
 		}
-		l := p.s.layers[n.Layer]
-		// What the job's read fetches is left to it: planned as seen.
-		head := newPlan(p.s)
-		head.addFileRange(l, &n.Entry, 0, end)
-		pl := newPlan(p.s)
-		maps.Copy(pl.seen, head.seen)
-		if pl.addFileRange(l, &n.Entry, end, n.Size) && pl.dropHeld() > 0 {
-			p.runPlanCounting(p.life, pl, &p.elfBytes, &p.elfDone, &p.elfFiles)
-		}
-	})
+		p.runClaimedCounting(p.life, c, &p.elfBytes, &p.elfDone, &p.elfFiles)
+	}) {
+		c.release()
+	}
 }
 
 // inLife runs f on a goroutine of its own that Stop waits for, and

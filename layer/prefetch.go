@@ -401,8 +401,43 @@ func (p *Prefetch) runPlan(ctx context.Context, pl *plan) {
 // runPlanCounting runs pl's batches, adding their bytes to planned and,
 // as each ends, to done; and then one to files, if set.
 func (p *Prefetch) runPlanCounting(ctx context.Context, pl *plan, planned, done, files *atomic.Int64) {
-	batches := pl.batches(priorityBatch)
-	for _, b := range batches {
+	p.runClaimedCounting(ctx, &claimedPlan{batches: pl.batches(priorityBatch)}, planned, done, files)
+}
+
+// claimedPlan is a plan's batches, with, once claimed, the batch blob of
+// each already among its layer's fetches in flight.
+type claimedPlan struct {
+	batches []batch
+	blobs   []*batchBlob // nil until claimed
+	removes []func()
+}
+
+// claimPlan returns pl's batches claimed: on-demand reads that plan a
+// fetch of their own from now on stop where these begin (and join them
+// once they load), though they run later.
+func claimPlan(pl *plan) *claimedPlan {
+	c := &claimedPlan{batches: pl.batches(priorityBatch)}
+	for _, b := range c.batches {
+		bb := b.blob()
+		c.blobs = append(c.blobs, bb)
+		c.removes = append(c.removes, b.layer.inflight.add(bb))
+	}
+	return c
+}
+
+// release takes the claimed batches out of the fetches in flight; a batch
+// run takes its own out when it is done.
+func (c *claimedPlan) release() {
+	for _, remove := range c.removes {
+		remove()
+	}
+}
+
+// runClaimedCounting runs the batches of c (claimed or not) as
+// runPlanCounting does, and releases them.
+func (p *Prefetch) runClaimedCounting(ctx context.Context, c *claimedPlan, planned, done, files *atomic.Int64) {
+	defer c.release()
+	for _, b := range c.batches {
 		planned.Add(b.unitBytes)
 	}
 	if files != nil {
@@ -410,12 +445,17 @@ func (p *Prefetch) runPlanCounting(ctx context.Context, pl *plan, planned, done,
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(priorityJobs)
-	for _, b := range batches {
+	for i, b := range c.batches {
 		if gctx.Err() != nil {
 			break
 		}
 		g.Go(func() error {
-			p.runBatch(gctx, b)
+			if c.blobs != nil {
+				p.runBatchOn(gctx, b, c.blobs[i])
+				c.removes[i]()
+			} else {
+				p.runBatch(gctx, b)
+			}
 			done.Add(b.unitBytes)
 			return nil
 		})
@@ -485,9 +525,15 @@ func (a *Activity) waitIdleAtMost(ctx context.Context, max time.Duration) error 
 // fetched. Errors are counted and logged, never returned: a unit that
 // failed is simply read on demand later.
 func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
-	bb := &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end, pieces: b.pieces()}
+	bb := b.blob()
 	// On-demand reads of its bytes wait for it meanwhile.
 	defer b.layer.inflight.add(bb)()
+	return p.runBatchOn(ctx, b, bb)
+}
+
+// runBatchOn is runBatch fetching through bb, b's blob, which the caller
+// puts among the layer's fetches in flight.
+func (p *Prefetch) runBatchOn(ctx context.Context, b batch, bb *batchBlob) int64 {
 	view := b.layer.view(bb)
 	if b.layer.windows != nil {
 		// The windows its spans need, in one request rather than one
@@ -684,6 +730,11 @@ type batch struct {
 	units      []unit
 	unitBytes  int64 // the units' compressed bytes
 	rank       int   // the least rank of its units
+}
+
+// blob returns the batch blob that fetches b's bytes.
+func (b batch) blob() *batchBlob {
+	return &batchBlob{blobReader: b.layer.blob, start: b.start, end: b.end, pieces: b.pieces()}
 }
 
 // pieces returns the byte ranges b's units cover, merged where they touch
