@@ -148,6 +148,11 @@ func ReadTOC(r io.ReaderAt, size int64, layer string, f Format, want TOCDigests)
 // maxTOCJSONSize bounds a TOC's JSON once decompressed.
 const maxTOCJSONSize = 1 << 30
 
+// maxTOCExpansion bounds how many times its stored size a zstd TOC may
+// expand to, and sizes the first buffer of a gzip one: TOC JSON compresses
+// about ten times.
+const maxTOCExpansion = 256
+
 // tocJSON decompresses raw, the TOC as a blob of format f stores it: for
 // eStargz, a gzip stream of a tar holding one file, the JSON; for
 // zstd:chunked, a zstd frame of the JSON.
@@ -170,13 +175,16 @@ func tocJSON(raw []byte, f Format) ([]byte, error) {
 		if h.Size > maxTOCJSONSize {
 			return nil, fmt.Errorf("toc of %d bytes uncompressed: over %d", h.Size, maxTOCJSONSize)
 		}
-		js := make([]byte, h.Size)
-		if _, err := io.ReadFull(tr, js); err != nil {
+		// The header is not verified yet: room for what the bytes at
+		// hand can honestly expand to, and more only as it comes.
+		buf := bytes.NewBuffer(make([]byte, 0, min(h.Size, maxTOCExpansion*int64(len(raw))+4096)))
+		if _, err := buf.ReadFrom(tr); err != nil {
 			return nil, fmt.Errorf("toc json: %w", err)
 		}
-		return js, nil
+		return buf.Bytes(), nil
 	case FormatZstdChunked:
-		zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCJSONSize))
+		limit := uint64(min(maxTOCJSONSize, maxTOCExpansion*int64(len(raw))+4096))
+		zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(limit))
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -139,6 +140,7 @@ func TestDecodeTOCJSONRefuses(t *testing.T) {
 		{"leading zero", `{"entries":[{"size":01}]}`, true},
 		{"string for a number", `{"entries":[{"size":"1"}]}`, true},
 		{"number for a string", `{"entries":[{"name":1}]}`, true},
+		{"number for a user name", `{"entries":[{"userName":1}]}`, true},
 		{"version not a number", `{"version":"1","entries":[]}`, true},
 		{"bad escape", `{"entries":[{"name":"\x"}]}`, true},
 		{"short unicode escape", `{"entries":[{"name":"\u12"}]}`, true},
@@ -176,6 +178,7 @@ func FuzzDecodeTOCJSON(f *testing.F) {
 		`{"entries":[{"NAME":"\u00e9\ud834\udd1e","xattrs":{"k":"dg=="},"x":[{"y":null}]}]}`,
 		`{"entries":[{"name":"a","size":5}],"entries":[{"name":"c"}]}`,
 		"{\"entries\":[{\"name\":\"a\xff\"}]}",
+		`{"entries":[{"userName":1,"groupName":"g","numLink":[]}]}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -235,5 +238,42 @@ func TestTOCJSONRefusesBadStreams(t *testing.T) {
 	}
 	if _, err := tocJSON([]byte("not zstd"), FormatZstdChunked); err == nil {
 		t.Error("zstd: decompressed garbage")
+	}
+}
+
+// TestDecodeTOCJSONSizesOnce: a TOC that repeats "entries" does not make
+// the decoder allocate its size-based room again for each.
+func TestDecodeTOCJSONSizesOnce(t *testing.T) {
+	doc := `{"entries":[]` + strings.Repeat(`,"entries":null,"entries":[]`, 20000) + `}`
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := decodeTOCJSON([]byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64*uint64(len(doc)) {
+		t.Errorf("decoding %d bytes allocated %d", len(doc), n)
+	}
+}
+
+// TestTOCJSONTrustsNoHeader: a tar header claiming a huge TOC, over a few
+// bytes, fails without the allocation the header asks for.
+func TestTOCJSONTrustsNoHeader(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: tocTarName, Mode: 0o644, Size: 900 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(tw, `{"entries":[]}`)
+	tw.Flush() // the header and the bytes written; Close would complain
+	raw := gzipped(t, buf.Bytes())
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := tocJSON(raw, FormatEStargz); err == nil {
+		t.Fatal("a truncated TOC decompressed")
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+		t.Errorf("a %d-byte TOC claiming 900 MiB allocated %d bytes", len(raw), n)
 	}
 }

@@ -337,7 +337,9 @@ func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
 // The rest of the file is fetched at once, in the background, beside
 // the job's own read, rather than one miss after another as the program
 // pages itself in (and the loader reads its dynamic section, which
-// FollowELF needs, near the end). It returns at once. It does nothing
+// FollowELF needs, near the end). It plans and claims the fetch (a stat
+// of the disk cache per chunk or span) and returns; the fetch runs in the
+// background. It does nothing
 // with prefetch off, for a file of a local layer, one over maxELFFileSize
 // or one planned before (here or by a follower), beyond maxELFFollowed
 // files, or once Stop was called; restJobsAtOnce files are fetched at a

@@ -825,6 +825,13 @@ type rangesReader interface {
 	ReadRanges(ctx context.Context, rs []fetch.Range) error
 }
 
+// started reports whether b's load has begun (or ended).
+func (b *batchBlob) started() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.loading != nil || b.loaded
+}
+
 // holds reports whether [off, end) is among the bytes b fetches.
 func (b *batchBlob) holds(off, end int64) bool {
 	if off < b.start || end > b.end {

@@ -192,3 +192,23 @@ func (b *rangesBlob) ReadRanges(_ context.Context, rs []fetch.Range) error {
 	}
 	return nil
 }
+
+// TestCoveringPrefersStartedBatches: a read inside both a batch claimed
+// but not started and one loading joins the one loading, whatever their
+// order; with only the claimed one, it is told of that one.
+func TestCoveringPrefersStartedBatches(t *testing.T) {
+	claimed := &batchBlob{start: 0, end: 100}
+	live := &batchBlob{start: 50, end: 150, loading: make(chan struct{})}
+	var bs batchSet
+	bs.add(claimed)
+	bs.add(live)
+	if got := bs.covering(60, 70); got != live {
+		t.Errorf("covering(60, 70) = %p; want the loading batch %p", got, live)
+	}
+	if got := bs.covering(10, 20); got != claimed {
+		t.Errorf("covering(10, 20) = %p; want the claimed batch %p", got, claimed)
+	}
+	if got := bs.covering(120, 160); got != nil {
+		t.Errorf("covering(120, 160) = %p; want none", got)
+	}
+}

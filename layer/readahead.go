@@ -170,7 +170,8 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 		return s.readSpan(ctx, l, si)
 	}
 	if l.inflight.covering(in.Start, in.End) != nil {
-		// A prefetch batch is fetching it: wait for that.
+		// A prefetch batch fetches it, or will: join it if it has
+		// started, else fetch it alone, widening no further.
 		return s.readSpan(ctx, l, si)
 	}
 	n := l.ahead.planSpans(l, si)
@@ -291,7 +292,8 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		return s.readChunk(ctx, l, c)
 	}
 	if l.inflight.covering(c.BlobOffset, c.BlobEnd) != nil {
-		// A prefetch batch is fetching it: wait for that.
+		// A prefetch batch fetches it, or will: join it if it has
+		// started, else fetch it alone, widening no further.
 		return s.readChunk(ctx, l, c)
 	}
 	before, after := l.ahead.plan(l, c)

@@ -100,7 +100,8 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 // TestReadaheadFetchesASmallDirectory: a lone miss of a file in a small
 // directory fetches that directory's other files with it, those before
 // it in the layer too (a locale's categories are read in no layer order);
-// a lone miss in a large directory does not.
+// a lone miss in a large directory does not, nor one in a small directory
+// whose files lie apart.
 func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 	var ents []testutil.Entry
 	want := map[string][]byte{}
@@ -109,6 +110,18 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 		want[name] = content
 	}
 	rng := rand.New(rand.NewPCG(3, 4))
+	// A small directory whose files lie apart in the layer, a large file
+	// of another between them.
+	for i := range 6 {
+		if i == 3 {
+			b := make([]byte, 300<<10)
+			for j := range b {
+				b[j] = byte(rng.Uint32())
+			}
+			add("other/big", b)
+		}
+		add(fmt.Sprintf("split/f%d", i), textBytes(uint64(100+i), 3000))
+	}
 	for i := range 24 { // 192 KiB that do not compress: over smallDir
 		b := make([]byte, 8<<10)
 		for j := range b {
@@ -158,6 +171,12 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 				if k, err := stack.ReadAt(ctx, n, buf, 0); (err != nil && err != io.EOF) || !bytes.Equal(buf[:k], want[name]) {
 					t.Fatalf("%s: read %d bytes, %v; content differs", name, k, err)
 				}
+			}
+			reg.Reset()
+			read("split/f4")
+			read("split/f0")
+			if n := blobGets(); n != 2 {
+				t.Errorf("two lone misses in a small directory whose files lie apart took %d blob requests; want 2", n)
 			}
 			reg.Reset()
 			read("loc/f6")

@@ -67,9 +67,10 @@ type LayerState struct {
 	chunkKeys sync.Map
 	// ahead widens the fetches of misses that follow each other.
 	ahead readahead
-	// inflight holds the batch fetches of this layer under way (prefetch
-	// batches): a read inside one waits for its bytes rather than asking
-	// for them again.
+	// inflight holds the batch fetches of this layer under way or
+	// claimed (prefetch batches, widened misses): a read inside one that
+	// is loading waits for its bytes rather than asking for them again,
+	// and a miss's widened fetch stops where one begins.
 	inflight batchSet
 }
 
@@ -106,16 +107,25 @@ func (bs *batchSet) add(b *batchBlob) (remove func()) {
 	}
 }
 
-// covering returns a batch whose range holds [off, end), or nil.
+// covering returns a batch whose range holds [off, end), or nil: one
+// whose load has started if there is one, since a claimed batch that has
+// not started serves no read yet.
 func (bs *batchSet) covering(off, end int64) *batchBlob {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
+	var idle *batchBlob
 	for _, b := range bs.list {
-		if b.holds(off, end) {
+		if !b.holds(off, end) {
+			continue
+		}
+		if b.started() {
 			return b
 		}
+		if idle == nil {
+			idle = b
+		}
 	}
-	return nil
+	return idle
 }
 
 // spanKey returns the cache key of span i.
