@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	kgzip "github.com/klauspost/compress/gzip"
 )
 
 // EncodingVersion is the version Encode writes and Decode accepts. Version
@@ -96,13 +98,23 @@ func Decode(r io.Reader) (*Index, error) {
 	if !bytes.Equal(h.Sum(nil), sum) {
 		return nil, fmt.Errorf("decode index: %w", ErrChecksum)
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(payload))
+	// klauspost's reader inflates about twice as fast as the standard one.
+	zr, err := kgzip.NewReader(bytes.NewReader(payload))
 	if err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
-	x := new(Index)
 	limit := min(maxDecodedSize, int64(n)*maxExpansion+(1<<20))
-	if err := json.NewDecoder(io.LimitReader(zr, limit)).Decode(x); err != nil {
+	// Index JSON compresses about eight times: room for that at once.
+	buf := bytes.NewBuffer(make([]byte, 0, min(limit, 12*int64(n)+4096)))
+	if _, err := buf.ReadFrom(io.LimitReader(zr, limit+1)); err != nil {
+		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
+	}
+	js := buf.Bytes()
+	if int64(len(js)) > limit {
+		return nil, fmt.Errorf("decode index: %w: payload expands over %d bytes", ErrMalformed, limit)
+	}
+	x := new(Index)
+	if err := decodeIndexJSON(js, x); err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	if err := x.Validate(); err != nil {
