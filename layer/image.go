@@ -175,8 +175,10 @@ func WithHostsDir(dir string) Option {
 }
 
 // WithStore lets local sources remember the digests they compute under
-// st's root (see ResolveFiles), so an unchanged file is not hashed again.
-// Without it such files are hashed on every resolve.
+// st's root (see ResolveFiles), so an unchanged file is not hashed again,
+// and keeps the configs of images resolved from registries, so a later
+// resolve of an image takes its config from there, a round trip sooner.
+// Without it such files are hashed, and configs fetched, on every resolve.
 func WithStore(st *Store) Option {
 	return func(o *options) error { o.store = st; return nil }
 }
@@ -394,9 +396,9 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	}
 	var im *Image
 	if mirrored {
-		im, err = resolveThroughHosts(ctx, fc, r, o.platform, manifestKnown)
+		im, err = resolveThroughHosts(ctx, fc, r, o.platform, o.store, manifestKnown)
 	} else {
-		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform, manifestKnown)
+		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform, o.store, manifestKnown)
 	}
 	if err != nil {
 		return nil, err
@@ -439,7 +441,7 @@ func pullerOptions(remoteOpts []remote.Option, transport http.RoundTripper, mirr
 // resolveFromRegistry fetches the manifest and config of r from its
 // registry alone, with go-containerregistry and puller, whose handshake
 // later lookups reuse.
-func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
+func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []remote.Option, puller *remote.Puller, platform v1.Platform, st *Store, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
 	desc, err := remote.Get(r, append(slices.Clip(remoteOpts), remote.Reuse(puller), remote.WithContext(ctx), remote.WithPlatform(platform))...)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", r, registryError(err))
@@ -461,10 +463,33 @@ func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []rem
 		return nil, fmt.Errorf("resolve %s: manifest: %w", r, registryError(err))
 	}
 	manifestKnown(im.Digest, im.Manifest)
-	if im.Config, err = img.ConfigFile(); err != nil {
+	raw, err := configBytes(st, im.Manifest.Config, img.RawConfigFile)
+	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, registryError(err))
 	}
+	if im.Config, err = v1.ParseConfigFile(bytes.NewReader(raw)); err != nil {
+		return nil, fmt.Errorf("resolve %s: config %s: %w", r, im.Manifest.Config.Digest, err)
+	}
 	return im, nil
+}
+
+// configBytes returns the image config desc names: from st when it holds
+// it, else from fetch, which verifies it against desc, and then kept in st
+// (a config that could not be kept is fetched again next time).
+func configBytes(st *Store, desc v1.Descriptor, fetch func() ([]byte, error)) ([]byte, error) {
+	if st != nil {
+		if raw, ok := st.LoadConfig(desc); ok {
+			return raw, nil
+		}
+	}
+	raw, err := fetch()
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		st.SaveConfig(desc, raw)
+	}
+	return raw, nil
 }
 
 // mirrorCaps are the capabilities a mirror needs to serve any part of
@@ -491,7 +516,7 @@ func manifestTypes() []string {
 // all else by digest from those that may pull, mirrors first, each
 // document checked against its digest (see fetch.Client.Manifest). An
 // index is followed to platform's image as for an OCI layout.
-func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
+func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference, platform v1.Platform, st *Store, manifestKnown func(v1.Hash, *v1.Manifest)) (*Image, error) {
 	repo := r.Context()
 	top, err := fc.Manifest(ctx, repo, r.Identifier(), manifestTypes())
 	if err != nil {
@@ -520,7 +545,7 @@ func resolveThroughHosts(ctx context.Context, fc *fetch.Client, r name.Reference
 		return nil, fmt.Errorf("resolve %s: config %s: size %d out of bounds", r, m.Config.Digest, m.Config.Size)
 	}
 	manifestKnown(d.Digest, m)
-	rawConfig, err := fc.BlobBytes(ctx, repo, m.Config)
+	rawConfig, err := configBytes(st, m.Config, func() ([]byte, error) { return fc.BlobBytes(ctx, repo, m.Config) })
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config: %w", r, err)
 	}

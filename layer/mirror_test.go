@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -218,6 +219,79 @@ func TestResolveRequestsWithoutMirrors(t *testing.T) {
 		slices.Sort(got) // the blob client's ping runs alongside
 		if !slices.Equal(got, want) || pings < 2 {
 			t.Errorf("%d options: requests %q and %d pings, want %q and at least 2", len(opts), got, pings, want)
+		}
+	}
+}
+
+// TestResolveTakesTheConfigFromTheStore: with a store, a second resolve of
+// an image asks the registry for its manifest only, its config coming from
+// the store, directly or through hosts.toml; a stored config that no
+// longer matches its digest is fetched again.
+func TestResolveTakesTheConfigFromTheStore(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, img := pushOne(t, reg, "plain:v1", "plain", testutil.Gzip)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	configGet := "GET /v2/plain/blobs/" + m.Config.Digest.String()
+	serverOnly := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(serverOnly, reg.Host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf("server = %q\n", "http://"+reg.Host)
+	if err := os.WriteFile(filepath.Join(serverOnly, reg.Host, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	requests := func() []string {
+		var got []string
+		for _, q := range reg.Requests() {
+			if q.Path != "/v2/" {
+				got = append(got, q.Method+" "+q.Path)
+			}
+		}
+		slices.Sort(got)
+		return got
+	}
+	for _, hosts := range []string{"", serverOnly} {
+		root := t.TempDir()
+		st, err := layer.NewStore(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := []layer.Option{layer.WithStore(st), layer.WithHostsDir(hosts)}
+		resolve := func() *layer.Image {
+			t.Helper()
+			reg.Reset()
+			im, err := layer.Resolve(context.Background(), ref, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return im
+		}
+		first := resolve()
+		if got := requests(); !slices.Contains(got, configGet) {
+			t.Errorf("hosts %q: first resolve: requests %q, want the config's among them", hosts, got)
+		}
+		second := resolve()
+		if got, want := requests(), []string{"GET /v2/plain/manifests/v1"}; !slices.Equal(got, want) {
+			t.Errorf("hosts %q: second resolve: requests %q, want %q", hosts, got, want)
+		}
+		if !reflect.DeepEqual(first.Config, second.Config) {
+			t.Errorf("hosts %q: the stored config reads %+v, the registry's %+v", hosts, second.Config, first.Config)
+		}
+		stored := filepath.Join(root, "configs", m.Config.Digest.Algorithm+"-"+m.Config.Digest.Hex+".json")
+		raw, err := os.ReadFile(stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw[len(raw)/2] ^= 1
+		if err := os.WriteFile(stored, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		third := resolve()
+		if got := requests(); !slices.Contains(got, configGet) || !reflect.DeepEqual(third.Config, first.Config) {
+			t.Errorf("hosts %q: after damage: requests %q, config %+v; want the config fetched again", hosts, got, third.Config)
 		}
 	}
 }

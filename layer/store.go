@@ -130,6 +130,61 @@ func (w *windowsFile) abort() {
 	os.Remove(w.f.Name())
 }
 
+// maxStoredConfig bounds the image configs the store keeps: most are a
+// few KiB.
+const maxStoredConfig = 1 << 20
+
+func (s *Store) configPath(d v1.Hash) string {
+	return filepath.Join(s.root, "configs", d.Algorithm+"-"+d.Hex+".json")
+}
+
+// LoadConfig returns the stored image config desc names, if the store
+// holds it and its bytes still match desc's size and sha256 digest.
+func (s *Store) LoadConfig(desc v1.Descriptor) ([]byte, bool) {
+	if desc.Digest.Algorithm != "sha256" || desc.Size <= 0 || desc.Size > maxStoredConfig {
+		return nil, false
+	}
+	raw, err := os.ReadFile(s.configPath(desc.Digest))
+	if err != nil || int64(len(raw)) != desc.Size {
+		return nil, false
+	}
+	if sum := sha256.Sum256(raw); hex.EncodeToString(sum[:]) != desc.Digest.Hex {
+		return nil, false
+	}
+	return raw, true
+}
+
+// SaveConfig stores raw, the image config desc names, which the caller
+// has verified: configs are named by their digest, so a warm mount of an
+// image takes its config from here rather than from the registry. Large
+// configs are not kept.
+func (s *Store) SaveConfig(desc v1.Descriptor, raw []byte) error {
+	if desc.Digest.Algorithm != "sha256" || int64(len(raw)) != desc.Size || desc.Size > maxStoredConfig {
+		return nil
+	}
+	path := s.configPath(desc.Digest)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	// Not synced: LoadConfig checks the digest, so a torn file is only
+	// fetched again.
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(raw)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
 func (s *Store) unpackedPath(d v1.Hash) string {
 	return filepath.Join(s.root, "layers", d.Algorithm+"-"+d.Hex+".tar")
 }
