@@ -54,13 +54,7 @@ func (s *jsonScanner) null() bool { return s.literal("null") }
 // scanner at its value; member must consume the value. The key is valid
 // only during the call.
 func (s *jsonScanner) object(member func(key []byte) error) error {
-	s.i++ // '{'
-	s.ws()
-	if s.peek() == '}' {
-		s.i++
-		return nil
-	}
-	for {
+	return s.sequence('}', func() error {
 		if s.peek() != '"' {
 			return s.errorf("want a member name")
 		}
@@ -74,21 +68,8 @@ func (s *jsonScanner) object(member func(key []byte) error) error {
 		}
 		s.i++
 		s.ws()
-		if err := member(key); err != nil {
-			return err
-		}
-		s.ws()
-		switch s.peek() {
-		case ',':
-			s.i++
-			s.ws()
-		case '}':
-			s.i++
-			return nil
-		default:
-			return s.errorf("want ',' or '}' in an object")
-		}
-	}
+		return member(key)
+	})
 }
 
 // array reads an array, calling elem for each element with the scanner at
@@ -97,14 +78,21 @@ func (s *jsonScanner) array(elem func() error) error {
 	if s.peek() != '[' {
 		return s.errorf("want an array")
 	}
+	return s.sequence(']', elem)
+}
+
+// sequence reads the items of an object or array, the scanner at its
+// opening bracket, up to the closing one: item reads each, from its first
+// byte.
+func (s *jsonScanner) sequence(closing byte, item func() error) error {
 	s.i++
 	s.ws()
-	if s.peek() == ']' {
+	if s.peek() == closing {
 		s.i++
 		return nil
 	}
 	for {
-		if err := elem(); err != nil {
+		if err := item(); err != nil {
 			return err
 		}
 		s.ws()
@@ -112,11 +100,11 @@ func (s *jsonScanner) array(elem func() error) error {
 		case ',':
 			s.i++
 			s.ws()
-		case ']':
+		case closing:
 			s.i++
 			return nil
 		default:
-			return s.errorf("want ',' or ']' in an array")
+			return s.errorf("want ',' or '%c'", closing)
 		}
 	}
 }

@@ -32,6 +32,21 @@ func writeMirrorHosts(t *testing.T, dir, host, mirror, caps string) {
 	}
 }
 
+// serverOnlyHosts returns a hosts directory whose hosts.toml for host
+// names its server alone, no mirror.
+func serverOnlyHosts(t *testing.T, host string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf("server = %q\n", "http://"+host)
+	if err := os.WriteFile(filepath.Join(dir, host, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // silentHost is a loopback address that accepts connections and never
 // answers, until the test ends.
 func silentHost(t *testing.T) string {
@@ -194,14 +209,7 @@ func TestResolveRequestsWithoutMirrors(t *testing.T) {
 		"GET /v2/plain/blobs/" + m.Config.Digest.String(),
 		"GET /v2/plain/manifests/v1",
 	}
-	serverOnly := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(serverOnly, reg.Host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	toml := fmt.Sprintf("server = %q\n", "http://"+reg.Host)
-	if err := os.WriteFile(filepath.Join(serverOnly, reg.Host, "hosts.toml"), []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	serverOnly := serverOnlyHosts(t, reg.Host)
 	for _, opts := range [][]layer.Option{nil, {layer.WithHostsDir(serverOnly)}} {
 		reg.Reset()
 		if _, err := layer.Resolve(context.Background(), ref, opts...); err != nil {
@@ -235,14 +243,7 @@ func TestResolveTakesTheConfigFromTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	configGet := "GET /v2/plain/blobs/" + m.Config.Digest.String()
-	serverOnly := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(serverOnly, reg.Host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	toml := fmt.Sprintf("server = %q\n", "http://"+reg.Host)
-	if err := os.WriteFile(filepath.Join(serverOnly, reg.Host, "hosts.toml"), []byte(toml), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	serverOnly := serverOnlyHosts(t, reg.Host)
 	requests := func() []string {
 		var got []string
 		for _, q := range reg.Requests() {

@@ -1,10 +1,8 @@
 package layer_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"testing"
 
@@ -14,6 +12,23 @@ import (
 	"github.com/lazyroot/lazyroot/internal/testutil"
 	"github.com/lazyroot/lazyroot/layer"
 )
+
+// resolveOneLayer pushes an image of one layer, ents in format f, as
+// repoTag and resolves it; it returns the image and the layer's digest.
+func resolveOneLayer(t *testing.T, reg *testutil.Registry, repoTag string, ents []testutil.Entry, f testutil.Format) (*layer.Image, v1.Hash) {
+	t.Helper()
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
+	ref := reg.Push(t, repoTag, testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+	digest, err := l.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, digest
+}
 
 // TestReadaheadFollowsSequentialMisses: reading every file of a chunked
 // layer in layer order costs a few widened requests, not one per file;
@@ -32,37 +47,15 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked, testutil.Uncompressed} {
 		t.Run(string(f), func(t *testing.T) {
 			reg := testutil.NewRegistry(t)
-			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
-			ref := reg.Push(t, "ahead:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
-			digest, _ := l.Digest()
-			ctx := context.Background()
-			img, err := layer.Resolve(ctx, ref)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img, digest := resolveOneLayer(t, reg, "ahead:v1", ents, f)
 			st, _ := layer.NewStore(t.TempDir())
 			open := func() (*layer.Stack, *index.Tree) {
-				stack, err := layer.Open(ctx, img, st, newCache(t), layer.StackOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { stack.Close() })
-				tree, err := index.Merge(stack.Indexes())
-				if err != nil {
-					t.Fatal(err)
-				}
+				stack, _, tree := openMerged(t, img, st)
 				return stack, tree
 			}
 			read := func(stack *layer.Stack, tree *index.Tree, name string) {
 				t.Helper()
-				n, ok := tree.Lookup(name)
-				if !ok {
-					t.Fatalf("%s not in the tree", name)
-				}
-				buf := make([]byte, n.Size)
-				if k, err := stack.ReadAt(ctx, n, buf, 0); (err != nil && err != io.EOF) || !bytes.Equal(buf[:k], want[name]) {
-					t.Fatalf("%s: read %d bytes, %v; content differs: %v", name, k, err, !bytes.Equal(buf[:k], want[name]))
-				}
+				readCheck(t, stack, tree, name, want[name])
 			}
 			blobGets := func() (n int, bytes int64) {
 				for _, r := range reg.Requests() {
@@ -135,24 +128,9 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
 		t.Run(string(f), func(t *testing.T) {
 			reg := testutil.NewRegistry(t)
-			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f)
-			ref := reg.Push(t, "dir:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
-			digest, _ := l.Digest()
-			ctx := context.Background()
-			img, err := layer.Resolve(ctx, ref)
-			if err != nil {
-				t.Fatal(err)
-			}
+			img, digest := resolveOneLayer(t, reg, "dir:v1", ents, f)
 			st, _ := layer.NewStore(t.TempDir())
-			stack, err := layer.Open(ctx, img, st, newCache(t), layer.StackOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer stack.Close()
-			tree, err := index.Merge(stack.Indexes())
-			if err != nil {
-				t.Fatal(err)
-			}
+			stack, _, tree := openMerged(t, img, st)
 			blobGets := func() (n int) {
 				for _, r := range reg.Requests() {
 					if r.Blob == digest.String() && r.Method == "GET" {
@@ -163,14 +141,7 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 			}
 			read := func(name string) {
 				t.Helper()
-				n, ok := tree.Lookup(name)
-				if !ok {
-					t.Fatalf("%s not in the tree", name)
-				}
-				buf := make([]byte, n.Size)
-				if k, err := stack.ReadAt(ctx, n, buf, 0); (err != nil && err != io.EOF) || !bytes.Equal(buf[:k], want[name]) {
-					t.Fatalf("%s: read %d bytes, %v; content differs", name, k, err)
-				}
+				readCheck(t, stack, tree, name, want[name])
 			}
 			reg.Reset()
 			read("split/f4")
