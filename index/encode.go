@@ -104,8 +104,9 @@ func Decode(r io.Reader) (*Index, error) {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}
 	limit := min(maxDecodedSize, int64(n)*maxExpansion+(1<<20))
-	// Index JSON compresses about eight times: room for that at once.
-	buf := bytes.NewBuffer(make([]byte, 0, min(limit, 12*int64(n)+4096)))
+	// Index JSON compresses about eight times: room for that at once, up
+	// to a bound; more only as it comes.
+	buf := bytes.NewBuffer(make([]byte, 0, min(limit, 12*int64(n)+4096, 64<<20)))
 	if _, err := buf.ReadFrom(io.LimitReader(zr, limit+1)); err != nil {
 		return nil, fmt.Errorf("decode index: %w: %w", ErrMalformed, err)
 	}

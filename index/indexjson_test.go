@@ -66,6 +66,7 @@ func TestDecodeIndexJSONAgreesWithEncodingJSON(t *testing.T) {
 		"bounds":            `{"entries":[{"type":255,"mode":4294967295,"devmajor":0,"uid":-9223372036854775808,"size":9223372036854775807}]}`,
 		"times":             `{"entries":[{"mtime":"2020-01-02T03:04:05.5+01:00"},{"mtime":"2020-01-02T03:04:05.5+01:00"},{"mtime":"0001-01-01T00:00:00Z"}]}`,
 		"unknown format":    `{"format":"lz4"}`,
+		"xattrs as numbers": `{"entries":[{"xattrs":{"a":[1,2,null,255],"e":[]}}]}`,
 	} {
 		t.Run(name, func(t *testing.T) { sameIndex(t, []byte(doc)) })
 	}

@@ -396,6 +396,18 @@ func (s *jsonScanner) xattrs(m *map[string][]byte) error {
 			(*m)[name] = nil
 			return nil
 		}
+		if s.peek() == '[' {
+			// encoding/json also takes bytes as an array of numbers.
+			b := []byte{}
+			err := s.array(func() error {
+				var v uint64
+				err := s.unsigned(&v, 255)
+				b = append(b, byte(v))
+				return err
+			})
+			(*m)[name] = b
+			return err
+		}
 		var v string
 		if err := s.str(&v, nil); err != nil {
 			return err

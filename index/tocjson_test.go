@@ -91,6 +91,7 @@ func TestDecodeTOCJSONAgreesWithEncodingJSON(t *testing.T) {
 		"nulls leave members unset": `{"entries":[{"name":null,"type":"reg","size":null,"xattrs":null,"digest":null}]}`,
 		"null xattr":                `{"entries":[{"name":"a","xattrs":{"k":null,"e":"","w":"d2hv\nYW0="}}]}`,
 		"empty xattrs":              `{"entries":[{"name":"a","xattrs":{}}]}`,
+		"xattrs as numbers":         `{"entries":[{"name":"a","xattrs":{"k":[1,2,null],"e":[]}}]}`,
 		"escapes": `{"entries":[{"name":"\u00e9\/\b\f\n\r\t\"\\","linkName":"\ud834\udd1e","digest":"\ud834x",` +
 			`"chunkDigest":"\udd1e\u0041"}]}`,
 		"invalid utf-8":      "{\"entries\":[{\"name\":\"a\xff\xfeb\",\"linkName\":\"\xe2\x82\",\"digest\":\"x\xff\\n\"}]}",
@@ -148,6 +149,7 @@ func TestDecodeTOCJSONRefuses(t *testing.T) {
 		{"entries an object", `{"entries":{}}`, true},
 		{"xattrs an array", `{"entries":[{"xattrs":[]}]}`, true},
 		{"xattr not base64", `{"entries":[{"xattrs":{"k":"!!"}}]}`, true},
+		{"xattr byte over 255", `{"entries":[{"xattrs":{"k":[256]}}]}`, true},
 		{"missing comma", `{"entries":[{"name":"a" "type":"reg"}]}`, true},
 		{"trailing comma", `{"entries":[{"name":"a"},]}`, true},
 		{"bad literal", `{"x":nul,"entries":[]}`, true},

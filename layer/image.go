@@ -477,6 +477,9 @@ func resolveFromRegistry(ctx context.Context, r name.Reference, remoteOpts []rem
 // it, else from fetch, which verifies it against desc, and then kept in st
 // (a config that could not be kept is fetched again next time).
 func configBytes(st *Store, desc v1.Descriptor, fetch func() ([]byte, error)) ([]byte, error) {
+	if desc.Size <= 0 || desc.Size > maxConfigSize {
+		return nil, fmt.Errorf("config %s: size %d out of bounds", desc.Digest, desc.Size)
+	}
 	if st != nil {
 		if raw, ok := st.LoadConfig(desc); ok {
 			return raw, nil

@@ -144,7 +144,11 @@ func (s *Store) LoadConfig(desc v1.Descriptor) ([]byte, bool) {
 	if desc.Digest.Algorithm != "sha256" || desc.Size <= 0 || desc.Size > maxStoredConfig {
 		return nil, false
 	}
-	raw, err := os.ReadFile(s.configPath(desc.Digest))
+	path := s.configPath(desc.Digest)
+	if fi, err := os.Lstat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() != desc.Size {
+		return nil, false
+	}
+	raw, err := os.ReadFile(path)
 	if err != nil || int64(len(raw)) != desc.Size {
 		return nil, false
 	}
@@ -168,7 +172,7 @@ func (s *Store) SaveConfig(desc v1.Descriptor, raw []byte) error {
 	}
 	// Not synced: LoadConfig checks the digest, so a torn file is only
 	// fetched again.
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
