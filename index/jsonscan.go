@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"math"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -256,34 +257,21 @@ func (s *jsonScanner) hex4() (rune, bool) {
 // integer reads an integer, or null, into *dst. A number with a fraction
 // or an exponent is an error, as encoding/json makes it for an integer.
 func (s *jsonScanner) integer(dst *int64) error {
-	if s.null() {
-		return nil
-	}
-	start := s.i
-	if err := s.number(); err != nil {
+	lit, err := s.numberLiteral()
+	if lit == nil {
 		return err
 	}
-	lit := s.b[start:s.i]
-	neg := lit[0] == '-'
-	if neg {
-		lit = lit[1:]
+	digits, max := lit, uint64(math.MaxInt64)
+	if lit[0] == '-' {
+		digits, max = lit[1:], 1<<63
 	}
-	var v uint64
-	for _, c := range lit {
-		if c < '0' || c > '9' {
-			return s.errorf("%s is not an integer", s.b[start:s.i])
-		}
-		if v > (1<<63)/10 {
-			return s.errorf("%s overflows an integer", s.b[start:s.i])
-		}
-		v = v*10 + uint64(c-'0')
+	v, ok := decimal(digits, max)
+	if !ok {
+		return s.errorf("%s is not a 64-bit integer", lit)
 	}
-	switch {
-	case !neg && v > 1<<63-1, neg && v > 1<<63:
-		return s.errorf("%s overflows an integer", s.b[start:s.i])
-	case neg:
-		*dst = -int64(v)
-	default:
+	if lit[0] == '-' {
+		*dst = -int64(v) // -(1<<63) wraps to itself, as it should
+	} else {
 		*dst = int64(v)
 	}
 	return nil
@@ -292,26 +280,48 @@ func (s *jsonScanner) integer(dst *int64) error {
 // unsigned reads an integer from 0 to max, or null, into *dst, as
 // encoding/json reads one into an unsigned type.
 func (s *jsonScanner) unsigned(dst *uint64, max uint64) error {
-	if s.null() {
-		return nil
-	}
-	start := s.i
-	if err := s.number(); err != nil {
+	lit, err := s.numberLiteral()
+	if lit == nil {
 		return err
 	}
-	lit := s.b[start:s.i]
-	var v uint64
-	for _, c := range lit {
-		if c < '0' || c > '9' {
-			return s.errorf("%s is not an unsigned integer", lit)
-		}
-		if d := uint64(c - '0'); v > (max-d)/10 {
-			return s.errorf("%s is over %d", lit, max)
-		}
-		v = v*10 + uint64(c-'0')
+	v, ok := decimal(lit, max)
+	if !ok {
+		return s.errorf("%s is not an integer from 0 to %d", lit, max)
 	}
 	*dst = v
 	return nil
+}
+
+// numberLiteral consumes a number and returns it as written; nil for a
+// null, or with the error of a malformed number.
+func (s *jsonScanner) numberLiteral() ([]byte, error) {
+	if s.null() {
+		return nil, nil
+	}
+	start := s.i
+	if err := s.number(); err != nil {
+		return nil, err
+	}
+	return s.b[start:s.i], nil
+}
+
+// decimal returns the value of digits if they are decimal digits only and
+// it is at most max.
+func decimal(digits []byte, max uint64) (uint64, bool) {
+	if len(digits) == 0 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if d := uint64(c - '0'); d > max || v > (max-d)/10 {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, true
 }
 
 // number consumes a number, checking JSON's grammar for it.
