@@ -38,22 +38,19 @@ func (s *jsonScanner) end() error {
 	return nil
 }
 
+// formats are the known formats: decoded as these constants, they spare
+// an allocation.
+var formats = []string{string(FormatTar), string(FormatEStargz), string(FormatZstdChunked), string(FormatGzip), string(FormatZstd)}
+
 var indexKeys = []string{"layer", "format", "entries", "spans", "blobSize", "tarSize", "windows", "prefetch"}
 
 func (s *jsonScanner) indexMember(x *Index, key []byte) error {
 	switch string(key) {
 	case "layer":
-		return s.str(&x.Layer, nil)
+		return s.str(&x.Layer)
 	case "format":
 		f := string(x.Format)
-		err := s.str(&f, func(raw []byte) string {
-			for _, known := range []Format{FormatTar, FormatEStargz, FormatZstdChunked, FormatGzip, FormatZstd} {
-				if string(raw) == string(known) {
-					return string(known)
-				}
-			}
-			return ""
-		})
+		err := s.str(&f, formats...)
 		x.Format = Format(f)
 		return err
 	case "entries":
@@ -84,7 +81,7 @@ func (s *jsonScanner) indexMember(x *Index, key []byte) error {
 		return s.object(func(key []byte) error {
 			switch k, _ := canonicalKey(key, "digest", "size"); k {
 			case "digest":
-				return s.str(&w.Digest, nil)
+				return s.str(&w.Digest)
 			case "size":
 				return s.integer(&w.Size)
 			}
@@ -114,43 +111,28 @@ type mtimes struct {
 func (s *jsonScanner) entryMember(e *Entry, key []byte, mt *mtimes) error {
 	switch string(key) {
 	case "name":
-		return s.str(&e.Name, nil)
+		return s.str(&e.Name)
 	case "type":
 		v := uint64(e.Type)
 		err := s.unsigned(&v, math.MaxUint8)
 		e.Type = Type(v)
 		return err
 	case "mode":
-		v := uint64(e.Mode)
-		err := s.unsigned(&v, math.MaxUint32)
-		e.Mode = uint32(v)
-		return err
+		return s.uint32(&e.Mode)
 	case "uid":
-		v := int64(e.UID)
-		err := s.integer(&v)
-		e.UID = int(v)
-		return err
+		return s.int(&e.UID)
 	case "gid":
-		v := int64(e.GID)
-		err := s.integer(&v)
-		e.GID = int(v)
-		return err
+		return s.int(&e.GID)
 	case "size":
 		return s.integer(&e.Size)
 	case "mtime":
 		return s.time(&e.ModTime, mt)
 	case "link":
-		return s.str(&e.Linkname, nil)
+		return s.str(&e.Linkname)
 	case "devmajor":
-		v := uint64(e.Devmajor)
-		err := s.unsigned(&v, math.MaxUint32)
-		e.Devmajor = uint32(v)
-		return err
+		return s.uint32(&e.Devmajor)
 	case "devminor":
-		v := uint64(e.Devminor)
-		err := s.unsigned(&v, math.MaxUint32)
-		e.Devminor = uint32(v)
-		return err
+		return s.uint32(&e.Devminor)
 	case "xattrs":
 		return s.xattrs(&e.Xattrs)
 	case "chunks":
@@ -179,7 +161,7 @@ func (s *jsonScanner) chunkMember(c *Chunk, key []byte) error {
 	case "inner":
 		return s.integer(&c.InnerOffset)
 	case "digest":
-		return s.str(&c.Digest, nil)
+		return s.str(&c.Digest)
 	}
 	if k, ok := canonicalKey(key, chunkKeys...); ok {
 		return s.chunkMember(c, []byte(k))
@@ -196,7 +178,7 @@ func (s *jsonScanner) spanMember(sp *Span, key []byte) error {
 	case "in":
 		return s.integer(&sp.InBits)
 	case "digest":
-		return s.str(&sp.Digest, nil)
+		return s.str(&sp.Digest)
 	case "woff":
 		return s.integer(&sp.WinOff)
 	case "wlen":
@@ -204,7 +186,7 @@ func (s *jsonScanner) spanMember(sp *Span, key []byte) error {
 	case "wsize":
 		return s.integer(&sp.WinSize)
 	case "wdigest":
-		return s.str(&sp.WinDigest, nil)
+		return s.str(&sp.WinDigest)
 	}
 	if k, ok := canonicalKey(key, spanKeys...); ok {
 		return s.spanMember(sp, []byte(k))

@@ -110,10 +110,9 @@ func (s *jsonScanner) sequence(closing byte, item func() error) error {
 	}
 }
 
-// str reads a string or null into *dst (null leaves it). intern, if not
-// nil, may return a string equal to the raw bytes to use instead of a copy
-// ("" for none).
-func (s *jsonScanner) str(dst *string, intern func(raw []byte) string) error {
+// str reads a string or null into *dst (null leaves it). A value equal to
+// one of known takes that string rather than a copy of its own.
+func (s *jsonScanner) str(dst *string, known ...string) error {
 	if s.null() {
 		return nil
 	}
@@ -124,14 +123,30 @@ func (s *jsonScanner) str(dst *string, intern func(raw []byte) string) error {
 	if err != nil {
 		return err
 	}
-	if intern != nil {
-		if v := intern(raw); v != "" || len(raw) == 0 {
-			*dst = v
+	for _, k := range known {
+		if string(raw) == k {
+			*dst = k
 			return nil
 		}
 	}
 	*dst = string(raw)
 	return nil
+}
+
+// uint32 reads an integer from 0 to 2^32-1, or null, into *dst.
+func (s *jsonScanner) uint32(dst *uint32) error {
+	v := uint64(*dst)
+	err := s.unsigned(&v, math.MaxUint32)
+	*dst = uint32(v)
+	return err
+}
+
+// int reads a 64-bit integer, or null, into *dst.
+func (s *jsonScanner) int(dst *int) error {
+	v := int64(*dst)
+	err := s.integer(&v)
+	*dst = int(v)
+	return err
 }
 
 // rawString reads a string and returns its decoded bytes: a slice of b
@@ -419,7 +434,7 @@ func (s *jsonScanner) xattrs(m *map[string][]byte) error {
 			return err
 		}
 		var v string
-		if err := s.str(&v, nil); err != nil {
+		if err := s.str(&v); err != nil {
 			return err
 		}
 		// encoding/json reads []byte as standard base64, line breaks

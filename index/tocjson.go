@@ -98,25 +98,23 @@ func decodeTOCJSON(b []byte) ([]tocEntry, error) {
 func (s *jsonScanner) member(e, prev *tocEntry, key []byte) error {
 	switch string(key) {
 	case "name":
-		return s.str(&e.Name, nil)
+		return s.str(&e.Name)
 	case "type":
-		return s.str(&e.Type, tocType)
+		return s.str(&e.Type, tocTypes...)
 	case "modtime":
-		return s.str(&e.ModTime, sameAs(prev, func(p *tocEntry) string { return p.ModTime }))
+		if prev != nil {
+			return s.str(&e.ModTime, prev.ModTime)
+		}
+		return s.str(&e.ModTime)
 	case "linkName":
-		return s.str(&e.LinkName, nil)
+		return s.str(&e.LinkName)
 	case "userName", "groupName":
 		var unused string // not kept, but a string all the same
-		return s.str(&unused, nil)
+		return s.str(&unused)
 	case "digest":
-		return s.str(&e.Digest, nil)
+		return s.str(&e.Digest)
 	case "chunkDigest":
-		return s.str(&e.ChunkDigest, func(raw []byte) string {
-			if string(raw) == e.Digest {
-				return e.Digest
-			}
-			return ""
-		})
+		return s.str(&e.ChunkDigest, e.Digest)
 	case "size":
 		return s.integer(&e.Size)
 	case "mode":
@@ -148,27 +146,6 @@ func (s *jsonScanner) member(e, prev *tocEntry, key []byte) error {
 	return s.skip(0)
 }
 
-// tocType returns the TOC entry types as constants, sparing an allocation
-// for each entry.
-func tocType(raw []byte) string {
-	for _, t := range []string{"reg", "dir", "chunk", "symlink", "hardlink", "char", "block", "fifo"} {
-		if string(raw) == t {
-			return t
-		}
-	}
-	return ""
-}
-
-// sameAs returns a function that lends prev's string (as get picks it) to
-// an equal value.
-func sameAs(prev *tocEntry, get func(*tocEntry) string) func([]byte) string {
-	if prev == nil {
-		return nil
-	}
-	return func(raw []byte) string {
-		if v := get(prev); string(raw) == v {
-			return v
-		}
-		return ""
-	}
-}
+// tocTypes are the TOC entry types: decoded as these constants, they
+// spare an allocation for each entry.
+var tocTypes = []string{"reg", "dir", "chunk", "symlink", "hardlink", "char", "block", "fifo"}
