@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -165,6 +168,85 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 			read("big/f03")
 			if n := blobGets(); n != 2 {
 				t.Errorf("two lone misses in a large directory took %d blob requests; want 2", n)
+			}
+		})
+	}
+}
+
+// TestReadaheadRunsAheadOfAnOrderedReader: once a job reads a layer's
+// files in order, the fetch of the next window starts as its reads reach
+// the last one, before they need it: after every read, the layer's bytes
+// are on their way past the file just read (misses alone would fetch
+// nothing past the end of a window until a read fell beyond it).
+func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
+	const files = 200
+	var ents []testutil.Entry
+	want := map[string][]byte{}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range files {
+		b := make([]byte, 16<<10) // does not compress: 3.2 MiB stored
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		name := fmt.Sprintf("data/f%03d", i)
+		ents = append(ents, testutil.Entry{Name: name, Content: b})
+		want[name] = b
+	}
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked, testutil.Uncompressed, testutil.Gzip} {
+		t.Run(string(f), func(t *testing.T) {
+			reg := testutil.NewRegistry(t)
+			img, digest := resolveOneLayer(t, reg, "run-ahead:v1", ents, f)
+			stack, _, tree := openMerged(t, img, mustStore(t, t.TempDir()))
+			ix := stack.Layers()[0].Index
+			// end is where the stored bytes holding name end in the blob.
+			end := func(name string) int64 {
+				n, _ := tree.Lookup(name)
+				last := n.Chunks[len(n.Chunks)-1]
+				if !ix.Format.Seekable() {
+					return last.BlobEnd
+				}
+				_, in := ix.SpanRanges(ix.FindSpan(last.BlobOffset + last.Size - 1))
+				return in.End
+			}
+			// fetched is the end of the furthest range asked of the blob.
+			fetched := func() int64 {
+				var far int64
+				for _, r := range reg.Requests() {
+					if r.Blob != digest.String() || r.Method != "GET" {
+						continue
+					}
+					for _, rg := range strings.Split(strings.TrimPrefix(r.Range, "bytes="), ",") {
+						if _, last, ok := strings.Cut(rg, "-"); ok {
+							if e, err := strconv.ParseInt(last, 10, 64); err == nil {
+								far = max(far, e+1)
+							}
+						}
+					}
+				}
+				return far
+			}
+			layerEnd := end(fmt.Sprintf("data/f%03d", files-1))
+			reg.Reset()
+			checked := 0
+			for i := range files {
+				name := fmt.Sprintf("data/f%03d", i)
+				readCheck(t, stack, tree, name, want[name])
+				// A few misses in a row make a run; the layer's end stops it.
+				ahead := end(name) + 64<<10
+				if i < 48 || ahead > layerEnd {
+					continue
+				}
+				checked++
+				deadline := time.Now().Add(10 * time.Second)
+				for fetched() < ahead {
+					if time.Now().After(deadline) {
+						t.Fatalf("after reading %s (to blob offset %d) in order, nothing was asked for past %d; want a fetch under way to %d at least", name, end(name), fetched(), ahead)
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			if checked < files/2 {
+				t.Fatalf("checked after %d reads only", checked)
 			}
 		})
 	}

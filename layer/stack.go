@@ -442,6 +442,9 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 		if err != nil {
 			return done, fmt.Errorf("read %s [%d,+%d): %w", n.Name, c.Offset, c.Size, err)
 		}
+		if l.ahead.reached(c.BlobOffset) {
+			s.fetchChunksAhead(l)
+		}
 		done += copy(p[done:], data[off+int64(done)-c.Offset:])
 	}
 	if off+int64(done) >= n.Size {
@@ -499,7 +502,7 @@ func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byt
 		if si < 0 {
 			return done, fmt.Errorf("read %s at %d: %w: no span holds tar offset %d", n.Name, pos, index.ErrMalformed, tarPos)
 		}
-		out, _ := l.Index.SpanRanges(si)
+		out, in := l.Index.SpanRanges(si)
 		key := l.spanKey(si)
 		data, ok := s.cache.Peek(key)
 		var err error
@@ -511,6 +514,9 @@ func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byt
 		}
 		if err != nil {
 			return done, fmt.Errorf("read %s at %d: %w", n.Name, pos, err)
+		}
+		if l.ahead.reached(in.Start) {
+			s.fetchSpansAhead(l)
 		}
 		want := min(int64(len(p)-done), c.Offset+c.Size-pos)
 		k := copy(p[done:int64(done)+want], data[tarPos-out.Start:])
