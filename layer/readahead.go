@@ -41,49 +41,74 @@ const (
 	smallDir = 128 << 10
 )
 
-// readahead tracks the on-demand misses of one layer. Its methods
-// are safe for concurrent use.
+// readahead tracks the on-demand misses of one layer, and the reads of a
+// layer read in order. Its methods are safe for concurrent use.
 type readahead struct {
 	mu      sync.Mutex
-	nextOff int64 // guarded by mu; blob offset where the last miss's fetch ended
+	nextOff int64 // guarded by mu; blob offset where the latest widened fetch ends
 	streak  int   // guarded by mu; misses in a row that followed the one before
-	window  int64 // guarded by mu; bytes fetched past the next miss
+	window  int64 // guarded by mu; bytes the latest widened fetch took past its miss
+
+	// nextSpan is the span after the latest widened fetch, in a seekable
+	// layer.
+	nextSpan int // guarded by mu
 
 	orderOnce sync.Once
 	order     []*index.Chunk // the layer's chunks in blob order; set once by orderOnce
 	dirOf     []int32        // the directory of order[i]'s file, an index in dirs; set with order
 	dirs      []dirChunks    // set with order
 
-	// nextSpan is the span after the last miss's fetch, in a seekable
-	// layer.
-	nextSpan int // guarded by mu
-
-	// trigger is the blob offset past which a read, before triggerEnd,
-	// starts the next window's fetch; 0 when none is armed. Read on
-	// every chunk or span a read uses, hence atomics rather than mu.
-	trigger, triggerEnd atomic.Int64
+	// armed is the latest fetch of a layer read in order, if a read in
+	// it is to start the next; nil when none is. Set under mu (a miss
+	// that breaks the run clears it there), read on every chunk or span
+	// a read uses.
+	armed atomic.Pointer[blobRange]
+	// lastRead is the blob offset where the chunk or span read last
+	// ends; a read that starts the next fetch must follow it.
+	lastRead atomic.Int64
 
 	// last is the latest widened fetch: a miss inside it is served from
 	// its bytes, whether or not the background fill got there first.
 	last atomic.Pointer[batchBlob]
 }
 
-// reached reports whether a read of the chunk or span at blob offset off
-// has come far enough into the latest fetch of a layer read in order to
-// start the next one. It reports true once per armed fetch.
-func (r *readahead) reached(off int64) bool {
-	t := r.trigger.Load()
-	return t > 0 && off >= t && off < r.triggerEnd.Load() && r.trigger.CompareAndSwap(t, 0)
+// blobRange is the bytes [start, end) of a blob.
+type blobRange struct{ start, end int64 }
+
+// reached notes a read of the chunk or span at [off, end) of the blob and
+// reports whether it starts the next fetch of a layer read in order: it
+// lies in the armed fetch and follows the read before it (a job reading
+// a few files far apart gets no more than it asks for). It reports true
+// once per armed fetch.
+func (r *readahead) reached(off, end int64) bool {
+	prev := r.lastRead.Load()
+	if prev != end {
+		r.lastRead.Store(end)
+	}
+	a := r.armed.Load()
+	return a != nil && off >= a.start && off < a.end && off <= prev+readaheadGap && r.armed.CompareAndSwap(a, nil)
 }
 
 // arm makes a read of [start, end), a fetch of a layer read in order, start
-// the next one: one window is always on its way while the job reads the
-// one before. (Waiting until a read passes halfway through, which fetches
-// less past where a job stops, made reading everything in the large bench
-// image 10-20% slower: the job caught up with the fetches.)
+// the next one, so that one window is always on its way while the job
+// reads the one before; unless a miss broke the run since the fetch was
+// planned.
 func (r *readahead) arm(start, end int64) {
-	r.triggerEnd.Store(end)
-	r.trigger.Store(max(1, start))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.window > readaheadMin {
+		r.armed.Store(&blobRange{start, end})
+	}
+}
+
+// resume makes the next fetch of a layer read in order start at off: a
+// fetch that stopped short where a batch under way begins continues
+// after that batch, and the run goes on.
+func (r *readahead) resume(off int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextOff = off
+	r.nextSpan = 0 // found again from nextOff
 }
 
 // grow widens the window for the next fetch of a layer read in order.
@@ -117,7 +142,7 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.
 	switch {
 	case !follows:
 		r.streak, r.window = 0, 0
-		r.trigger.Store(0)
+		r.armed.Store(nil)
 	case r.streak < readaheadStreak:
 		// Two files next to each other are common in any start-up; a
 		// run of them is a job reading in order.
@@ -172,7 +197,7 @@ func (r *readahead) nextChunks(l *LayerState) []*index.Chunk {
 	if j > i {
 		r.nextOff = order[j-1].BlobEnd
 	}
-	return order[i:j]
+	return slices.Clip(order[i:j])
 }
 
 // planSpans notes a miss of span si of l, a seekable layer, and returns how
@@ -190,7 +215,7 @@ func (r *readahead) planSpans(l *LayerState, si int) (n int, inOrder bool) {
 	switch {
 	case !follows:
 		r.streak, r.window = 0, 0
-		r.trigger.Store(0)
+		r.armed.Store(nil)
 	case r.streak+1 < readaheadStreak:
 		r.streak++
 	case r.window == 0:
@@ -221,6 +246,12 @@ func (r *readahead) nextSpans(l *LayerState) (first, n int) {
 	defer r.mu.Unlock()
 	r.grow()
 	first = r.nextSpan
+	if first == 0 && r.nextOff > 0 { // after resume
+		first = sort.Search(len(l.Index.Spans), func(j int) bool {
+			_, in := l.Index.SpanRanges(j)
+			return in.Start >= r.nextOff
+		})
+	}
 	if first <= 0 || first >= len(l.Index.Spans) {
 		return 0, 0
 	}
@@ -268,8 +299,12 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 	}
 	// Nor past where a batch under way (a program's rest, say) fetches.
 	for j := 1; j <= n; j++ {
-		if _, next := l.Index.SpanRanges(si + j); l.inflight.covering(next.Start, next.End) != nil {
+		_, next := l.Index.SpanRanges(si + j)
+		if b := l.inflight.covering(next.Start, next.End); b != nil {
 			n = j - 1
+			if inOrder {
+				l.ahead.resume(b.end)
+			}
 			break
 		}
 	}
@@ -305,7 +340,8 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 // fetchSpansAhead starts the fetch of the next window of a seekable layer
 // read in order: the spans after the last fetch, in one request, decoded
 // and cached in the background. Spans the cache holds at the window's ends
-// are left out; the window stops where a batch under way fetches.
+// are left out; the window stops where a batch under way fetches, and the
+// next one starts after that batch.
 func (s *Stack) fetchSpansAhead(l *LayerState) {
 	first, n := l.ahead.nextSpans(l)
 	if n == 0 {
@@ -313,9 +349,9 @@ func (s *Stack) fetchSpansAhead(l *LayerState) {
 	}
 	_, in := l.Index.SpanRanges(first)
 	_, last := l.Index.SpanRanges(first + n - 1)
-	// A read of this window keeps the fetches going, even when
-	// this window needs none.
-	l.ahead.arm(in.Start, last.End)
+	// A read of the window keeps the fetches going, even when it needs
+	// none.
+	defer l.ahead.arm(in.Start, last.End)
 	for n > 0 && s.cache.Holds(l.spanKey(first)) {
 		first, n = first+1, n-1
 	}
@@ -323,24 +359,27 @@ func (s *Stack) fetchSpansAhead(l *LayerState) {
 		n--
 	}
 	for j := 0; j < n; j++ {
-		if _, r := l.Index.SpanRanges(first + j); l.inflight.covering(r.Start, r.End) != nil {
+		_, r := l.Index.SpanRanges(first + j)
+		if b := l.inflight.covering(r.Start, r.End); b != nil {
 			n = j
+			l.ahead.resume(b.end)
 			break
 		}
 	}
 	if n == 0 {
 		return
 	}
-	_, in = l.Index.SpanRanges(first)
-	_, last = l.Index.SpanRanges(first + n - 1)
-	bb := &batchBlob{blobReader: l.blob, start: in.Start, end: last.End}
+	_, from := l.Index.SpanRanges(first)
+	_, to := l.Index.SpanRanges(first + n - 1)
+	bb := &batchBlob{blobReader: l.blob, start: from.Start, end: to.End}
 	l.ahead.last.Store(bb)
 	s.fillSpans(l, bb, first, first+n-1, l.inflight.add(bb))
 }
 
 // fillSpans decodes spans from..to of l through bb, in order (each span's
 // output is the next one's window), and caches them in the background as
-// on-demand reads would; then it lets bb go with remove.
+// on-demand reads would; then it lets bb go with remove. After a failure
+// it stops: reads fetch the rest.
 func (s *Stack) fillSpans(l *LayerState, bb *batchBlob, from, to int, remove func()) {
 	view := l.view(bb)
 	s.background.Add(1)
@@ -353,11 +392,13 @@ func (s *Stack) fillSpans(l *LayerState, bb *batchBlob, from, to int, remove fun
 			if _, ok := s.cache.Peek(key); ok {
 				continue
 			}
-			s.cache.Get(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+			if _, err := s.cache.Get(s.life, key, func(ctx context.Context) ([]byte, error) {
 				ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 				defer cancel()
 				return s.readSpan(ctx, view, j)
-			})
+			}); err != nil {
+				return
+			}
 		}
 	}()
 }
@@ -444,8 +485,11 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	}
 	// Nor past where a batch under way (a program's rest, say) fetches.
 	for i, ec := range after {
-		if l.inflight.covering(ec.BlobOffset, ec.BlobEnd) != nil {
+		if b := l.inflight.covering(ec.BlobOffset, ec.BlobEnd); b != nil {
 			after = after[:i]
+			if inOrder {
+				l.ahead.resume(b.end)
+			}
 			break
 		}
 	}
@@ -456,6 +500,11 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		}
 	}
 	if len(before)+len(after) == 0 {
+		if inOrder {
+			// The window holds no chunk after this one yet: the next
+			// starts the background fetches.
+			l.ahead.arm(c.BlobOffset, c.BlobEnd)
+		}
 		return s.readChunk(ctx, l, c)
 	}
 	extra := append(slices.Clip(before), after...)
@@ -486,15 +535,16 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 // fetchChunksAhead starts the fetch of the next window of a layer read in
 // order: the chunks after the last fetch, in one request, verified and
 // cached in the background. Chunks the cache holds at the window's ends
-// are left out; the window stops where a batch under way fetches.
+// are left out; the window stops where a batch under way fetches, and the
+// next one starts after that batch.
 func (s *Stack) fetchChunksAhead(l *LayerState) {
 	next := l.ahead.nextChunks(l)
 	if len(next) == 0 {
 		return
 	}
-	// A read of this window keeps the fetches going, even when
-	// this window needs none.
-	l.ahead.arm(next[0].BlobOffset, next[len(next)-1].BlobEnd)
+	// A read of the window keeps the fetches going, even when it needs
+	// none.
+	defer l.ahead.arm(next[0].BlobOffset, next[len(next)-1].BlobEnd)
 	for len(next) > 0 && s.cache.Holds(l.chunkKey(next[0])) {
 		next = next[1:]
 	}
@@ -502,8 +552,9 @@ func (s *Stack) fetchChunksAhead(l *LayerState) {
 		next = next[:len(next)-1]
 	}
 	for i, c := range next {
-		if l.inflight.covering(c.BlobOffset, c.BlobEnd) != nil {
+		if b := l.inflight.covering(c.BlobOffset, c.BlobEnd); b != nil {
 			next = next[:i]
+			l.ahead.resume(b.end)
 			break
 		}
 	}
@@ -516,7 +567,8 @@ func (s *Stack) fetchChunksAhead(l *LayerState) {
 }
 
 // fillChunks reads chunks of l through bb, verifies them and caches them in
-// the background as on-demand reads would; then it lets bb go with remove.
+// the background as on-demand reads would; then it lets bb go with
+// remove. After a failure it stops: reads fetch the rest.
 func (s *Stack) fillChunks(l *LayerState, bb *batchBlob, chunks []*index.Chunk, remove func()) {
 	view := l.view(bb)
 	s.background.Add(1)
@@ -530,11 +582,13 @@ func (s *Stack) fillChunks(l *LayerState, bb *batchBlob, chunks []*index.Chunk, 
 			if _, ok := s.cache.Peek(key); ok {
 				continue
 			}
-			s.cache.Get(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+			if _, err := s.cache.Get(s.life, key, func(ctx context.Context) ([]byte, error) {
 				ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 				defer cancel()
 				return s.readChunk(ctx, view, ec)
-			})
+			}); err != nil {
+				return
+			}
 		}
 	}()
 }

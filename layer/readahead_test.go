@@ -177,14 +177,16 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 // files in order, the fetch of the next window starts as its reads reach
 // the last one, before they need it: after every read, the layer's bytes
 // are on their way past the file just read (misses alone would fetch
-// nothing past the end of a window until a read fell beyond it).
+// nothing past the end of a window until a read fell beyond it), and no
+// byte twice. A read far past the last, in bytes fetched ahead, fetches
+// nothing more: a job reading a few files apart gets what it reads.
 func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
-	const files = 200
+	const files = 400
 	var ents []testutil.Entry
 	want := map[string][]byte{}
 	rng := rand.New(rand.NewPCG(5, 6))
 	for i := range files {
-		b := make([]byte, 16<<10) // does not compress: 3.2 MiB stored
+		b := make([]byte, 16<<10) // does not compress: 6.4 MiB stored
 		for j := range b {
 			b[j] = byte(rng.Uint32())
 		}
@@ -225,6 +227,35 @@ func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
 				}
 				return far
 			}
+			blobBytes := func() (n int64) {
+				for _, r := range reg.Requests() {
+					if r.Blob == digest.String() && r.Method == "GET" {
+						n += r.Bytes
+					}
+				}
+				return n
+			}
+			// settled waits until no request is in flight and none has
+			// come for a while.
+			settled := func() {
+				t.Helper()
+				quiet, deadline := time.Now(), time.Now().Add(10*time.Second)
+				seen := -1
+				for time.Since(quiet) < 200*time.Millisecond {
+					rs := reg.Requests()
+					busy := false
+					for _, r := range rs {
+						busy = busy || r.Status == 0
+					}
+					if busy || len(rs) != seen {
+						quiet, seen = time.Now(), len(rs)
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("requests kept coming for 10s")
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
 			layerEnd := end(fmt.Sprintf("data/f%03d", files-1))
 			reg.Reset()
 			checked := 0
@@ -247,6 +278,32 @@ func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
 			}
 			if checked < files/2 {
 				t.Fatalf("checked after %d reads only", checked)
+			}
+			settled()
+			if b := blobBytes(); b > layerEnd+layerEnd/10 {
+				t.Errorf("reading a %d-byte layer in order fetched %d bytes", layerEnd, b)
+			}
+
+			stack, _, tree = openMerged(t, img, mustStore(t, t.TempDir()))
+			reg.Reset()
+			for i := range 64 {
+				name := fmt.Sprintf("data/f%03d", i)
+				readCheck(t, stack, tree, name, want[name])
+			}
+			settled()
+			far := fetched()
+			k := files - 1
+			for k > 0 && end(fmt.Sprintf("data/f%03d", k)) > far {
+				k--
+			}
+			if end(fmt.Sprintf("data/f%03d", k))-end("data/f063") < 256<<10 {
+				t.Fatalf("reading 64 files in order fetched to %d, only a little past f063 (%d)", far, end("data/f063"))
+			}
+			name := fmt.Sprintf("data/f%03d", k)
+			readCheck(t, stack, tree, name, want[name])
+			settled()
+			if got := fetched(); got != far {
+				t.Errorf("a read of %s, far past the last read but fetched ahead already, fetched on to %d (from %d)", name, got, far)
 			}
 		})
 	}

@@ -442,7 +442,7 @@ func (s *Stack) ReadAt(ctx context.Context, n *index.Node, p []byte, off int64) 
 		if err != nil {
 			return done, fmt.Errorf("read %s [%d,+%d): %w", n.Name, c.Offset, c.Size, err)
 		}
-		if l.ahead.reached(c.BlobOffset) {
+		if l.ahead.reached(c.BlobOffset, c.BlobEnd) {
 			s.fetchChunksAhead(l)
 		}
 		done += copy(p[done:], data[off+int64(done)-c.Offset:])
@@ -515,7 +515,7 @@ func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byt
 		if err != nil {
 			return done, fmt.Errorf("read %s at %d: %w", n.Name, pos, err)
 		}
-		if l.ahead.reached(in.Start) {
+		if l.ahead.reached(in.Start, in.End) {
 			s.fetchSpansAhead(l)
 		}
 		want := min(int64(len(p)-done), c.Offset+c.Size-pos)
