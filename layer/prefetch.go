@@ -538,10 +538,15 @@ func (p *Prefetch) runBatchOn(ctx context.Context, b batch, bb *batchBlob) int64
 	if b.layer.windows != nil {
 		// The windows its spans need, in one request rather than one
 		// round trip per span, while the batch's bytes are fetched.
-		got := make(chan *windowSource, 1)
-		go func() { got <- p.s.fetchWindows(ctx, b.layer, b.units, &bb.fetched) }()
+		bw := &batchWindows{ready: make(chan struct{})}
+		bb.windows.Store(bw)
+		go func() {
+			bw.ws = p.s.fetchWindows(ctx, b.layer, b.units, &bb.fetched)
+			close(bw.ready)
+		}()
 		bb.load(ctx) // an error is the first unit's to report
-		view.windows = <-got
+		<-bw.ready
+		view.windows = bw.ws
 	}
 	var failed error
 	for _, u := range b.units {
@@ -812,6 +817,18 @@ type batchBlob struct {
 	err     error         // protected by mu; set once loaded
 	// buf holds [start, end) once loaded, when there are no pieces.
 	buf []byte // set before loaded
+
+	// windows, when set, are the span windows fetched beside the batch's
+	// bytes: an on-demand decode of one of its spans takes its window
+	// there rather than fetching it again.
+	windows atomic.Pointer[batchWindows]
+}
+
+// batchWindows are the span windows a batch fetches beside its bytes; ws
+// is set before ready is closed.
+type batchWindows struct {
+	ready chan struct{}
+	ws    *windowSource
 }
 
 // piece is the bytes [off, end) of a blob, held in buf once loaded.

@@ -543,11 +543,15 @@ func (s *Stack) spanFill(l *LayerState, si int) func(context.Context) ([]byte, e
 
 // readSpan fetches span si of a seekable layer and decodes it; the index
 // verifies the compressed bytes and the window first. The window comes
-// from the span before when that is at hand, else it is fetched from the
-// windows blob while the span's bytes are.
+// from the span before when that is at hand, or from a batch under way
+// that fetched it beside the span, else it is fetched from the windows
+// blob while the span's bytes are.
 func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	out, in := l.Index.SpanRanges(si)
 	window, ok := s.localWindow(l, si)
+	if !ok {
+		window, ok = l.batchWindow(ctx, si)
+	}
 	var (
 		fetched chan struct{}
 		werr    error

@@ -74,6 +74,28 @@ func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
 	return nil, false
 }
 
+// batchWindow returns span si's window from a batch under way that fetches
+// the span and fetched its window beside it, or is fetching it: then it
+// waits for that fetch (bounded by ctx).
+func (l *LayerState) batchWindow(ctx context.Context, si int) ([]byte, bool) {
+	_, in := l.Index.SpanRanges(si)
+	bb := l.inflight.covering(in.Start, in.End)
+	if bb == nil {
+		return nil, false
+	}
+	bw := bb.windows.Load()
+	if bw == nil {
+		return nil, false
+	}
+	select {
+	case <-bw.ready:
+	case <-ctx.Done():
+		return nil, false
+	}
+	w, ok := bw.ws.given[si]
+	return w, ok
+}
+
 // fetchWindow reads span si's window from the windows blob and verifies it.
 func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	if l.windows == nil || l.windows.blob == nil {

@@ -8,8 +8,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -291,5 +293,81 @@ func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
 	checkFiles(t, warm, files)
 	if n := img.FetchStats().Requests - before.Requests; n != 0 {
 		t.Fatalf("warm reads made %d requests", n)
+	}
+}
+
+// TestOnDemandSpanReadTakesItsBatchWindow: a read of a span that a prefetch
+// batch is fetching takes the span's window from the batch, which fetched
+// it beside the span's bytes, rather than asking the windows blob again.
+func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, files := resolvedSpanned(t, reg, "batch-window:v1", testutil.Gzip)
+	built := builtHere(t, img)
+	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
+		t.Fatalf("publish: %d indexes, %v", n, err)
+	}
+	windows := built.Layers()[0].Index.Windows.Digest
+	blob := img.Layers[0].Descriptor.Digest.String()
+	// The layer's bytes wait for release: the batch is under way, its
+	// window in, when the read comes.
+	release := make(chan struct{})
+	reg.Wrap(func(next http.Handler) http.Handler {
+		mr := multiRangeMiddleware(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, blob) && r.Header.Get("Range") != "" {
+				<-release
+			}
+			mr.ServeHTTP(w, r)
+		})
+	})
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	if o := stack.Layers()[0].Origin; o != layer.FromRegistry {
+		t.Fatalf("index from %s", o)
+	}
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	windowGets := func() (all, done int) {
+		for _, r := range reg.Requests() {
+			if r.Blob == windows && r.Method == http.MethodGet {
+				all++
+				if r.Status != 0 {
+					done++
+				}
+			}
+		}
+		return all, done
+	}
+	reg.Reset()
+	// data/small.txt lies in a span after data/b.txt's: the batch of it
+	// alone needs that span's window.
+	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now(),
+		Files: []layer.ProfileFile{{Layer: blob, Path: "data/small.txt"}}}
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	defer p.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, done := windowGets(); done == 0; _, done = windowGets() {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("the prefetch batch fetched no window")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		readCheck(t, stack, tree, "data/small.txt", files["data/small.txt"])
+	}()
+	// Give the read time to ask for the window itself, if it would.
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	<-read
+	waitPrefetch(t, p)
+	if all, _ := windowGets(); all != 1 {
+		for _, r := range reg.Requests() {
+			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
+		}
+		t.Errorf("%d requests for windows, want the batch's one", all)
 	}
 }
