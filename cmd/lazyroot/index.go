@@ -43,7 +43,7 @@ func runIndexPush(ctx context.Context, stdout io.Writer, args []string) error {
 			"nodes mount it without streaming a layer. Needs push rights.\n\nOptions:\n")
 		fset.PrintDefaults()
 	}
-	span := fset.String("span-size", "512KiB", "distance between seek points of the indexes built (plain gzip and zstd layers)")
+	span := fset.String("span-size", "256KiB", "distance between seek points of the indexes built (plain gzip and zstd layers)")
 	rf.register(fset)
 	if err := parseArgs(fset, args, 1, 1); err != nil {
 		return err

@@ -72,7 +72,7 @@ func (f *mountFlags) registerMountFlags(fset *pflag.FlagSet) {
 	fset.StringVar(&f.cacheSize, "cache-size", "10GiB", "disk quota of the chunk cache under --root, shared by every mount on the node (0 turns it off)")
 	fset.DurationVar(&f.readTimeout, "read-timeout", 60*time.Second, "fail a file read with EIO if its bytes cannot be fetched in this time")
 	fset.StringVar(&f.indexSource, "index-source", "any", indexSourceHelp)
-	fset.StringVar(&f.spanSize, "span-size", "512KiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
+	fset.StringVar(&f.spanSize, "span-size", "256KiB", "distance between the seek points of indexes this node builds (plain gzip and zstd layers)")
 	fset.BoolVar(&f.publish, "publish-index", false, "push the indexes this node builds to the registry for other nodes (needs push rights)")
 	fset.StringVar(&f.prefetch, "prefetch", "profile", "what to fetch ahead once mounted, in the background: none; profile (the files an eStargz layer prioritizes, then those of the image's recorded access profile, from --root or the registry); all (profile, then every layer whole, yielding to reads and within --prefetch-rate)")
 	fset.StringVar(&f.prefetchRate, "prefetch-rate", "0", "cap on the bytes a second the whole-layer prefetch of --prefetch=all fetches, e.g. 20MiB (0: no cap)")
