@@ -111,6 +111,18 @@ func (r *readahead) resume(off int64) {
 	r.nextSpan = 0 // found again from nextOff
 }
 
+// covered notes that the fetch of a miss reaches span last of l, a
+// seekable layer, past where its window did: a miss of the span after it
+// follows it.
+func (r *readahead) covered(l *LayerState, last int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, in := l.Index.SpanRanges(last); in.End > r.nextOff {
+		r.nextOff = in.End
+		r.nextSpan = last + 1
+	}
+}
+
 // grow widens the window for the next fetch of a layer read in order.
 // mu must be held.
 func (r *readahead) grow() {
@@ -268,12 +280,13 @@ func (r *readahead) nextSpans(l *LayerState) (first, n int) {
 	return first, n
 }
 
-// readSpanAhead reads span si of l, and when its miss follows the last
-// one, the spans after it in the same request; those are decoded in order
+// readSpanAhead reads span si of l, with the need spans after it that the
+// read needs too, and when its miss follows the last one the spans after
+// it the window holds, in the same request; those are decoded in order
 // (each span's output is the next one's window), verified and cached in
 // the background, as on-demand reads would. A widened fetch that fails
 // leaves si to be fetched alone.
-func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byte, error) {
+func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si, need int) ([]byte, error) {
 	if !isRemote(l) {
 		return s.readSpan(ctx, l, si)
 	}
@@ -291,6 +304,10 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si int) ([]byt
 		return s.readSpan(ctx, l, si)
 	}
 	n, inOrder := l.ahead.planSpans(l, si)
+	if need > n {
+		n = need
+		l.ahead.covered(l, si+n)
+	}
 	for n > 0 {
 		if !s.cache.Holds(l.spanKey(si + n)) {
 			break

@@ -507,7 +507,12 @@ func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byt
 		data, ok := s.cache.Peek(key)
 		var err error
 		if !ok {
-			data, err = s.cache.Get(rc.get(), key, s.spanFill(l, si))
+			// The spans after si that this read needs too come in the
+			// same request: a 1 MiB read would otherwise fetch its
+			// spans one round trip after another.
+			readEnd := c.BlobOffset + min(off+int64(len(p)), c.Offset+c.Size) - c.Offset
+			need := max(0, l.Index.FindSpan(readEnd-1)-si)
+			data, err = s.cache.Get(rc.get(), key, s.spanFill(l, si, need))
 		}
 		if err == nil && int64(len(data)) != out.End-out.Start {
 			err = fmt.Errorf("cached span is %d bytes, index says %d: %w", len(data), out.End-out.Start, ErrDigest)
@@ -531,13 +536,14 @@ func (s *Stack) readSpans(rc *readContext, l *LayerState, n *index.Node, p []byt
 	return done, nil
 }
 
-// spanFill returns the fill function of span si for Cache.Get.
-func (s *Stack) spanFill(l *LayerState, si int) func(context.Context) ([]byte, error) {
+// spanFill returns the fill function of span si for Cache.Get, for a read
+// that needs the need spans after it too.
+func (s *Stack) spanFill(l *LayerState, si, need int) func(context.Context) ([]byte, error) {
 	return func(ctx context.Context) ([]byte, error) {
 		// The fill outlives a waiter that gives up; bound it too.
 		ctx, cancel := context.WithTimeout(ctx, s.readTimeout)
 		defer cancel()
-		return s.readSpanAhead(ctx, l, si)
+		return s.readSpanAhead(ctx, l, si, need)
 	}
 }
 

@@ -371,3 +371,40 @@ func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
 		t.Errorf("%d requests for windows, want the batch's one", all)
 	}
 }
+
+// TestOneReadFetchesItsSpansTogether: a read that needs several spans of a
+// cold gzip layer asks for them in one request, not one after another.
+func TestOneReadFetchesItsSpansTogether(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, files := resolvedSpanned(t, reg, "one-read:v1", testutil.Gzip)
+	fresh, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	tree, _ := index.Merge(fresh.Indexes())
+	n, _ := tree.Lookup("data/b.txt")
+	ix := fresh.Layers()[0].Index
+	off, size := int64(testSpan/2), int64(4*testSpan)
+	first, last := ix.FindSpan(n.Chunks[0].BlobOffset+off), ix.FindSpan(n.Chunks[0].BlobOffset+off+size-1)
+	if last-first < 2 {
+		t.Fatalf("the read covers spans %d-%d only", first, last)
+	}
+	reg.Reset()
+	got := make([]byte, size)
+	if k, err := fresh.ReadAt(context.Background(), n, got, off); int64(k) != size {
+		t.Fatalf("read %d bytes: %v", k, err)
+	}
+	if !bytes.Equal(got, files["data/b.txt"][off:off+size]) {
+		t.Fatal("wrong content")
+	}
+	gets := 0
+	for _, r := range reg.Requests() {
+		if r.Blob == img.Layers[0].Descriptor.Digest.String() && r.Method == http.MethodGet {
+			gets++
+		}
+	}
+	if gets != 1 {
+		t.Errorf("one read of spans %d-%d took %d requests of the layer; want 1", first, last, gets)
+	}
+}
