@@ -538,10 +538,13 @@ func (p *Prefetch) runBatchOn(ctx context.Context, b batch, bb *batchBlob) int64
 	if b.layer.windows != nil {
 		// The windows its spans need, in one request rather than one
 		// round trip per span, while the batch's bytes are fetched.
-		bw := &batchWindows{ready: make(chan struct{})}
+		bw := &batchWindows{spans: p.s.windowSpans(b.layer, b.units), ready: make(chan struct{})}
 		bb.windows.Store(bw)
 		go func() {
-			bw.ws = p.s.fetchWindows(ctx, b.layer, b.units, &bb.fetched)
+			// Bounded: on-demand reads of its spans may wait for it.
+			wctx, cancel := context.WithTimeout(ctx, p.s.readTimeout)
+			defer cancel()
+			bw.ws = p.s.fetchWindows(wctx, b.layer, bw.spans, &bb.fetched)
 			close(bw.ready)
 		}()
 		bb.load(ctx) // an error is the first unit's to report
@@ -824,9 +827,10 @@ type batchBlob struct {
 	windows atomic.Pointer[batchWindows]
 }
 
-// batchWindows are the span windows a batch fetches beside its bytes; ws
-// is set before ready is closed.
+// batchWindows are the span windows a batch fetches beside its bytes: those
+// of spans, in order. ws is set before ready is closed.
 type batchWindows struct {
+	spans []int
 	ready chan struct{}
 	ws    *windowSource
 }

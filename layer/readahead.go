@@ -111,18 +111,6 @@ func (r *readahead) resume(off int64) {
 	r.nextSpan = 0 // found again from nextOff
 }
 
-// covered notes that the fetch of a miss reaches span last of l, a
-// seekable layer, past where its window did: a miss of the span after it
-// follows it.
-func (r *readahead) covered(l *LayerState, last int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, in := l.Index.SpanRanges(last); in.End > r.nextOff {
-		r.nextOff = in.End
-		r.nextSpan = last + 1
-	}
-}
-
 // grow widens the window for the next fetch of a layer read in order.
 // mu must be held.
 func (r *readahead) grow() {
@@ -213,10 +201,11 @@ func (r *readahead) nextChunks(l *LayerState) []*index.Chunk {
 }
 
 // planSpans notes a miss of span si of l, a seekable layer, and returns how
-// many spans after it to fetch with it: none unless the miss follows the
-// last one, then as many as the growing window holds (spans are large
-// already; a lone miss fetches only its own). inOrder is as plan's.
-func (r *readahead) planSpans(l *LayerState, si int) (n int, inOrder bool) {
+// many spans after it to fetch with it: the need spans the read needs too
+// (as far as readaheadMax reaches), and when the miss follows the last one
+// as many as the growing window holds (spans are large already; a lone
+// miss fetches only what it needs). inOrder is as plan's.
+func (r *readahead) planSpans(l *LayerState, si, need int) (n int, inOrder bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	_, in := l.Index.SpanRanges(si)
@@ -244,6 +233,15 @@ func (r *readahead) planSpans(l *LayerState, si int) (n int, inOrder bool) {
 			break
 		}
 		n++
+		r.nextOff = next.End
+	}
+	// At least the spans the read needs, within a bound (an index may
+	// have tiny spans).
+	for ; n < need && si+n+1 < len(l.Index.Spans); n++ {
+		_, next := l.Index.SpanRanges(si + n + 1)
+		if next.End-in.Start > readaheadMax {
+			break
+		}
 		r.nextOff = next.End
 	}
 	r.nextSpan = si + n + 1
@@ -303,11 +301,7 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si, need int) 
 		// started, else fetch it alone, widening no further.
 		return s.readSpan(ctx, l, si)
 	}
-	n, inOrder := l.ahead.planSpans(l, si)
-	if need > n {
-		n = need
-		l.ahead.covered(l, si+n)
-	}
+	n, inOrder := l.ahead.planSpans(l, si, need)
 	for n > 0 {
 		if !s.cache.Holds(l.spanKey(si + n)) {
 			break

@@ -555,9 +555,6 @@ func (s *Stack) spanFill(l *LayerState, si, need int) func(context.Context) ([]b
 func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	out, in := l.Index.SpanRanges(si)
 	window, ok := s.localWindow(l, si)
-	if !ok {
-		window, ok = l.batchWindow(ctx, si)
-	}
 	var (
 		fetched chan struct{}
 		werr    error
@@ -566,6 +563,10 @@ func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, er
 		fetched = make(chan struct{})
 		go func() {
 			defer close(fetched)
+			if w, ok := l.batchWindow(ctx, si); ok {
+				window = w
+				return
+			}
 			window, werr = fetchWindow(ctx, l, si)
 		}()
 	}

@@ -76,7 +76,7 @@ func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
 
 // batchWindow returns span si's window from a batch under way that fetches
 // the span and fetched its window beside it, or is fetching it: then it
-// waits for that fetch (bounded by ctx).
+// waits for that fetch (bounded by ctx, and by the read timeout there).
 func (l *LayerState) batchWindow(ctx context.Context, si int) ([]byte, bool) {
 	_, in := l.Index.SpanRanges(si)
 	bb := l.inflight.covering(in.Start, in.End)
@@ -85,6 +85,9 @@ func (l *LayerState) batchWindow(ctx context.Context, si int) ([]byte, bool) {
 	}
 	bw := bb.windows.Load()
 	if bw == nil {
+		return nil, false
+	}
+	if _, ok := slices.BinarySearch(bw.spans, si); !ok {
 		return nil, false
 	}
 	select {
@@ -119,12 +122,10 @@ func fetchWindow(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	return w, err
 }
 
-// fetchWindows returns l's window source with the windows that units (a
-// prefetch batch, decoded in order) will need fetched ahead: those of
-// spans whose span before is neither among units nor at hand. It reads
-// them in one request where the blob allows several ranges in one. A
-// window it could not fetch is left to be fetched with its span.
-func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit, fetched *atomic.Int64) *windowSource {
+// windowSpans returns, in order, the spans whose windows units (a prefetch
+// batch, decoded in order) will need fetched: those whose span before is
+// neither among units nor at hand.
+func (s *Stack) windowSpans(l *LayerState, units []unit) []int {
 	inBatch := map[int]bool{}
 	for _, u := range units {
 		inBatch[u.span] = true
@@ -142,10 +143,18 @@ func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, units []unit, f
 			spans = append(spans, si)
 		}
 	}
+	slices.Sort(spans) // windows lie in span order
+	return spans
+}
+
+// fetchWindows returns l's window source with the windows of spans (from
+// windowSpans) fetched. It reads them in one request where the blob allows
+// several ranges in one. A window it could not fetch is left to be fetched
+// with its span.
+func (s *Stack) fetchWindows(ctx context.Context, l *LayerState, spans []int, fetched *atomic.Int64) *windowSource {
 	if len(spans) == 0 {
 		return l.windows
 	}
-	slices.Sort(spans) // windows lie in span order
 	ranges := make([]fetch.Range, len(spans))
 	for i, si := range spans {
 		r := l.Index.WindowRange(si)
