@@ -170,13 +170,7 @@ func TestSequentialSpanMissesShareRequests(t *testing.T) {
 	img, files := resolvedSpanned(t, reg, "span-ahead:v1", testutil.Gzip)
 	stack := builtHere(t, img)
 	ls := stack.Layers()[0]
-	// A fresh cache: every span of the big file is a miss.
-	fresh, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fresh.Close()
-	tree, _ := index.Merge(fresh.Indexes())
+	fresh, tree := coldSpanned(t, img)
 	n, _ := tree.Lookup("data/b.txt")
 	first := ls.Index.FindSpan(n.Chunks[0].BlobOffset)
 	last := ls.Index.FindSpan(n.Chunks[0].BlobOffset + n.Size - 1)
@@ -195,6 +189,23 @@ func TestSequentialSpanMissesShareRequests(t *testing.T) {
 	if reqs := img.FetchStats().Requests - before; spans < 5 || reqs >= int64(spans) {
 		t.Fatalf("%d requests for %d spans read in order", reqs, spans)
 	}
+}
+
+// coldSpanned opens img, a spannedImage, on a fresh node that builds its
+// own index with testSpan spans, with a cold cache: every span is a miss.
+// The stack closes with the test.
+func coldSpanned(t *testing.T, img *layer.Image) (*layer.Stack, *index.Tree) {
+	t.Helper()
+	stack, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stack.Close() })
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stack, tree
 }
 
 func mustStore(t *testing.T, root string) *layer.Store {
@@ -377,12 +388,7 @@ func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
 func TestOneReadFetchesItsSpansTogether(t *testing.T) {
 	reg := testutil.NewRegistry(t)
 	img, files := resolvedSpanned(t, reg, "one-read:v1", testutil.Gzip)
-	fresh, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fresh.Close()
-	tree, _ := index.Merge(fresh.Indexes())
+	fresh, tree := coldSpanned(t, img)
 	n, _ := tree.Lookup("data/b.txt")
 	ix := fresh.Layers()[0].Index
 	off, size := int64(testSpan/2), int64(4*testSpan)
