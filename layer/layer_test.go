@@ -48,10 +48,11 @@ func newCache(t testing.TB) *cache.Cache {
 	return c
 }
 
-// readFile opens img in a stack over st and reads path from the merged tree.
-func readFile(t *testing.T, img *layer.Image, st *layer.Store, path string) (string, *layer.Stack) {
+// openTree opens img in a stack over st and c, closed with the test, and
+// merges its layers.
+func openTree(t testing.TB, img *layer.Image, st *layer.Store, c *cache.Cache, opts layer.StackOptions) (*layer.Stack, *index.Tree) {
 	t.Helper()
-	stack, err := layer.Open(context.Background(), img, st, newCache(t), layer.StackOptions{})
+	stack, err := layer.Open(context.Background(), img, st, c, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +61,13 @@ func readFile(t *testing.T, img *layer.Image, st *layer.Store, path string) (str
 	if err != nil {
 		t.Fatal(err)
 	}
+	return stack, tree
+}
+
+// readFile opens img in a stack over st and reads path from the merged tree.
+func readFile(t *testing.T, img *layer.Image, st *layer.Store, path string) (string, *layer.Stack) {
+	t.Helper()
+	stack, tree := openTree(t, img, st, newCache(t), layer.StackOptions{})
 	n, ok := tree.Lookup(path)
 	if !ok {
 		t.Fatalf("%s not in the tree", path)

@@ -106,15 +106,7 @@ func openMerged(t *testing.T, img *layer.Image, st *layer.Store) (*layer.Stack, 
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	stack, err := layer.Open(context.Background(), img, st, c, layer.StackOptions{SpanSize: 256 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stack, tree := openTree(t, img, st, c, layer.StackOptions{SpanSize: 256 << 10})
 	return stack, c, tree
 }
 

@@ -49,15 +49,7 @@ func warmStack(t testing.TB, f testutil.Format, size int, disk bool) (*layer.Sta
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	stack, err := layer.Open(context.Background(), img, st, c, layer.StackOptions{SpanSize: testSpan})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stack, tree := openTree(t, img, st, c, layer.StackOptions{SpanSize: testSpan})
 	n, ok := tree.Lookup("data/file")
 	if !ok {
 		t.Fatal("data/file not in tree")

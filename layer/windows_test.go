@@ -196,16 +196,7 @@ func TestSequentialSpanMissesShareRequests(t *testing.T) {
 // The stack closes with the test.
 func coldSpanned(t *testing.T, img *layer.Image) (*layer.Stack, *index.Tree) {
 	t.Helper()
-	stack, err := layer.Open(context.Background(), img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stack.Close() })
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stack, tree
+	return openTree(t, img, mustStore(t, t.TempDir()), newCache(t), layer.StackOptions{IndexSource: layer.IndexLocal, SpanSize: testSpan})
 }
 
 func mustStore(t *testing.T, root string) *layer.Store {
