@@ -57,10 +57,9 @@ func TestDecodeBounds(t *testing.T) {
 	}
 }
 
-// BenchmarkDecode decodes the encoded index of a layer of 6,000 small
-// files (about the size of a Debian base layer's), as every mount does
-// for each layer without a TOC.
-func BenchmarkDecode(b *testing.B) {
+// smallFilesIndex is the index of a layer of 6,000 small files, about the size
+// of a Debian base layer's.
+func smallFilesIndex(b *testing.B) *Index {
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	for i := range 6000 {
@@ -73,6 +72,13 @@ func BenchmarkDecode(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return x
+}
+
+// BenchmarkDecode decodes smallFilesIndex, as every mount does for each layer
+// without a TOC.
+func BenchmarkDecode(b *testing.B) {
+	x := smallFilesIndex(b)
 	var enc bytes.Buffer
 	if err := x.Encode(&enc); err != nil {
 		b.Fatal(err)
@@ -82,4 +88,18 @@ func BenchmarkDecode(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkEncode encodes smallFilesIndex, as a mount does in the background
+// for each layer it indexed from a TOC or stream.
+func BenchmarkEncode(b *testing.B) {
+	x := smallFilesIndex(b)
+	var enc bytes.Buffer
+	for b.Loop() {
+		enc.Reset()
+		if err := x.Encode(&enc); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(enc.Len()), "bytes")
 }

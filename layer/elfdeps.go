@@ -474,3 +474,68 @@ func (pl *plan) dropHeld() int {
 	}
 	return left
 }
+
+// loaderPaths returns the standard paths of the dynamic loader on Go
+// architecture arch, glibc's then musl's: the ELF ABI of each platform
+// fixes them, so every dynamically linked program of an image names one
+// of them as its interpreter.
+func loaderPaths(arch string) []string {
+	switch arch {
+	case "amd64":
+		return []string{"/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"}
+	case "arm64":
+		return []string{"/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-aarch64.so.1"}
+	case "386":
+		return []string{"/lib/ld-linux.so.2", "/lib/ld-musl-i386.so.1"}
+	case "arm":
+		return []string{"/lib/ld-linux-armhf.so.3", "/lib/ld-musl-armhf.so.1"}
+	case "ppc64le":
+		return []string{"/lib64/ld64.so.2", "/lib/ld-musl-powerpc64le.so.1"}
+	case "s390x":
+		return []string{"/lib/ld64.so.1", "/lib/ld-musl-s390x.so.1"}
+	case "riscv64":
+		return []string{"/lib/ld-linux-riscv64-lp64d.so.1", "/lib/ld-musl-riscv64.so.1"}
+	}
+	return nil
+}
+
+// elfMachine is the ELF machine of Go architecture arch, 0 if unknown.
+func elfMachine(arch string) elf.Machine {
+	switch arch {
+	case "amd64":
+		return elf.EM_X86_64
+	case "arm64":
+		return elf.EM_AARCH64
+	case "386":
+		return elf.EM_386
+	case "arm":
+		return elf.EM_ARM
+	case "ppc64le":
+		return elf.EM_PPC64
+	case "s390x":
+		return elf.EM_S390
+	case "riscv64":
+		return elf.EM_RISCV
+	}
+	return 0
+}
+
+// startupFiles returns the files of t that nearly every job on an image
+// of architecture arch reads first, whatever it runs: the dynamic loader
+// at its standard path, the loader's cache and the C library (glibc's
+// libc.so.6, found where the loader looks; musl's loader is its C
+// library). It is nil for an image without such a loader (static or
+// distroless programs only).
+func startupFiles(t *index.Tree, arch string) []*index.Node {
+	for _, interp := range loaderPaths(arch) {
+		if n, ok := resolvePath(t, interp); !ok || n.Type != index.TypeReg {
+			continue
+		}
+		info := &elfInfo{machine: elfMachine(arch), interp: interp}
+		if !strings.Contains(interp, "musl") {
+			info.needed = []string{"libc.so.6"}
+		}
+		return neededFiles(t, "", info)
+	}
+	return nil
+}

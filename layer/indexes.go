@@ -254,10 +254,14 @@ func (o *opener) fromRegistry(ctx context.Context, l *Layer) (*LayerState, error
 	if err != nil {
 		return nil, fmt.Errorf("registry index of %s: %w", d, err)
 	}
-	if o.readOnly {
-		// nothing to store
-	} else if err := o.st.SaveIndex(x, FetchedFromRegistry); err != nil {
-		o.logf("keeping registry index of %s in memory only: %v", d, err)
+	if !o.readOnly {
+		// b is what Decode just checked: stored as it came, off the
+		// mount's way (the write syncs).
+		o.runLater(func() {
+			if err := o.st.saveEncodedIndex(d, FetchedFromRegistry, b); err != nil {
+				o.logf("keeping registry index of %s in memory only: %v", d, err)
+			}
+		})
 	}
 	return &LayerState{Layer: l, Index: x, Origin: FromRegistry, blob: l.blob, windows: w}, nil
 }

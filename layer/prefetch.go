@@ -8,7 +8,9 @@ package layer
 //  1. Priority: the files an eStargz writer put before its prefetch
 //     landmark (Index.Prefetch), then the files of the image's access
 //     profile (found under the Store, else in the registry), in the order
-//     they were first read. A few batches run at once, at full speed.
+//     they were first read; while there is no profile at hand, the files
+//     nearly every job reads first instead (startupFiles: the loader, its
+//     cache, the C library). A few batches run at once, at full speed.
 //  2. Layers (PrefetchAll only): every span or chunk of every remote layer,
 //     one batch at a time, at most Rate bytes a second, and only while no
 //     on-demand read is in flight (see Activity).
@@ -30,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -318,6 +321,11 @@ func (p *Prefetch) priority(ctx context.Context) {
 	if prof != nil {
 		p.profileSource.Store(src)
 		p.priorityFiles.Add(int64(pl.addProfile(prof)))
+	} else {
+		// Nothing says what this job reads: what nearly every job reads
+		// first, fetched while it starts rather than miss after miss as
+		// the loader opens one file after another.
+		p.priorityFiles.Add(int64(p.addStartupFiles(pl)))
 	}
 	p.runPlan(ctx, pl)
 	if prof != nil || asked || p.opts.Image == nil || p.opts.Image.Local() || ctx.Err() != nil {
@@ -331,6 +339,29 @@ func (p *Prefetch) priority(ctx context.Context) {
 	pl = newPlan(p.s)
 	p.priorityFiles.Add(int64(pl.addProfile(prof)))
 	p.runPlan(ctx, pl)
+}
+
+// addStartupFiles adds to pl the remote files of the merged tree that
+// startupFiles names (none without a tree), marked as fetched for the ELF
+// follower, and returns how many it added.
+func (p *Prefetch) addStartupFiles(pl *plan) int {
+	if p.opts.Tree == nil {
+		return 0
+	}
+	arch := runtime.GOARCH
+	if im := p.opts.Image; im != nil && im.Config != nil && im.Config.Architecture != "" {
+		arch = im.Config.Architecture
+	}
+	added := 0
+	for _, f := range startupFiles(p.opts.Tree, arch) {
+		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) || f.Size > maxELFFileSize {
+			continue
+		}
+		if _, dup := p.elfFetched.LoadOrStore(f, true); !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry) {
+			added++
+		}
+	}
+	return added
 }
 
 // registryProfile is the image's profile from its registry, through the

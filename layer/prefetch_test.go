@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -592,7 +593,8 @@ func followingReader(t *testing.T, reg *testutil.Registry, repoTag string, l v1.
 		t.Fatal(err)
 	}
 	stack, _, _, tree := prefetchStack(t, img, t.TempDir())
-	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree})
+	// An empty profile: no start-up files, the followers alone fetch.
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree, Profile: &layer.Profile{}})
 	t.Cleanup(p.Stop)
 	waitPrefetch(t, p)
 	r := layer.NewTrackedReader(stack, nil)
@@ -679,6 +681,84 @@ func TestPrefetchFollowsELF(t *testing.T) {
 	readHead(t, r, tree, "usr/share/07")
 	if st := p.Status(); st.ELFFiles != 3 || st.ELFFollowing != 0 {
 		t.Errorf("after reading a text file: %+v", st)
+	}
+}
+
+// TestPrefetchStartsWithTheLoader: a mount without a profile fetches, as
+// soon as it starts, the files nearly every job reads first: the loader at
+// its standard path, its cache and the C library, found through the
+// tree's symlinks; a musl image's loader alone (it is the C library); a
+// static image nothing. A mount with a profile goes by the profile alone.
+func TestPrefetchStartsWithTheLoader(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the layouts below are amd64's")
+	}
+	glibc := []testutil.Entry{
+		{Name: "etc", Type: tar.TypeDir}, {Name: "usr", Type: tar.TypeDir}, {Name: "usr/lib", Type: tar.TypeDir},
+		{Name: "usr/lib/x86_64-linux-gnu", Type: tar.TypeDir}, {Name: "lib", Type: tar.TypeSymlink, Linkname: "usr/lib"},
+		{Name: "lib64", Type: tar.TypeDir},
+		{Name: "lib64/ld-linux-x86-64.so.2", Type: tar.TypeSymlink, Linkname: "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"},
+		{Name: "usr/lib/x86_64-linux-gnu/libc.so.6", Content: textBytes(1, 300_000), Mode: 0o755},
+		{Name: "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Content: textBytes(2, 100_000), Mode: 0o755},
+		{Name: "etc/ld.so.cache", Content: textBytes(3, 20_000)},
+	}
+	musl := []testutil.Entry{
+		{Name: "lib", Type: tar.TypeDir},
+		{Name: "lib/ld-musl-x86_64.so.1", Content: textBytes(4, 300_000), Mode: 0o755},
+		{Name: "lib/libc.musl-x86_64.so.1", Type: tar.TypeSymlink, Linkname: "ld-musl-x86_64.so.1"},
+	}
+	static := []testutil.Entry{{Name: "bin", Type: tar.TypeDir}, {Name: "bin/app", Content: textBytes(5, 300_000), Mode: 0o755}}
+	for _, tc := range []struct {
+		name    string
+		ents    []testutil.Entry
+		profile bool
+		want    []string // the files fetched before any read
+	}{
+		{"glibc", glibc, false, []string{"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6"}},
+		{"glibc with a profile", glibc, true, nil},
+		{"musl", musl, false, []string{"lib/ld-musl-x86_64.so.1"}},
+		{"static", static, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Files in between, so that nothing comes along with a
+			// neighbour.
+			ents := []testutil.Entry{{Name: "share", Type: tar.TypeDir}}
+			for i, e := range tc.ents {
+				ents = append(ents, e, testutil.Entry{Name: fmt.Sprintf("share/%02d", i), Content: textBytes(uint64(100+i), 60_000)})
+			}
+			reg := testutil.NewRegistry(t)
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz)
+			img, err := layer.Resolve(context.Background(), reg.Push(t, "start:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stack, _, _, tree := prefetchStack(t, img, t.TempDir())
+			opts := layer.PrefetchOptions{Mode: layer.PrefetchProfile, Tree: tree}
+			if tc.profile {
+				opts.Profile = &layer.Profile{}
+			}
+			p := layer.StartPrefetch(context.Background(), stack, opts)
+			t.Cleanup(p.Stop)
+			if st := waitPrefetch(t, p); st.PriorityFiles != len(tc.want) || st.PriorityDoneBytes != st.PriorityBytes {
+				t.Fatalf("prefetch: %+v; want %d files fetched", st, len(tc.want))
+			}
+			reg.Reset()
+			for _, name := range tc.want {
+				n, _ := tree.Lookup(name)
+				want := make([]byte, n.Size)
+				if _, err := stack.ReadAt(context.Background(), n, want, 0); err != nil && !errors.Is(err, io.EOF) {
+					t.Fatal(err)
+				}
+			}
+			if n := blobRequests(reg); n != 0 {
+				t.Errorf("reading %v after prefetch took %d blob requests, want 0", tc.want, n)
+			}
+			// Nothing else came: a file beside them is still read on demand.
+			readCheck(t, stack, tree, "share/00", textBytes(100, 60_000))
+			if n := blobRequests(reg); n == 0 {
+				t.Error("share/00 was fetched ahead of its reads")
+			}
+		})
 	}
 }
 

@@ -160,13 +160,17 @@ type Stack struct {
 	layers      []*LayerState
 	cache       *cache.Cache
 	readTimeout time.Duration
-	// background counts the fills of widened fetches, the index saves and
-	// the passthrough copies still running; Close waits for them.
+	// background counts the fills of widened fetches, the index saves
+	// (see afterStartup) and the passthrough copies still running; Close
+	// waits for them.
 	background sync.WaitGroup
 	// life ends when Close gives up waiting for the copies.
 	life    context.Context
 	endLife context.CancelFunc
-	logf    func(format string, args ...any)
+	// closing is closed when Close begins; closeOnce guards it.
+	closing   chan struct{}
+	closeOnce sync.Once
+	logf      func(format string, args ...any)
 	// backingMin is the smallest file copied for passthrough; copying
 	// holds the keys of the copies under way, fileKeys the keys of whole
 	// files (by *index.Node) computed so far.
@@ -183,6 +187,25 @@ func (s *Stack) inBackground(f func()) {
 		defer s.background.Done()
 		f()
 	}()
+}
+
+// saveDelay is how long work that only spares later mounts (storing an
+// index taken from a TOC) waits, so it does not take CPU from the
+// mount and the job's start-up; Close runs it at once.
+const saveDelay = 3 * time.Second
+
+// afterStartup runs f in the background once saveDelay has passed or
+// Close has begun, whichever comes first. Close waits for it.
+func (s *Stack) afterStartup(f func()) {
+	s.inBackground(func() {
+		t := time.NewTimer(saveDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.closing:
+		}
+		f()
+	})
 }
 
 // StackOptions tune a Stack.
@@ -229,7 +252,8 @@ func Open(ctx context.Context, img *Image, st *Store, c *cache.Cache, opts Stack
 	}
 	s := &Stack{layers: make([]*LayerState, len(img.Layers)), cache: c, readTimeout: opts.ReadTimeout, logf: logf, backingMin: opts.BackingMinSize, copySlots: make(chan struct{}, copiesAtOnce)}
 	s.life, s.endLife = context.WithCancel(context.Background())
-	o := &opener{img: img, st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.inBackground}
+	s.closing = make(chan struct{})
+	o := &opener{img: img, st: st, src: opts.IndexSource, spanSize: opts.SpanSize, logf: logf, later: s.afterStartup}
 	o.registry = &registryIndexes{img: img, need: o.mayNeedRegistry}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, l := range img.Layers {
@@ -387,6 +411,9 @@ func (s *Stack) Indexes() []*index.Index {
 // passthrough copies under way, which it cancels if they have not ended
 // within ten seconds.
 func (s *Stack) Close() error {
+	if s.closing != nil {
+		s.closeOnce.Do(func() { close(s.closing) })
+	}
 	if s.endLife != nil {
 		giveUp := time.AfterFunc(closeGrace, s.endLife)
 		defer s.endLife()
