@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,8 @@ type Upper struct {
 	// Work is the overlay workdir.
 	Work string
 	lock *os.File
+	// mark is Diff's state when Mark was called; nil before.
+	mark *unix.Stat_t
 }
 
 // upperStamp is what an upper records about the image it was made over.
@@ -149,6 +152,62 @@ func MountOverlay(dir, lower string, u *Upper, o OverlayOptions) error {
 	}
 	if err := syscall.Mount(OverlaySource, dir, "overlay", flags, data); err != nil {
 		return fmt.Errorf("overlay mount at %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Mark notes the state of u's diff directory, for Untouched: call it once
+// the overlay is mounted, before any job runs in it.
+func (u *Upper) Mark() error {
+	var st unix.Stat_t
+	if err := unix.Lstat(u.Diff, &st); err != nil {
+		return fmt.Errorf("upper %s: %w", u.Dir, err)
+	}
+	u.mark = &st
+	return nil
+}
+
+// Untouched reports whether nothing was written to u since Mark: its diff
+// directory holds no entry, and its own inode is as it was (any entry
+// made or removed in it, and any change to the mount's root directory,
+// changes its ctime). An overlay over an untouched upper is as good as a
+// new one. It is false without a Mark.
+func (u *Upper) Untouched() bool {
+	if u.mark == nil {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(u.Diff, &st); err != nil || st.Ctim != u.mark.Ctim || st.Mtim != u.mark.Mtim ||
+		st.Ino != u.mark.Ino || st.Mode != u.mark.Mode || st.Uid != u.mark.Uid || st.Gid != u.mark.Gid {
+		return false
+	}
+	f, err := os.Open(u.Diff)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	return len(names) == 0 && errors.Is(err, io.EOF)
+}
+
+// BindOverlay mounts at to the overlay mounted at from, as a bind mount of
+// it, with the flags MountOverlay gives: the two show one overlay, with
+// the kernel's dentries and inodes that either has looked up. Unmounting
+// from then leaves the overlay at to alone.
+func BindOverlay(from, to string, o OverlayOptions) error {
+	if err := syscall.Mount(from, to, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind overlay %s at %s: %w", from, to, err)
+	}
+	flags := uintptr(syscall.MS_REMOUNT | syscall.MS_BIND)
+	if !o.AllowSetuid {
+		flags |= syscall.MS_NOSUID
+	}
+	if !o.AllowDevices {
+		flags |= syscall.MS_NODEV
+	}
+	if err := syscall.Mount("", to, "", flags, ""); err != nil {
+		syscall.Unmount(to, syscall.MNT_DETACH)
+		return fmt.Errorf("bind overlay %s at %s: flags: %w", from, to, err)
 	}
 	return nil
 }

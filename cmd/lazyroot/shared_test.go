@@ -113,7 +113,9 @@ func TestMountsShareLower(t *testing.T) {
 }
 
 // TestKeepLower: with --keep-lower the tree outlives its last mount, and
-// the next mount of the image uses it; SIGTERM ends it.
+// the next mount of the image uses it, over the overlay of the mount
+// before if that one wrote nothing (else over a new one, which does not
+// show what was written); SIGTERM ends it.
 func TestKeepLower(t *testing.T) {
 	requireRoot(t)
 	reg := testutil.NewRegistry(t)
@@ -127,7 +129,11 @@ func TestKeepLower(t *testing.T) {
 	if !alive(first.PID) || !isLazyrootMount(first.Lower) {
 		t.Fatal("--keep-lower: the tree went with its last mount")
 	}
-	gone(t, first.Upper, recordPath(root, dir))
+	spare := filepath.Join(filepath.Dir(first.Lower), "spare")
+	if !isMounted(spare) {
+		t.Errorf("the overlay of a mount that wrote nothing is not kept at %s", spare)
+	}
+	gone(t, recordPath(root, dir))
 	if out, errOut, code := lazyroot(t, "status", "--root", root); code != 0 || !strings.Contains(out, "idle tree of "+ref) ||
 		!strings.Contains(out, fmt.Sprintf("server pid %d", first.PID)) {
 		t.Errorf("status of the idle tree: code %d\n%s%s", code, out, errOut)
@@ -137,8 +143,26 @@ func TestKeepLower(t *testing.T) {
 	if second.PID != first.PID || second.Lower != first.Lower {
 		t.Fatalf("mount after keep: server %d tree %s, want %d %s", second.PID, second.Lower, first.PID, first.Lower)
 	}
+	if second.Upper != first.Upper || isMounted(spare) {
+		t.Errorf("mount after keep: upper %s, spare mounted %v; want the spare's upper %s, moved here", second.Upper, isMounted(spare), first.Upper)
+	}
 	if out := chrootOut(t, dir, "cat /etc/motd"); out != "hello from the gzip layer\n" {
 		t.Errorf("kept tree reads %q", out)
+	}
+	// A mount that writes leaves no spare: its upper goes with it, and
+	// the next mount starts clean.
+	chrootOut(t, dir, "echo x > /tmp/written")
+	umountOK(t, root, dir)
+	if isMounted(spare) {
+		t.Error("the overlay of a mount that wrote was kept")
+	}
+	gone(t, second.Upper)
+	third := mountRec(t, root, ref, dir)
+	if third.PID != first.PID || third.Upper == second.Upper {
+		t.Errorf("mount after a writing one: server %d upper %s", third.PID, third.Upper)
+	}
+	if out := chrootOut(t, dir, "ls /tmp"); out != "" {
+		t.Errorf("a new mount shows what the one before wrote: %q", out)
 	}
 	// Other options make another tree.
 	other := mountDir(t)
@@ -148,14 +172,61 @@ func TestKeepLower(t *testing.T) {
 	umountOK(t, root, other)
 	umountOK(t, root, dir)
 
+	if !isMounted(spare) {
+		t.Errorf("no spare overlay after the last mount, which wrote nothing")
+	}
+
 	syscall.Kill(first.PID, syscall.SIGTERM)
 	if err := waitExit(t.Context(), first.PID, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if isMounted(first.Lower) {
-		t.Error("tree still mounted after SIGTERM")
+	if isMounted(first.Lower) || isMounted(spare) {
+		t.Error("tree or spare overlay still mounted after SIGTERM")
 	}
-	gone(t, first.Socket, filepath.Dir(first.Lower))
+	gone(t, first.Socket, filepath.Dir(first.Lower), third.Upper)
+}
+
+// TestSpareOverlayOnlyWhenNothingCanReachIt: an overlay still mounted
+// elsewhere when its mount ends (a bind a job runner made), or made
+// read-only, is not kept for the next mount, which gets a new, writable
+// one.
+func TestSpareOverlayOnlyWhenNothingCanReachIt(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushBusyboxImage(t, reg, "spare:v1")
+	root := t.TempDir()
+	dir, elsewhere := mountDir(t), mountDir(t)
+
+	for _, tc := range []struct {
+		name     string
+		do, undo []string
+	}{
+		{"bound elsewhere", []string{"--bind", dir, elsewhere}, []string{elsewhere}},
+		{"made read-only", []string{"-o", "remount,ro", dir}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := mountRec(t, root, ref, dir, "--keep-lower", "1m")
+			spare := filepath.Join(filepath.Dir(rec.Lower), "spare")
+			if out, err := exec.Command("mount", tc.do...).CombinedOutput(); err != nil {
+				t.Fatalf("mount %v: %v: %s", tc.do, err, out)
+			}
+			umountOK(t, root, dir)
+			if isMounted(spare) {
+				t.Errorf("%s: the overlay was kept for the next mount", tc.name)
+			}
+			if tc.undo != nil {
+				if out, err := exec.Command("umount", tc.undo...).CombinedOutput(); err != nil {
+					t.Fatalf("umount %v: %v: %s", tc.undo, err, out)
+				}
+			}
+			next := mountRec(t, root, ref, dir)
+			if next.Upper == rec.Upper {
+				t.Errorf("%s: the next mount took its upper %s", tc.name, rec.Upper)
+			}
+			chrootOut(t, dir, "echo x > /tmp/written")
+			umountOK(t, root, dir)
+		})
+	}
 }
 
 // TestSharedLowerNoticesOutsideUmount: an overlay unmounted without

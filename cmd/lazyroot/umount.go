@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -82,6 +83,10 @@ func unmountShared(ctx context.Context, rec *mountRecord, lazy bool, timeout tim
 // up left undone: the tree beneath the overlay, a temporary upper, the
 // record and the control socket.
 func cleanupDeadServer(root string, rec *mountRecord) {
+	if rec.Shared != "" && rec.Lower != "" {
+		// A spare overlay it kept lies over the same tree.
+		sweepSpare(root, filepath.Dir(rec.Lower), log.New(io.Discard, "", 0))
+	}
 	if rec.Lower != "" {
 		if isMounted(rec.Lower) {
 			syscall.Unmount(rec.Lower, syscall.MNT_DETACH)
