@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/lazyroot/lazyroot/index"
@@ -524,8 +525,10 @@ func elfMachine(arch string) elf.Machine {
 // of architecture arch reads first, whatever it runs: the dynamic loader
 // at its standard path, the loader's cache and the C library (glibc's
 // libc.so.6, found where the loader looks; musl's loader is its C
-// library). It is nil for an image without such a loader (static or
-// distroless programs only).
+// library), and the local time zone, which the C library reads for any
+// program that shows or logs a local time (ls -l, date, python's start).
+// It is nil for an image without such a loader (static or distroless
+// programs only).
 func startupFiles(t *index.Tree, arch string) []*index.Node {
 	for _, interp := range loaderPaths(arch) {
 		if n, ok := resolvePath(t, interp); !ok || n.Type != index.TypeReg {
@@ -535,7 +538,11 @@ func startupFiles(t *index.Tree, arch string) []*index.Node {
 		if !strings.Contains(interp, "musl") {
 			info.needed = []string{"libc.so.6"}
 		}
-		return neededFiles(t, "", info)
+		files := neededFiles(t, "", info)
+		if n, ok := resolvePath(t, "/etc/localtime"); ok && n.Type == index.TypeReg && !slices.Contains(files, n) {
+			files = append(files, n)
+		}
+		return files
 	}
 	return nil
 }

@@ -10,7 +10,7 @@ package layer
 //     profile (found under the Store, else in the registry), in the order
 //     they were first read; while there is no profile at hand, the files
 //     nearly every job reads first instead (startupFiles: the loader, its
-//     cache, the C library). A few batches run at once, at full speed.
+//     cache, the C library, the local time zone). A few batches run at once, at full speed.
 //  2. Layers (PrefetchAll only): every span or chunk of every remote layer,
 //     one batch at a time, at most Rate bytes a second, and only while no
 //     on-demand read is in flight (see Activity).

@@ -686,8 +686,8 @@ func TestPrefetchFollowsELF(t *testing.T) {
 
 // TestPrefetchStartsWithTheLoader: a mount without a profile fetches, as
 // soon as it starts, the files nearly every job reads first: the loader at
-// its standard path, its cache and the C library, found through the
-// tree's symlinks; a musl image's loader alone (it is the C library); a
+// its standard path, its cache, the C library and the local time zone,
+// found through the tree's symlinks; a musl image's loader alone (it is the C library); a
 // static image nothing. A mount with a profile goes by the profile alone.
 func TestPrefetchStartsWithTheLoader(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
@@ -701,6 +701,9 @@ func TestPrefetchStartsWithTheLoader(t *testing.T) {
 		{Name: "usr/lib/x86_64-linux-gnu/libc.so.6", Content: textBytes(1, 300_000), Mode: 0o755},
 		{Name: "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Content: textBytes(2, 100_000), Mode: 0o755},
 		{Name: "etc/ld.so.cache", Content: textBytes(3, 20_000)},
+		{Name: "usr/share", Type: tar.TypeDir}, {Name: "usr/share/zoneinfo", Type: tar.TypeDir},
+		{Name: "usr/share/zoneinfo/UTC", Content: textBytes(6, 3_000)},
+		{Name: "etc/localtime", Type: tar.TypeSymlink, Linkname: "/usr/share/zoneinfo/UTC"},
 	}
 	musl := []testutil.Entry{
 		{Name: "lib", Type: tar.TypeDir},
@@ -714,7 +717,7 @@ func TestPrefetchStartsWithTheLoader(t *testing.T) {
 		profile bool
 		want    []string // the files fetched before any read
 	}{
-		{"glibc", glibc, false, []string{"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6"}},
+		{"glibc", glibc, false, []string{"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/share/zoneinfo/UTC"}},
 		{"glibc with a profile", glibc, true, nil},
 		{"musl", musl, false, []string{"lib/ld-musl-x86_64.so.1"}},
 		{"static", static, false, nil},
