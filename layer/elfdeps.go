@@ -476,49 +476,29 @@ func (pl *plan) dropHeld() int {
 	return left
 }
 
-// loaderPaths returns the standard paths of the dynamic loader on Go
-// architecture arch, glibc's then musl's: the ELF ABI of each platform
-// fixes them, so every dynamically linked program of an image names one
-// of them as its interpreter.
-func loaderPaths(arch string) []string {
+// loaderPaths returns the ELF machine of Go architecture arch and the
+// standard paths of its dynamic loader, glibc's then musl's: the ELF ABI
+// of each platform fixes them, so every dynamically linked program of an
+// image names one of them as its interpreter. Both are zero for an
+// architecture it does not know.
+func loaderPaths(arch string) (elf.Machine, []string) {
 	switch arch {
 	case "amd64":
-		return []string{"/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"}
+		return elf.EM_X86_64, []string{"/lib64/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1"}
 	case "arm64":
-		return []string{"/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-aarch64.so.1"}
+		return elf.EM_AARCH64, []string{"/lib/ld-linux-aarch64.so.1", "/lib/ld-musl-aarch64.so.1"}
 	case "386":
-		return []string{"/lib/ld-linux.so.2", "/lib/ld-musl-i386.so.1"}
+		return elf.EM_386, []string{"/lib/ld-linux.so.2", "/lib/ld-musl-i386.so.1"}
 	case "arm":
-		return []string{"/lib/ld-linux-armhf.so.3", "/lib/ld-musl-armhf.so.1"}
+		return elf.EM_ARM, []string{"/lib/ld-linux-armhf.so.3", "/lib/ld-musl-armhf.so.1"}
 	case "ppc64le":
-		return []string{"/lib64/ld64.so.2", "/lib/ld-musl-powerpc64le.so.1"}
+		return elf.EM_PPC64, []string{"/lib64/ld64.so.2", "/lib/ld-musl-powerpc64le.so.1"}
 	case "s390x":
-		return []string{"/lib/ld64.so.1", "/lib/ld-musl-s390x.so.1"}
+		return elf.EM_S390, []string{"/lib/ld64.so.1", "/lib/ld-musl-s390x.so.1"}
 	case "riscv64":
-		return []string{"/lib/ld-linux-riscv64-lp64d.so.1", "/lib/ld-musl-riscv64.so.1"}
+		return elf.EM_RISCV, []string{"/lib/ld-linux-riscv64-lp64d.so.1", "/lib/ld-musl-riscv64.so.1"}
 	}
-	return nil
-}
-
-// elfMachine is the ELF machine of Go architecture arch, 0 if unknown.
-func elfMachine(arch string) elf.Machine {
-	switch arch {
-	case "amd64":
-		return elf.EM_X86_64
-	case "arm64":
-		return elf.EM_AARCH64
-	case "386":
-		return elf.EM_386
-	case "arm":
-		return elf.EM_ARM
-	case "ppc64le":
-		return elf.EM_PPC64
-	case "s390x":
-		return elf.EM_S390
-	case "riscv64":
-		return elf.EM_RISCV
-	}
-	return 0
+	return 0, nil
 }
 
 // startupFiles returns the files of t that nearly every job on an image
@@ -530,11 +510,12 @@ func elfMachine(arch string) elf.Machine {
 // It is nil for an image without such a loader (static or distroless
 // programs only).
 func startupFiles(t *index.Tree, arch string) []*index.Node {
-	for _, interp := range loaderPaths(arch) {
+	machine, interps := loaderPaths(arch)
+	for _, interp := range interps {
 		if n, ok := resolvePath(t, interp); !ok || n.Type != index.TypeReg {
 			continue
 		}
-		info := &elfInfo{machine: elfMachine(arch), interp: interp}
+		info := &elfInfo{machine: machine, interp: interp}
 		if !strings.Contains(interp, "musl") {
 			info.needed = []string{"libc.so.6"}
 		}
