@@ -147,6 +147,7 @@ func TestMountRecordsAndReplaysAProfile(t *testing.T) {
 	reg := testutil.NewRegistry(t, testutil.WithReferrers())
 	ref, files := prefetchTestImage(t, reg, "prof:latest", nil)
 	root := t.TempDir()
+	logsOnFailure(t, root)
 	read := []string{"data/07", "data/02", "data/10"}
 
 	// Mount 1 records what is read, and publishes it on unmount.
@@ -187,7 +188,26 @@ func TestMountRecordsAndReplaysAProfile(t *testing.T) {
 	// Mount 2: the same root (no disk cache: the memory cache is fresh).
 	t.Run("store", func(t *testing.T) { replay(t, root, "store") })
 	// Mount 3: a fresh root finds the profile in the registry.
-	t.Run("registry", func(t *testing.T) { replay(t, t.TempDir(), "registry") })
+	t.Run("registry", func(t *testing.T) {
+		root := t.TempDir()
+		logsOnFailure(t, root)
+		replay(t, root, "registry")
+	})
+}
+
+// logsOnFailure has the mount servers' logs under root shown if t fails,
+// before root goes with the test.
+func logsOnFailure(t *testing.T, root string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		logs, _ := filepath.Glob(filepath.Join(root, "logs", "*.log"))
+		for _, p := range logs {
+			b, err := os.ReadFile(p)
+			t.Logf("log %s (%v):\n%s", filepath.Base(p), err, b)
+		}
+	})
 }
 
 func TestMountPrefetchFlagsAreChecked(t *testing.T) {
