@@ -106,7 +106,7 @@ func Commit(ctx context.Context, base *Image, layerTar, tag string, opts ...Opti
 	}
 	err = remote.Write(target, img,
 		remote.WithAuth(auth),
-		remote.WithTransport(newSchemeGuard(o.transport, o.insecure)),
+		remote.WithTransport(newSchemeGuard(o.transport, o.insecure, nil)),
 		remote.WithUserAgent(o.userAgent),
 		remote.WithContext(ctx),
 	)

@@ -327,13 +327,15 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 			return nil, fmt.Errorf("resolve %s: credentials: %w", r, err)
 		}
 	}
-	// The guard wraps every transport fetch builds, mirrors' own included.
+	// The guard wraps every transport fetch builds, mirrors' own included;
+	// its pings race for all of them.
+	pings := newPingRace()
 	// Explicit credentials are for the image's registry only; otherwise
 	// mirrors on other hosts find theirs in the keychain.
 	fopts := []fetch.Option{
 		fetch.WithAuth(auth),
 		fetch.WithTransport(o.transport),
-		fetch.WithTransportWrapper(func(rt http.RoundTripper) http.RoundTripper { return newSchemeGuard(rt, insecure) }),
+		fetch.WithTransportWrapper(func(rt http.RoundTripper) http.RoundTripper { return newSchemeGuard(rt, insecure, pings) }),
 	}
 	if o.auth == nil && o.keychain != nil {
 		fopts = append(fopts, fetch.WithKeychain(o.keychain))
@@ -348,7 +350,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	}
 	// go-containerregistry would also use plain HTTP for private
 	// addresses; the guard allows it only where the user said so.
-	transport := newSchemeGuard(origin, insecure)
+	transport := newSchemeGuard(origin, insecure, pings)
 	// The blob reads' handshake overlaps the manifest's round trips; it has
 	// ended when Resolve returns (cut short if Resolve fails).
 	pctx, endPrepare := context.WithCancel(ctx)
