@@ -507,8 +507,7 @@ func loaderPaths(arch string) (elf.Machine, []string) {
 // libc.so.6, found where the loader looks; musl's loader is its C
 // library), and the local time zone, which the C library reads for any
 // program that shows or logs a local time (ls -l, date, python's start).
-// It is nil for an image without such a loader (static or distroless
-// programs only).
+// It is nil for an image without such a loader (static programs only).
 func startupFiles(t *index.Tree, arch string) []*index.Node {
 	machine, interps := loaderPaths(arch)
 	for _, interp := range interps {

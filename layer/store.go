@@ -221,8 +221,8 @@ func (s *Store) SaveIndex(x *index.Index, p Provenance) error {
 	return writeFileAtomic(s.indexPath(d, p), func(w *bufio.Writer) error { return x.Encode(w) })
 }
 
-// saveEncodedIndex stores b, an index as Encode writes it that Decode
-// has accepted for layer d, under d with provenance p.
+// saveEncodedIndex stores b, bytes Decode accepted as the index of layer
+// d, under d with provenance p.
 func (s *Store) saveEncodedIndex(d v1.Hash, p Provenance, b []byte) error {
 	return writeFileAtomic(s.indexPath(d, p), func(w *bufio.Writer) error {
 		_, err := w.Write(b)

@@ -2,6 +2,7 @@ package layer
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -76,20 +77,25 @@ func isPing(req *http.Request) bool {
 // pingMemory is how long a race's outcome answers later pings of its host.
 const pingMemory = time.Minute
 
+// pingTimeout bounds a race.
+const pingTimeout = 30 * time.Second
+
 // maxPingBody bounds the body of a ping's answer kept for later pings.
 const maxPingBody = 64 << 10
 
 // pingRace shortens the handshake with a registry host allowed plain
 // HTTP. go-containerregistry's ping asks https://HOST/v2/ first and
-// http://HOST/v2/ only once that failed: for a plain-HTTP registry one
-// connection and round trip after another, for the manifest client and
-// the blob client alike (25 ms of a 0.21 s cold mount on the bench's
-// network). Here the first https ping of such a host sends both pings at
-// once. The https answer is returned as it comes; when it is a failure,
-// the http answer, if a registry gave it (200 or 401), answers the http
-// pings that follow, and the failure the https ones, for pingMemory; a
-// host whose https ping succeeded is pinged as usual for that long.
-// Pings of one host at the same time share one race.
+// http://HOST/v2/ once that failed (or after 300 ms): for a plain-HTTP
+// registry one connection and round trip after another, for the manifest
+// client and the blob client alike (25 ms of a 0.21 s cold mount on the
+// bench's network). Here the first https ping of such a host sends both
+// pings at once. A successful https answer is returned (the host is then
+// pinged as usual for pingMemory). When https fails other than by a
+// caller's context and a registry gave the http answer (200 or 401), the
+// failure answers the https pings, and the http answer the http pings,
+// that follow for pingMemory; any other outcome is not remembered, and
+// the next ping races again. Pings of one host at the same time share one
+// race, which runs apart from their contexts, bounded by pingTimeout.
 type pingRace struct {
 	group singleflight.Group
 	mu    sync.Mutex
@@ -127,11 +133,20 @@ func (p *pingRace) roundTrip(next http.RoundTripper, req *http.Request) (*http.R
 	case o != nil:
 		return nil, o.httpsErr
 	}
-	v, err, _ := p.group.Do(host, func() (any, error) { return p.race(next, req) })
-	if err != nil {
-		return nil, err
+	ch := p.group.DoChan(host, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), pingTimeout)
+		defer cancel()
+		return p.race(next, req.WithContext(ctx))
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*pingAnswer).response(req), nil
+	case <-req.Context().Done():
+		return nil, req.Context().Err()
 	}
-	return v.(*pingAnswer).response(req), nil
 }
 
 // race sends req and its http twin at once, and returns req's answer,
@@ -151,6 +166,9 @@ func (p *pingRace) race(next http.RoundTripper, req *http.Request) (*pingAnswer,
 	o := &pingOutcome{httpsErr: err}
 	if err != nil {
 		o.plain = <-plain
+		if o.plain == nil || req.Context().Err() != nil {
+			return nil, err // nothing to go by: the next ping races again
+		}
 	}
 	o.at = time.Now()
 	p.mu.Lock()
