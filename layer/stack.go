@@ -190,8 +190,8 @@ func (s *Stack) inBackground(f func()) {
 }
 
 // saveDelay is how long work that only spares later mounts (storing an
-// index taken from a TOC or the registry) waits, so it does not take CPU from the
-// mount and the job's start-up; Close runs it at once.
+// index taken from a TOC or the registry) waits, so that it does not take
+// CPU from the mount and the job's start-up; Close runs it at once.
 const saveDelay = 3 * time.Second
 
 // afterStartup runs f in the background once saveDelay has passed or
