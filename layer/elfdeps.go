@@ -434,10 +434,7 @@ func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
 	files := neededFiles(p.opts.Tree, n.Name, info)
 	pl := newPlan(p.s)
 	for _, f := range files {
-		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) || f.Size > maxELFFileSize {
-			continue
-		}
-		if _, dup := p.elfFetched.LoadOrStore(f, true); !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry) {
+		if p.planWhole(pl, f) {
 			p.elfFiles.Add(1)
 		}
 	}
@@ -455,6 +452,17 @@ func (p *Prefetch) followELF(ctx context.Context, n *index.Node) {
 			p.follow(f)
 		}
 	}
+}
+
+// planWhole adds f to pl, whole, unless it is in a local layer, over
+// maxELFFileSize, or was planned before by a follower, FetchProgram or the
+// start-up files; it reports whether it did.
+func (p *Prefetch) planWhole(pl *plan, f *index.Node) bool {
+	if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) || f.Size > maxELFFileSize {
+		return false
+	}
+	_, dup := p.elfFetched.LoadOrStore(f, true)
+	return !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry)
 }
 
 // dropHeld removes from pl the units already cached or being fetched (by

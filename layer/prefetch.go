@@ -10,7 +10,8 @@ package layer
 //     profile (found under the Store, else in the registry), in the order
 //     they were first read; while there is no profile at hand, the files
 //     nearly every job reads first instead (startupFiles: the loader, its
-//     cache, the C library, the local time zone). A few batches run at once, at full speed.
+//     cache, the C library, the local time zone). A few batches run at
+//     once, at full speed.
 //  2. Layers (PrefetchAll only): every span or chunk of every remote layer,
 //     one batch at a time, at most Rate bytes a second, and only while no
 //     on-demand read is in flight (see Activity).
@@ -341,9 +342,9 @@ func (p *Prefetch) priority(ctx context.Context) {
 	p.runPlan(ctx, pl)
 }
 
-// addStartupFiles adds to pl the remote files of the merged tree that
-// startupFiles names (none without a tree), marked as fetched for the ELF
-// follower, and returns how many it added.
+// addStartupFiles adds to pl the files of the merged tree that
+// startupFiles names (none without a tree), as planWhole does, and returns
+// how many it added.
 func (p *Prefetch) addStartupFiles(pl *plan) int {
 	if p.opts.Tree == nil {
 		return 0
@@ -354,10 +355,7 @@ func (p *Prefetch) addStartupFiles(pl *plan) int {
 	}
 	added := 0
 	for _, f := range startupFiles(p.opts.Tree, arch) {
-		if f.Layer < 0 || f.Layer >= len(p.s.layers) || !isRemote(p.s.layers[f.Layer]) || f.Size > maxELFFileSize {
-			continue
-		}
-		if _, dup := p.elfFetched.LoadOrStore(f, true); !dup && pl.addFile(p.s.layers[f.Layer], &f.Entry) {
+		if p.planWhole(pl, f) {
 			added++
 		}
 	}

@@ -871,16 +871,15 @@ func unmountOrDetach(dir string) bool {
 // namespace of the node (it looks at one process of each).
 func overlayMountedElsewhere(diff, except string) bool {
 	self, _ := os.Readlink("/proc/self/ns/mnt")
-	seen := map[string]bool{}
+	dirs := []string{"/proc/self"} // first: its mount points are this namespace's
 	procs, _ := os.ReadDir("/proc")
-	for _, p := range append([]os.DirEntry{nil}, procs...) {
-		dir := "/proc/self"
-		if p != nil {
-			if _, err := strconv.Atoi(p.Name()); err != nil {
-				continue
-			}
-			dir = "/proc/" + p.Name()
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err == nil {
+			dirs = append(dirs, "/proc/"+p.Name())
 		}
+	}
+	seen := map[string]bool{}
+	for _, dir := range dirs {
 		ns, err := os.Readlink(dir + "/ns/mnt")
 		if err != nil || seen[ns] {
 			continue
