@@ -317,6 +317,23 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	if err != nil {
 		return nil, err
 	}
+	var book pingBook
+	if o.store != nil {
+		book = o.store
+	}
+	pings := newPingRace(book)
+	im, err := resolveRemote(ctx, r, o, pings)
+	if err != nil && ctx.Err() == nil && pings.forgetBooked() {
+		// Pings answered from the book may have misled the handshake (the
+		// registry's way to authenticate changed, say): again, pinging.
+		im, err = resolveRemote(ctx, r, o, newPingRace(book))
+	}
+	return im, err
+}
+
+// resolveRemote is Resolve of the registry image r, whose handshakes pings
+// answers.
+func resolveRemote(ctx context.Context, r name.Reference, o *options, pings *pingRace) (_ *Image, err error) {
 	insecure, fetchOpts, origin, err := o.withHosts(r.Context().Registry)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: registry hosts: %w", r, err)
@@ -329,7 +346,6 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	}
 	// The guard wraps every transport fetch builds, mirrors' own included;
 	// its pings race for all of them.
-	pings := newPingRace()
 	// Explicit credentials are for the image's registry only; otherwise
 	// mirrors on other hosts find theirs in the keychain.
 	fopts := []fetch.Option{

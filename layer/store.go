@@ -172,11 +172,18 @@ func (s *Store) SaveConfig(desc v1.Descriptor, raw []byte) error {
 	}
 	// Not synced: LoadConfig checks the digest, so a torn file is only
 	// fetched again.
+	return replaceFile(path, raw)
+}
+
+// replaceFile writes b to path through a temporary file in the same
+// directory, renamed into place but not synced: for files whose readers
+// tell a torn one and do without it.
+func replaceFile(path string, b []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
-	_, err = tmp.Write(raw)
+	_, err = tmp.Write(b)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

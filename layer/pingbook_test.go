@@ -1,0 +1,123 @@
+package layer_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/lazyroot/lazyroot/internal/testutil"
+	"github.com/lazyroot/lazyroot/layer"
+)
+
+// pings counts the registry pings (GET /v2/) reg answered since its last
+// Reset.
+func pings(reg *testutil.Registry) int {
+	n := 0
+	for _, r := range reg.Requests() {
+		if r.Method == http.MethodGet && r.Path == "/v2/" {
+			n++
+		}
+	}
+	return n
+}
+
+// resolveAndRead resolves ref with opts and reads etc/which from it.
+func resolveAndRead(t *testing.T, ref string, st *layer.Store, opts ...layer.Option) string {
+	t.Helper()
+	img, err := layer.Resolve(context.Background(), ref, opts...)
+	if err != nil {
+		t.Fatalf("resolve %s: %v", ref, err)
+	}
+	t.Cleanup(func() { img.Close() })
+	got, _ := readFile(t, img, st, "etc/which")
+	return got
+}
+
+// TestPingBookAnswersLaterMounts: the first resolution of an image with a
+// store pings its registry and keeps the answer under the store's pings/,
+// readable by root alone; the next ones, of the same image or another on
+// that registry, ping no more, and still read the layers.
+func TestPingBookAnswersLaterMounts(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	one, _ := pushOne(t, reg, "one:v1", "one", testutil.EStargz)
+	two, _ := pushOne(t, reg, "two:v1", "two", testutil.Gzip)
+	root := t.TempDir()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	reg.Reset()
+	if got := resolveAndRead(t, one, st); got != "one" || pings(reg) == 0 {
+		t.Fatalf("without the store: read %q after %d pings; want one and some", got, pings(reg))
+	}
+	reg.Reset()
+	if got := resolveAndRead(t, one, st, layer.WithStore(st)); got != "one" || pings(reg) == 0 {
+		t.Fatalf("first with the store: read %q after %d pings; want one and some", got, pings(reg))
+	}
+	fi, err := os.Stat(filepath.Join(root, "pings", url.QueryEscape(reg.Host)+".json"))
+	if err != nil {
+		t.Fatalf("the ping is not kept: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the kept ping has mode %v; want 0600", fi.Mode().Perm())
+	}
+	for _, ref := range []string{one, two} {
+		reg.Reset()
+		want := map[string]string{one: "one", two: "two"}[ref]
+		if got := resolveAndRead(t, ref, st, layer.WithStore(st)); got != want || pings(reg) != 0 {
+			t.Errorf("%s later: read %q after %d pings; want %q and none", ref, got, pings(reg), want)
+		}
+	}
+}
+
+// TestPingBookStaleAnswerIsReplaced: when the registry has begun to ask
+// for a bearer token since its ping was kept, the resolution that the
+// kept answer misled is tried again with a fresh ping, and the new answer
+// is kept for the next ones.
+func TestPingBookStaleAnswerIsReplaced(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushOne(t, reg, "app:v1", "app", testutil.Gzip)
+	st, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolveAndRead(t, ref, st, layer.WithStore(st)) // keeps "200, anonymous"
+
+	const token = "t0ken"
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case r.URL.Path == "/token":
+				fmt.Fprintf(w, `{"token":%q}`, token)
+			case r.Header.Get("Authorization") != "Bearer "+token:
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="test"`, reg.URL()))
+				w.WriteHeader(http.StatusUnauthorized)
+			default:
+				next.ServeHTTP(w, r)
+			}
+		})
+	})
+	for i, want := range []int{1, 0} {
+		reg.Reset()
+		if got := resolveAndRead(t, ref, st, layer.WithStore(st)); got != "app" || pings(reg) != want {
+			for _, q := range reg.Requests() {
+				t.Logf("%s %s %d", q.Method, q.Path, q.Status)
+			}
+			t.Errorf("resolution %d behind tokens: read %q after %d pings; want app and %d", i+1, got, pings(reg), want)
+		}
+	}
+
+	// An error that is not the book's still comes out, after one fresh try.
+	reg.Reset()
+	if _, err := layer.Resolve(context.Background(), reg.Host+"/app:missing", layer.WithStore(st)); err == nil {
+		t.Error("resolved a tag the registry does not have")
+	}
+	if n := pings(reg); n != 1 {
+		t.Errorf("a missing tag: %d pings; want 1 (the second try's)", n)
+	}
+}
