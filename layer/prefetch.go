@@ -473,6 +473,8 @@ func (p *Prefetch) runClaimedCounting(ctx context.Context, c *claimedPlan, plann
 		files.Add(1)
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	wins := p.planWindows(gctx, c.batches)
+	defer wins.wait()
 	g.SetLimit(priorityJobs)
 	for i, b := range c.batches {
 		if gctx.Err() != nil {
@@ -480,16 +482,55 @@ func (p *Prefetch) runClaimedCounting(ctx context.Context, c *claimedPlan, plann
 		}
 		g.Go(func() error {
 			if c.blobs != nil {
-				p.runBatchOn(gctx, b, c.blobs[i])
+				p.runBatchOn(gctx, b, c.blobs[i], wins[b.layer])
 				c.removes[i]()
 			} else {
-				p.runBatch(gctx, b)
+				p.runBatchWith(gctx, b, wins[b.layer])
 			}
 			done.Add(b.unitBytes)
 			return nil
 		})
 	}
 	g.Wait()
+}
+
+// planWindows are the span windows a plan's batches need, by layer.
+type planWindows map[*LayerState]*batchWindows
+
+// planWindows starts fetching the span windows every batch of batches
+// will need (see windowSpans), in one request per layer rather than one
+// per batch: a round trip, and a connection, each batch would otherwise
+// spend beside its bytes.
+func (p *Prefetch) planWindows(ctx context.Context, batches []batch) planWindows {
+	spans := map[*LayerState][]int{}
+	for _, b := range batches {
+		if b.layer.windows != nil {
+			spans[b.layer] = append(spans[b.layer], p.s.windowSpans(b.layer, b.units)...)
+		}
+	}
+	wins := make(planWindows, len(spans))
+	for l, ss := range spans {
+		slices.Sort(ss)
+		bw := &batchWindows{spans: slices.Compact(ss), ready: make(chan struct{})}
+		wins[l] = bw
+		go func() {
+			defer close(bw.ready)
+			// Bounded: on-demand reads of its spans may wait for it.
+			wctx, cancel := context.WithTimeout(ctx, p.s.readTimeout)
+			defer cancel()
+			var fetched atomic.Int64
+			bw.ws = p.s.fetchWindows(wctx, l, bw.spans, &fetched)
+			p.fetched.Add(fetched.Load())
+		}()
+	}
+	return wins
+}
+
+// wait waits for the windows' fetches to end.
+func (w planWindows) wait() {
+	for _, bw := range w {
+		<-bw.ready
+	}
 }
 
 // layers fetches every remote layer whole, one batch at a time, yielding
@@ -554,28 +595,37 @@ func (a *Activity) waitIdleAtMost(ctx context.Context, max time.Duration) error 
 // fetched. Errors are counted and logged, never returned: a unit that
 // failed is simply read on demand later.
 func (p *Prefetch) runBatch(ctx context.Context, b batch) int64 {
+	return p.runBatchWith(ctx, b, nil)
+}
+
+// runBatchWith is runBatch with the windows of b's spans fetched (or
+// being fetched) in wins, if not nil.
+func (p *Prefetch) runBatchWith(ctx context.Context, b batch, wins *batchWindows) int64 {
 	bb := b.blob()
 	// On-demand reads of its bytes wait for it meanwhile.
 	defer b.layer.inflight.add(bb)()
-	return p.runBatchOn(ctx, b, bb)
+	return p.runBatchOn(ctx, b, bb, wins)
 }
 
-// runBatchOn is runBatch fetching through bb, b's blob, which the caller
-// puts among the layer's fetches in flight.
-func (p *Prefetch) runBatchOn(ctx context.Context, b batch, bb *batchBlob) int64 {
+// runBatchOn is runBatchWith fetching through bb, b's blob, which the
+// caller puts among the layer's fetches in flight.
+func (p *Prefetch) runBatchOn(ctx context.Context, b batch, bb *batchBlob, wins *batchWindows) int64 {
 	view := b.layer.view(bb)
 	if b.layer.windows != nil {
-		// The windows its spans need, in one request rather than one
-		// round trip per span, while the batch's bytes are fetched.
-		bw := &batchWindows{spans: p.s.windowSpans(b.layer, b.units), ready: make(chan struct{})}
+		bw := wins
+		if bw == nil {
+			// The windows its spans need, in one request rather than one
+			// round trip per span, while the batch's bytes are fetched.
+			bw = &batchWindows{spans: p.s.windowSpans(b.layer, b.units), ready: make(chan struct{})}
+			go func() {
+				// Bounded: on-demand reads of its spans may wait for it.
+				wctx, cancel := context.WithTimeout(ctx, p.s.readTimeout)
+				defer cancel()
+				bw.ws = p.s.fetchWindows(wctx, b.layer, bw.spans, &bb.fetched)
+				close(bw.ready)
+			}()
+		}
 		bb.windows.Store(bw)
-		go func() {
-			// Bounded: on-demand reads of its spans may wait for it.
-			wctx, cancel := context.WithTimeout(ctx, p.s.readTimeout)
-			defer cancel()
-			bw.ws = p.s.fetchWindows(wctx, b.layer, bw.spans, &bb.fetched)
-			close(bw.ready)
-		}()
 		bb.load(ctx) // an error is the first unit's to report
 		<-bw.ready
 		view.windows = bw.ws

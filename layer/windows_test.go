@@ -7,7 +7,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -371,6 +373,80 @@ func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
 			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
 		}
 		t.Errorf("%d requests for windows, want the batch's one", all)
+	}
+}
+
+// TestPrefetchFetchesAPlansWindowsTogether: a profile whose files lie far
+// apart in a gzip layer, a prefetch batch each, fetches the span windows
+// of all of them in one request, not one a batch; the files then read
+// right without another request.
+func TestPrefetchFetchesAPlansWindowsTogether(t *testing.T) {
+	const islands = 4
+	files := map[string][]byte{}
+	var ents []testutil.Entry
+	rng := rand.New(rand.NewPCG(3, 5))
+	for i := range islands {
+		// Incompressible filler puts each file more than a batch's reach
+		// from the one before.
+		noise := make([]byte, 3<<19)
+		for j := range noise {
+			noise[j] = byte(rng.Uint32())
+		}
+		ents = append(ents, testutil.Entry{Name: fmt.Sprintf("noise%d", i), Content: noise})
+		name := fmt.Sprintf("file%d.txt", i)
+		files[name] = textBytes(uint64(10+i), 3000)
+		ents = append(ents, testutil.Entry{Name: name, Content: files[name]})
+	}
+	reg := testutil.NewRegistry(t)
+	reg.Wrap(multiRangeMiddleware)
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.Gzip)
+	ref := reg.Push(t, "islands:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
+	img, err := layer.Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := builtHere(t, img)
+	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
+		t.Fatalf("publish: %d indexes, %v", n, err)
+	}
+	windows := built.Layers()[0].Index.Windows.Digest
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now()}
+	for i := range islands {
+		prof.Files = append(prof.Files, layer.ProfileFile{Layer: img.Layers[0].Descriptor.Digest.String(), Path: fmt.Sprintf("file%d.txt", i)})
+	}
+	reg.Reset()
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	defer p.Stop()
+	if st := waitPrefetch(t, p); st.PriorityFiles != islands || st.Errors != 0 {
+		t.Fatalf("prefetch: %+v", st)
+	}
+	var windowGets, layerGets int
+	for _, r := range reg.Requests() {
+		switch {
+		case r.Method != http.MethodGet:
+		case r.Blob == windows:
+			windowGets++
+		case r.Blob == img.Layers[0].Descriptor.Digest.String():
+			layerGets++
+		}
+	}
+	if windowGets != 1 || layerGets < 2 {
+		for _, r := range reg.Requests() {
+			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
+		}
+		t.Fatalf("%d requests for windows and %d for the layer's bytes; want one for the windows of several batches", windowGets, layerGets)
+	}
+	reg.Reset()
+	for name, want := range files {
+		readCheck(t, stack, tree, name, want)
+	}
+	if n := blobRequests(reg); n != 0 {
+		t.Errorf("reading the prefetched files took %d blob requests, want 0", n)
 	}
 }
 
