@@ -7,10 +7,8 @@ export PATH := $(PATH):/usr/local/go/bin
 
 all: build
 
-# Static (no cgo: nothing needs it), which starts a few milliseconds
-# sooner: every mount starts the binary once or twice.
 build:
-	CGO_ENABLED=0 $(GO) build -o bin/lazyroot ./cmd/lazyroot
+	$(GO) build -o bin/lazyroot ./cmd/lazyroot
 	$(GO) build -o bin/pushimage ./internal/cmd/pushimage
 
 deps:

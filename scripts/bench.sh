@@ -13,7 +13,7 @@ export BENCH_CACHE=${BENCH_CACHE:-/var/cache/lazyroot-bench}
 
 scripts/install-deps.sh
 for cmd in ip tc chroot; do command -v $cmd >/dev/null || { echo "bench: $cmd is missing" >&2; exit 1; }; done
-CGO_ENABLED=0 go build -o bin/lazyroot ./cmd/lazyroot  # as make build
+go build -o bin/lazyroot ./cmd/lazyroot
 go build -o bin/lzbench ./bench/cmd/lzbench
 scripts/bench-images.sh
 # shellcheck disable=SC2086
