@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"slices"
@@ -323,12 +324,28 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (_ *Image, err err
 	}
 	pings := newPingRace(book)
 	im, err := resolveRemote(ctx, r, o, pings)
-	if err != nil && ctx.Err() == nil && pings.forgetBooked() {
+	if err != nil && ctx.Err() == nil && staleBookMayExplain(err) && pings.forgetBooked() {
 		// Pings answered from the book may have misled the handshake (the
 		// registry's way to authenticate changed, say): again, pinging.
-		im, err = resolveRemote(ctx, r, o, newPingRace(book))
+		again, err2 := resolveRemote(ctx, r, o, newPingRace(book))
+		if err2 == nil || ctx.Err() == nil {
+			return again, err2
+		}
+		// Out of time on the second try: the first one's error says more.
 	}
 	return im, err
+}
+
+// staleBookMayExplain says whether a resolution's failure may come of a
+// kept ping answer gone stale: not when the registry answered that the
+// image is not there, nor when the network timed out.
+func staleBookMayExplain(err error) bool {
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+		return false
+	}
+	var ne net.Error
+	return !errors.As(err, &ne) || !ne.Timeout()
 }
 
 // resolveRemote is Resolve of the registry image r, whose handshakes pings
@@ -399,6 +416,9 @@ func resolveRemote(ctx context.Context, r name.Reference, o *options, pings *pin
 	defer func() {
 		if err != nil {
 			endTails()
+			if early != nil {
+				early.end()
+			}
 		}
 	}()
 	manifestKnown := func(d v1.Hash, m *v1.Manifest) {

@@ -14,7 +14,8 @@ import (
 
 // pingBookAge is how long a registry host's ping outcome, kept under the
 // store's pings/, answers the pings of later mounts. A stale one costs a
-// failed request and a second try (see pingRace), so it may be long.
+// resolution that fails and is tried again (see Resolve), or a request
+// that fails and drops it: rare enough that the age may be long.
 const pingBookAge = 10 * time.Minute
 
 // pingBookVersion is the version of the ping records written.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -166,5 +168,46 @@ func TestPingBookOfATLSOnlyRegistry(t *testing.T) {
 			t.Errorf("requests went out as %v; want https alone", log.schemes)
 			break
 		}
+	}
+}
+
+func TestSpeaksNoTLS(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, true},
+		{fmt.Errorf("ping: %w", http.ErrSchemeMismatch), true},
+		{io.EOF, false},
+		{context.DeadlineExceeded, false},
+		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, false},
+	} {
+		if got := speaksNoTLS(tc.err); got != tc.want {
+			t.Errorf("speaksNoTLS(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestPingBookKeepsNoPassingFailure: an https ping that failed in a way
+// that may pass (here the connection closed) is not kept as "plain HTTP",
+// though the http ping answered.
+func TestPingBookKeepsNoPassingFailure(t *testing.T) {
+	r := newPlainRegistry(t)
+	reg, err := name.NewRegistry(r.addr, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := http.DefaultTransport.(*http.Transport).Clone()
+	t.Cleanup(base.CloseIdleConnections)
+	guard := newSchemeGuard(base, []string{r.addr}, newPingRace(st))
+	if _, err := transport.NewWithContext(context.Background(), reg, authn.Anonymous, guard, nil); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	if o := st.loadPing(r.addr); o != nil {
+		t.Errorf("kept %+v after a closed TLS connection", o)
 	}
 }

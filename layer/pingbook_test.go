@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/lazyroot/lazyroot/internal/testutil"
@@ -112,12 +113,61 @@ func TestPingBookStaleAnswerIsReplaced(t *testing.T) {
 		}
 	}
 
-	// An error that is not the book's still comes out, after one fresh try.
+	// An error that is not the book's comes out at once: a missing tag
+	// sends no fresh ping, and the kept answer stays.
 	reg.Reset()
-	if _, err := layer.Resolve(context.Background(), reg.Host+"/app:missing", layer.WithStore(st)); err == nil {
-		t.Error("resolved a tag the registry does not have")
+	if _, err := layer.Resolve(context.Background(), reg.Host+"/app:missing", layer.WithStore(st)); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("a missing tag: %v; want not found", err)
 	}
-	if n := pings(reg); n != 1 {
-		t.Errorf("a missing tag: %d pings; want 1 (the second try's)", n)
+	if n := pings(reg); n != 0 {
+		t.Errorf("a missing tag: %d pings; want none", n)
+	}
+}
+
+// TestPingBookDroppedWhenARequestIsRefused: a request to a registry whose
+// ping the book answered, refused with 401, drops the kept answer, so the
+// next mount pings again.
+func TestPingBookDroppedWhenARequestIsRefused(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	ref, _ := pushOne(t, reg, "app:v1", "app", testutil.Gzip)
+	root := t.TempDir()
+	st, err := layer.NewStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolveAndRead(t, ref, st, layer.WithStore(st))
+	kept := filepath.Join(root, "pings", url.QueryEscape(reg.Host)+".json")
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("the ping is not kept: %v", err)
+	}
+	reg.Reset()
+	img, err := layer.Resolve(context.Background(), ref, layer.WithStore(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if n := pings(reg); n != 0 {
+		t.Fatalf("%d pings with the answer kept; want none", n)
+	}
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	// A store without the layer's index: Open reads the layer.
+	fresh, err := layer.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stack, err := layer.Open(context.Background(), img, fresh, newCache(t), layer.StackOptions{}); err == nil {
+		stack.Close()
+		t.Fatal("opened a layer the registry refuses")
+	}
+	if _, err := os.Stat(kept); !os.IsNotExist(err) {
+		t.Errorf("the kept answer outlived a refused request: %v", err)
 	}
 }

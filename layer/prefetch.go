@@ -482,10 +482,10 @@ func (p *Prefetch) runClaimedCounting(ctx context.Context, c *claimedPlan, plann
 		}
 		g.Go(func() error {
 			if c.blobs != nil {
-				p.runBatchOn(gctx, b, c.blobs[i], wins[b.layer])
+				p.runBatchOn(gctx, b, c.blobs[i], wins.of(i))
 				c.removes[i]()
 			} else {
-				p.runBatchWith(gctx, b, wins[b.layer])
+				p.runBatchWith(gctx, b, wins.of(i))
 			}
 			done.Add(b.unitBytes)
 			return nil
@@ -494,21 +494,64 @@ func (p *Prefetch) runClaimedCounting(ctx context.Context, c *claimedPlan, plann
 	g.Wait()
 }
 
-// planWindows are the span windows a plan's batches need, by layer.
-type planWindows map[*LayerState]*batchWindows
+// planWindows fetches the span windows a plan's batches need: those of
+// each run of priorityJobs batches (the ones that start together) in one
+// request per layer rather than one per batch, a round trip and a
+// connection each batch would otherwise spend beside its bytes. A run's
+// request goes out when its first batch starts, so that the first batches
+// wait for no other's windows.
+type planWindows struct {
+	p       *Prefetch
+	ctx     context.Context
+	batches []batch
+	runs    []*windowsRun
+}
 
-// planWindows starts fetching the span windows every batch of batches
-// will need (see windowSpans), in one request per layer rather than one
-// per batch: a round trip, and a connection, each batch would otherwise
-// spend beside its bytes.
-func (p *Prefetch) planWindows(ctx context.Context, batches []batch) planWindows {
+// windowsRun is the windows of one run of a plan's batches, by layer.
+type windowsRun struct {
+	once sync.Once
+	wins map[*LayerState]*batchWindows // set by once
+}
+
+func (p *Prefetch) planWindows(ctx context.Context, batches []batch) *planWindows {
+	w := &planWindows{p: p, ctx: ctx, batches: batches}
+	for range (len(batches) + priorityJobs - 1) / priorityJobs {
+		w.runs = append(w.runs, &windowsRun{})
+	}
+	return w
+}
+
+// of returns the windows of batch i's layer in its run, starting the run's
+// fetches if they have not started; nil if the layer needs none.
+func (w *planWindows) of(i int) *batchWindows {
+	r := w.runs[i/priorityJobs]
+	r.once.Do(func() {
+		from := i / priorityJobs * priorityJobs
+		r.wins = w.p.fetchRunWindows(w.ctx, w.batches[from:min(from+priorityJobs, len(w.batches))])
+	})
+	return r.wins[w.batches[i].layer]
+}
+
+// wait waits for the windows' fetches that started to end; it is called
+// once no batch can start any more.
+func (w *planWindows) wait() {
+	for _, r := range w.runs {
+		for _, bw := range r.wins {
+			<-bw.ready
+		}
+	}
+}
+
+// fetchRunWindows starts fetching the windows batches need (see
+// windowSpans), in one request per layer.
+func (p *Prefetch) fetchRunWindows(ctx context.Context, batches []batch) map[*LayerState]*batchWindows {
 	spans := map[*LayerState][]int{}
 	for _, b := range batches {
 		if b.layer.windows != nil {
 			spans[b.layer] = append(spans[b.layer], p.s.windowSpans(b.layer, b.units)...)
 		}
 	}
-	wins := make(planWindows, len(spans))
+	wins := make(map[*LayerState]*batchWindows, len(spans))
 	for l, ss := range spans {
 		slices.Sort(ss)
 		bw := &batchWindows{spans: slices.Compact(ss), ready: make(chan struct{})}
@@ -524,13 +567,6 @@ func (p *Prefetch) planWindows(ctx context.Context, batches []batch) planWindows
 		}()
 	}
 	return wins
-}
-
-// wait waits for the windows' fetches to end.
-func (w planWindows) wait() {
-	for _, bw := range w {
-		<-bw.ready
-	}
 }
 
 // layers fetches every remote layer whole, one batch at a time, yielding

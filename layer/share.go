@@ -496,6 +496,8 @@ type referrersListing struct {
 	done chan struct{}
 	list *v1.IndexManifest
 	err  error
+	// end cuts the listing short.
+	end context.CancelFunc
 }
 
 // earlyListingTimeout bounds a listing started while resolving, which
@@ -506,12 +508,12 @@ const earlyListingTimeout = 30 * time.Second
 // bounded by earlyListingTimeout whatever becomes of ctx, and returns the
 // listing to be.
 func listReferrersEarly(ctx context.Context, fc *fetch.Client, repo name.Repository, subject v1.Hash, mirrored bool) *referrersListing {
-	l := &referrersListing{done: make(chan struct{})}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), earlyListingTimeout)
+	l := &referrersListing{done: make(chan struct{}), end: cancel}
 	go func() {
 		defer close(l.done)
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), earlyListingTimeout)
 		defer cancel()
-		l.list, l.err = fetchReferrers(ctx, fc, repo, subject, mirrored)
+		l.list, l.err = fetchReferrers(lctx, fc, repo, subject, mirrored)
 	}()
 	return l
 }

@@ -15,7 +15,9 @@ import (
 	"github.com/lazyroot/lazyroot/index"
 )
 
-// Store keeps layer indexes and unpacked layers under a state root.
+// Store keeps what a node learns of images under a state root: layer
+// indexes, image configs, unpacked layers, local layer files' digests,
+// access profiles, and the registries' ping answers.
 type Store struct {
 	root string
 }

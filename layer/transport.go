@@ -3,6 +3,8 @@ package layer
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,10 +49,17 @@ func (g *schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 		return g.pings.roundTrip(g.next, req, g.allowsHTTP(req.URL.Host))
 	}
 	resp, err := g.next.RoundTrip(req)
-	if req.Context().Err() == nil && (err != nil || resp.StatusCode == http.StatusUnauthorized) {
+	if req.Context().Err() == nil && (err != nil || staleAnswerStatus(resp.StatusCode)) {
 		g.pings.distrust(req.URL.Host)
 	}
 	return resp, err
+}
+
+// staleAnswerStatus says whether a registry's status may come of a kept
+// ping answer gone stale: a request without the credentials the registry
+// now asks for, or in plain HTTP to a port that now speaks TLS.
+func staleAnswerStatus(status int) bool {
+	return status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusBadRequest
 }
 
 func (g *schemeGuard) allowsHTTP(hostport string) bool {
@@ -117,16 +126,17 @@ type pingBook interface {
 // the http ping, is the host's outcome: it answers the pings of the host
 // that follow, the failure the https pings and the http answer the http
 // ones, for pingMemory and, through the book if there is one, in the
-// mounts that follow for pingBookAge. Any other outcome is not
-// remembered, and the next ping goes out again. Pings of one host at the
+// mounts that follow for pingBookAge (a failure only when the server
+// answered in plain HTTP, not one that may pass). Any other outcome is
+// not remembered, and the next ping goes out again. Pings of one host at the
 // same time share one race, which runs apart from their contexts, bounded
 // by pingTimeout.
 //
 // A kept outcome can be stale (the registry began asking for credentials,
-// or moved to TLS): a request to the host that then fails, or is refused
-// with 401, drops the host's outcome from the book, and a resolution that
-// failed after pings were answered from the book is tried again without
-// them (see forgetBooked).
+// or moved to TLS): a request to the host that then fails, or is answered
+// 400, 401 or 403, drops the host's outcome from the book, and a
+// resolution that failed after pings were answered from the book is tried
+// again without them (see forgetBooked and Resolve).
 type pingRace struct {
 	group singleflight.Group
 	book  pingBook // nil: outcomes are kept in memory only
@@ -232,10 +242,18 @@ func (p *pingRace) race(next http.RoundTripper, req *http.Request, withPlain boo
 	p.mu.Lock()
 	p.raced[req.URL.Host] = o
 	p.mu.Unlock()
-	if p.book != nil && (o.secure != nil || o.plain != nil) {
+	if p.book != nil && (o.secure != nil || o.plain != nil && speaksNoTLS(err)) {
 		p.book.savePing(req.URL.Host, o)
 	}
 	return a, err
+}
+
+// speaksNoTLS says whether err, an https request's failure, shows the
+// server answered in plain HTTP: then, and not for a failure that may pass
+// (a reset, a timeout), the book may keep the host as plain HTTP.
+func speaksNoTLS(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh) || errors.Is(err, http.ErrSchemeMismatch)
 }
 
 // recent returns host's outcome, if it came within pingMemory or the book
