@@ -361,10 +361,10 @@ func resolveRemote(ctx context.Context, r name.Reference, o *options, pings *pin
 			return nil, fmt.Errorf("resolve %s: credentials: %w", r, err)
 		}
 	}
-	// The guard wraps every transport fetch builds, mirrors' own included;
-	// its pings race for all of them.
-	// Explicit credentials are for the image's registry only; otherwise
-	// mirrors on other hosts find theirs in the keychain.
+	// The guard wraps every transport fetch builds, mirrors' own included,
+	// and answers the pings of all of them through pings. Explicit
+	// credentials are for the image's registry only; otherwise mirrors on
+	// other hosts find theirs in the keychain.
 	fopts := []fetch.Option{
 		fetch.WithAuth(auth),
 		fetch.WithTransport(o.transport),

@@ -42,9 +42,17 @@ type pingRecordAnswer struct {
 	Body   []byte      `json:"body,omitempty"`
 }
 
-// pingHeaders are the headers of a ping's answer that are kept: those
+// keptHeaders returns the headers of h a ping's answer keeps: those
 // go-containerregistry reads.
-var pingHeaders = []string{"WWW-Authenticate", "Docker-Distribution-Api-Version", "Content-Type"}
+func keptHeaders(h http.Header) http.Header {
+	kept := http.Header{}
+	for _, k := range []string{"WWW-Authenticate", "Docker-Distribution-Api-Version", "Content-Type"} {
+		if v := h.Values(k); len(v) > 0 {
+			kept[http.CanonicalHeaderKey(k)] = v
+		}
+	}
+	return kept
+}
 
 func (s *Store) pingPath(host string) string {
 	return filepath.Join(s.root, "pings", url.QueryEscape(host)+".json")
@@ -104,14 +112,9 @@ func (a *pingRecordAnswer) answer() (*pingAnswer, error) {
 	if a == nil {
 		return nil, errors.New("no answer")
 	}
-	pa := &pingAnswer{status: a.Status, header: http.Header{}, body: a.Body}
+	pa := &pingAnswer{status: a.Status, header: keptHeaders(a.Header), body: a.Body}
 	if !pa.fromRegistry() || len(a.Body) > maxPingBody {
 		return nil, fmt.Errorf("status %d, %d bytes", a.Status, len(a.Body))
-	}
-	for _, k := range pingHeaders {
-		if v := a.Header.Values(k); len(v) > 0 {
-			pa.header[http.CanonicalHeaderKey(k)] = v
-		}
 	}
 	return pa, nil
 }
@@ -121,13 +124,7 @@ func recordAnswer(a *pingAnswer) *pingRecordAnswer {
 	if a == nil {
 		return nil
 	}
-	ra := &pingRecordAnswer{Status: a.status, Header: http.Header{}, Body: a.body}
-	for _, k := range pingHeaders {
-		if v := a.header.Values(k); len(v) > 0 {
-			ra.Header[http.CanonicalHeaderKey(k)] = v
-		}
-	}
-	return ra
+	return &pingRecordAnswer{Status: a.status, Header: keptHeaders(a.header), Body: a.body}
 }
 
 // savePing keeps o as host's ping outcome. It is best effort: a mount

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lazyroot/lazyroot/internal/testutil"
 	"github.com/lazyroot/lazyroot/layer"
@@ -24,6 +25,18 @@ func pings(reg *testutil.Registry) int {
 		}
 	}
 	return n
+}
+
+// settle waits until reg has had no request for 200 ms (at most 5 s): for
+// what an earlier resolution left running (a ping race) to end.
+func settle(reg *testutil.Registry) {
+	n := len(reg.Requests())
+	for quiet, deadline := time.Now(), time.Now().Add(5*time.Second); time.Since(quiet) < 200*time.Millisecond && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		if m := len(reg.Requests()); m != n {
+			n, quiet = m, time.Now()
+		}
+	}
 }
 
 // resolveAndRead resolves ref with opts and reads etc/which from it.
@@ -103,13 +116,18 @@ func TestPingBookStaleAnswerIsReplaced(t *testing.T) {
 			}
 		})
 	})
-	for i, want := range []int{1, 0} {
+	// The first resolution pings afresh (the failed try's blob client may
+	// ping too: its race outlives the try); the next one does not.
+	for i, fresh := range []bool{true, false} {
+		if i > 0 {
+			settle(reg)
+		}
 		reg.Reset()
-		if got := resolveAndRead(t, ref, st, layer.WithStore(st)); got != "app" || pings(reg) != want {
+		if got := resolveAndRead(t, ref, st, layer.WithStore(st)); got != "app" || (pings(reg) > 0) != fresh {
 			for _, q := range reg.Requests() {
 				t.Logf("%s %s %d", q.Method, q.Path, q.Status)
 			}
-			t.Errorf("resolution %d behind tokens: read %q after %d pings; want app and %d", i+1, got, pings(reg), want)
+			t.Errorf("resolution %d behind tokens: read %q after %d pings; want app, and pings %v", i+1, got, pings(reg), fresh)
 		}
 	}
 

@@ -128,9 +128,9 @@ type pingBook interface {
 // ones, for pingMemory and, through the book if there is one, in the
 // mounts that follow for pingBookAge (a failure only when the server
 // answered in plain HTTP, not one that may pass). Any other outcome is
-// not remembered, and the next ping goes out again. Pings of one host at the
-// same time share one race, which runs apart from their contexts, bounded
-// by pingTimeout.
+// not remembered, and the next ping goes out again. Pings of one host at
+// the same time share one race, which runs apart from their contexts,
+// bounded by pingTimeout.
 //
 // A kept outcome can be stale (the registry began asking for credentials,
 // or moved to TLS): a request to the host that then fails, or is answered
