@@ -497,10 +497,13 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	case err == nil:
 		img.Close()
 		logger.Printf("mounted %s at %s through the running server of shared lower %s", img.Name(), dir, key)
-		ready.ok()
+		// The log and the lock go before the client returns (a job may
+		// kill this process at once).
 		if onStderr(f.startLog) {
 			os.Remove(f.startLog)
 		}
+		unlock()
+		ready.ok()
 		return nil
 	case !errors.Is(err, errNoServer):
 		img.Close()
@@ -548,11 +551,14 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted while mounting %s", dir)
 	}
-	ready.ok()
-	unlock()
+	// adoptLog's pointer to logPath, which the client needs no more once
+	// the mount is ready, and the lock go before the client returns (a job
+	// may kill this process at once, and its umount find the lock held).
 	if fi, err := os.Lstat(f.startLog); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		os.Remove(f.startLog) // adoptLog's pointer to logPath, no longer needed
+		os.Remove(f.startLog)
 	}
+	unlock()
+	ready.ok()
 	go ls.watch(ctx)
 	select {
 	case <-ctx.Done():
