@@ -10,7 +10,6 @@ import (
 	"io"
 	"maps"
 	"path"
-	"slices"
 	"strings"
 
 	"github.com/lazyroot/lazyroot/index"
@@ -350,6 +349,7 @@ func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
 		return
 	}
 	p.fetchRest(n, end)
+	p.fetchRuntimeStart(n)
 }
 
 // fetchRest fetches, in the background, the chunks or spans of n that a
@@ -515,8 +515,10 @@ func loaderPaths(arch string) (elf.Machine, []string) {
 // libc.so.6, found where the loader looks; musl's loader is its C
 // library), and the local time zone, which the C library reads for any
 // program that shows or logs a local time (ls -l, date, python's start).
-// It is nil for an image without such a loader (static programs only).
-func startupFiles(t *index.Tree, arch string) []*index.Node {
+// With glibc, the files of the locale env sets and of C.UTF-8 come too
+// (see localeFiles). It is nil for an image without such a loader (static
+// programs only).
+func startupFiles(t *index.Tree, arch string, env []string) []*index.Node {
 	machine, interps := loaderPaths(arch)
 	for _, interp := range interps {
 		if n, ok := resolvePath(t, interp); !ok || n.Type != index.TypeReg {
@@ -527,8 +529,11 @@ func startupFiles(t *index.Tree, arch string) []*index.Node {
 			info.needed = []string{"libc.so.6"}
 		}
 		files := neededFiles(t, "", info)
-		if n, ok := resolvePath(t, "/etc/localtime"); ok && n.Type == index.TypeReg && !slices.Contains(files, n) {
-			files = append(files, n)
+		if n, ok := resolvePath(t, "/etc/localtime"); ok && n.Type == index.TypeReg {
+			files = appendNew(files, n)
+		}
+		if !strings.Contains(interp, "musl") {
+			files = appendNew(files, localeFiles(t, machine, env)...)
 		}
 		return files
 	}

@@ -10,8 +10,11 @@ package layer
 //     profile (found under the Store, else in the registry), in the order
 //     they were first read; while there is no profile at hand, the files
 //     nearly every job reads first instead (startupFiles: the loader, its
-//     cache, the C library, the local time zone). A few batches run at
-//     once, at full speed.
+//     cache, the C library, the local time zone, the locale's files). A
+//     few batches run at once, at full speed. Apart from the phases, a
+//     program a job starts has the files it opens before its own code
+//     runs fetched at once: the loader's (FollowELF) and, for a Python
+//     interpreter, the modules it imports first (fetchRuntimeStart).
 //  2. Layers (PrefetchAll only): every span or chunk of every remote layer,
 //     one batch at a time, at most Rate bytes a second, and only while no
 //     on-demand read is in flight (see Activity).
@@ -350,11 +353,15 @@ func (p *Prefetch) addStartupFiles(pl *plan) int {
 		return 0
 	}
 	arch := runtime.GOARCH
-	if im := p.opts.Image; im != nil && im.Config != nil && im.Config.Architecture != "" {
-		arch = im.Config.Architecture
+	var env []string
+	if im := p.opts.Image; im != nil && im.Config != nil {
+		if im.Config.Architecture != "" {
+			arch = im.Config.Architecture
+		}
+		env = im.Config.Config.Env
 	}
 	added := 0
-	for _, f := range startupFiles(p.opts.Tree, arch) {
+	for _, f := range startupFiles(p.opts.Tree, arch, env) {
 		if p.planWhole(pl, f) {
 			added++
 		}

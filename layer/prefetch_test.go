@@ -686,8 +686,8 @@ func TestPrefetchFollowsELF(t *testing.T) {
 
 // TestPrefetchStartsWithTheLoader: a mount without a profile fetches, as
 // soon as it starts, the files nearly every job reads first: the loader at
-// its standard path, its cache, the C library and the local time zone,
-// found through the tree's symlinks; a musl image's loader alone (it is the C library); a
+// its standard path, its cache, the C library, the local time zone and the
+// files of the C.UTF-8 locale, found through the tree's symlinks; a musl image's loader alone (it is the C library); a
 // static image nothing. A mount with a profile goes by the profile alone.
 func TestPrefetchStartsWithTheLoader(t *testing.T) {
 	if runtime.GOARCH != "amd64" {
@@ -704,6 +704,11 @@ func TestPrefetchStartsWithTheLoader(t *testing.T) {
 		{Name: "usr/share", Type: tar.TypeDir}, {Name: "usr/share/zoneinfo", Type: tar.TypeDir},
 		{Name: "usr/share/zoneinfo/UTC", Content: textBytes(6, 3_000)},
 		{Name: "etc/localtime", Type: tar.TypeSymlink, Linkname: "/usr/share/zoneinfo/UTC"},
+		{Name: "usr/lib/locale", Type: tar.TypeDir}, {Name: "usr/lib/locale/C.utf8", Type: tar.TypeDir},
+		{Name: "usr/lib/locale/C.utf8/LC_CTYPE", Content: textBytes(7, 50_000)},
+		{Name: "usr/lib/locale/C.utf8/LC_NUMERIC", Content: textBytes(8, 100)},
+		{Name: "usr/lib/x86_64-linux-gnu/gconv", Type: tar.TypeDir},
+		{Name: "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", Content: textBytes(9, 27_000)},
 	}
 	musl := []testutil.Entry{
 		{Name: "lib", Type: tar.TypeDir},
@@ -717,7 +722,8 @@ func TestPrefetchStartsWithTheLoader(t *testing.T) {
 		profile bool
 		want    []string // the files fetched before any read
 	}{
-		{"glibc", glibc, false, []string{"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/share/zoneinfo/UTC"}},
+		{"glibc", glibc, false, []string{"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/share/zoneinfo/UTC",
+			"usr/lib/locale/C.utf8/LC_CTYPE", "usr/lib/locale/C.utf8/LC_NUMERIC", "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache"}},
 		{"glibc with a profile", glibc, true, nil},
 		{"musl", musl, false, []string{"lib/ld-musl-x86_64.so.1"}},
 		{"static", static, false, nil},
@@ -806,6 +812,62 @@ func TestPrefetchFetchesAProgramWhole(t *testing.T) {
 			}
 			if st := p.Status(); st.ELFFiles != 1 {
 				t.Errorf("files fetched whole: %d, want bin/prog alone", st.ELFFiles)
+			}
+		})
+	}
+}
+
+// TestPrefetchFetchesPythonStart: a job starting a CPython interpreter
+// has the byte code the interpreter imports before the job's own code
+// fetched beside the program, so that its imports find it cached; a
+// program that is not Python fetches none of it.
+func TestPrefetchFetchesPythonStart(t *testing.T) {
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.Gzip} {
+		t.Run(string(f), func(t *testing.T) {
+			pyc := "usr/lib/python3.11/encodings/__pycache__/"
+			start := []string{pyc + "__init__.cpython-311.pyc", pyc + "aliases.cpython-311.pyc", pyc + "utf_8.cpython-311.pyc"}
+			ents := []testutil.Entry{
+				{Name: "usr", Type: tar.TypeDir}, {Name: "usr/bin", Type: tar.TypeDir},
+				{Name: "usr/bin/python3.11", Content: textBytes(50, 1<<20), Mode: 0o755},
+				{Name: "usr/bin/tool", Content: textBytes(51, 1<<20), Mode: 0o755},
+				{Name: "usr/lib", Type: tar.TypeDir}, {Name: "usr/lib/python3.11", Type: tar.TypeDir},
+				{Name: "usr/lib/python3.11/encodings", Type: tar.TypeDir}, {Name: pyc, Type: tar.TypeDir},
+			}
+			// Other modules in between, so that nothing comes along
+			// with a neighbour, and one before them with others around
+			// it: readahead follows reads forward.
+			ents = append(ents, testutil.Entry{Name: pyc + "base64.cpython-311.pyc", Content: textBytes(82, 600_000)},
+				testutil.Entry{Name: pyc + "json.cpython-311.pyc", Content: textBytes(80, 20_000)},
+				testutil.Entry{Name: pyc + "pad.cpython-311.pyc", Content: textBytes(81, 600_000)})
+			for i, name := range start {
+				ents = append(ents, testutil.Entry{Name: name, Content: textBytes(uint64(60+i), 20_000)},
+					testutil.Entry{Name: fmt.Sprintf("%sother%d.cpython-311.pyc", pyc, i), Content: textBytes(uint64(70+i), 300_000)})
+			}
+			reg := testutil.NewRegistry(t)
+			l, ann := testutil.Layer(t, testutil.Tar(t, ents), f, testutil.WithChunkSize(64<<10))
+			stack, tree, p, r := followingReader(t, reg, "py:v1", l, ann)
+
+			readHead(t, r, tree, "usr/bin/tool")
+			if st := waitStatus(t, p, "fetching the rest of usr/bin/tool", func(st layer.PrefetchStatus) bool { return st.ELFFiles >= 1 && st.ELFDoneBytes >= st.ELFBytes }); st.ELFFiles != 1 {
+				t.Errorf("files fetched for usr/bin/tool: %d, want its rest alone", st.ELFFiles)
+			}
+			readHead(t, r, tree, "usr/bin/python3.11")
+			// The modules are planned (and claimed) before the read
+			// returns: their reads join the fetch if it is still on.
+			// (Modules that share a gzip span count once.)
+			waitStatus(t, p, "fetching what python3.11 imports first", func(st layer.PrefetchStatus) bool {
+				return st.ELFFiles >= 3 && st.ELFDoneBytes >= st.ELFBytes
+			})
+			reg.Reset()
+			for i, name := range start {
+				readCheck(t, stack, tree, name, textBytes(uint64(60+i), 20_000))
+			}
+			if n := blobRequests(reg); n != 0 {
+				t.Errorf("reading python3.11's first imports took %d blob requests, want 0", n)
+			}
+			readCheck(t, stack, tree, pyc+"json.cpython-311.pyc", textBytes(80, 20_000))
+			if n := blobRequests(reg); n == 0 {
+				t.Error("a module python3.11 does not import at start was fetched ahead of its reads")
 			}
 		})
 	}
