@@ -424,6 +424,25 @@ type spanDecoder struct {
 
 var spanDecoders = sync.Pool{New: func() any { return new(spanDecoder) }}
 
+// GunzipPrefix fills dst with the start of what the gzip data src
+// decompresses to (its first member, then those after it if dst asks
+// for more): the bytes of an eStargz chunk, which the chunk's digest then
+// checks. It fails with ErrMalformed if src is corrupt or ends before dst
+// is full.
+func GunzipPrefix(src, dst []byte) error {
+	d := spanDecoders.Get().(*spanDecoder)
+	defer spanDecoders.Put(d)
+	d.br.Reset(src)
+	d.z.Reset(&d.br, inflate.Options{})
+	_, err := io.ReadFull(&d.z, dst)
+	d.br.Reset(nil)
+	d.z.Reset(nil, inflate.Options{})
+	if err != nil {
+		return fmt.Errorf("%w: gzip: %w", ErrMalformed, err)
+	}
+	return nil
+}
+
 // decodeGzipSpan decodes the gzip span sp from src, the blob bytes from
 // sp.InBits/8 on, and window, the output before it, into dst, which must
 // be exactly the span's output.

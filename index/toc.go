@@ -11,8 +11,9 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/lazyroot/lazyroot/index/internal/inflate"
 )
 
 // MaxTOCSize bounds the table of contents ReadTOC accepts.
@@ -159,12 +160,15 @@ const maxTOCExpansion = 256
 func tocJSON(raw []byte, f Format) ([]byte, error) {
 	switch f {
 	case FormatEStargz:
-		zr, err := gzip.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			return nil, fmt.Errorf("toc gzip header: %w", err)
-		}
-		zr.Multistream(false)
-		tr := tar.NewReader(zr)
+		d := spanDecoders.Get().(*spanDecoder)
+		defer spanDecoders.Put(d)
+		d.br.Reset(raw)
+		d.z.Reset(&d.br, inflate.Options{})
+		defer func() {
+			d.br.Reset(nil)
+			d.z.Reset(nil, inflate.Options{})
+		}()
+		tr := tar.NewReader(&d.z)
 		h, err := tr.Next()
 		if err != nil {
 			return nil, fmt.Errorf("toc tar header: %w", err)

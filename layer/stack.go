@@ -633,15 +633,11 @@ func (s *Stack) readChunk(ctx context.Context, l *LayerState, c *index.Chunk) ([
 		}
 		data = raw[c.InnerOffset : c.InnerOffset+c.Size]
 	case index.FormatEStargz:
-		zr, err := gzip.NewReader(bytes.NewReader(raw))
-		if err != nil {
-			return nil, fmt.Errorf("chunk at %d: %w", c.BlobOffset, err)
+		buf := make([]byte, c.InnerOffset+c.Size)
+		if err := index.GunzipPrefix(raw, buf); err != nil {
+			return nil, fmt.Errorf("decompress chunk at %d: %w", c.BlobOffset, err)
 		}
-		zr.Multistream(false)
-		data, err = readInner(zr, c)
-		if err != nil {
-			return nil, err
-		}
+		data = buf[c.InnerOffset:]
 	case index.FormatZstdChunked:
 		zr, err := zstd.NewReader(bytes.NewReader(raw), zstd.WithDecoderConcurrency(1))
 		if err != nil {
