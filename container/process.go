@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,6 +83,36 @@ func dropCapabilities() error {
 	data[0].Inheritable, data[1].Inheritable = 0, 0
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("clear inheritable capabilities: %w", err)
+	}
+	return nil
+}
+
+// checkBounding fails if this thread, which execs the command, kept a
+// capability dropCapabilities drops from the bounding set: a last check
+// that the drop and the exec run on one thread. Without /proc (a root
+// that does not mount it) there is nothing to read, and no check.
+func checkBounding() error {
+	b, err := os.ReadFile("/proc/thread-self/status")
+	if err != nil {
+		return nil
+	}
+	for line := range strings.Lines(string(b)) {
+		v, ok := strings.CutPrefix(line, "CapBnd:")
+		if !ok {
+			continue
+		}
+		got, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			return fmt.Errorf("capability bounding set %q: %w", strings.TrimSpace(v), err)
+		}
+		var kept uint64
+		for c := range keptCapabilities {
+			kept |= 1 << c
+		}
+		if extra := got &^ kept; extra != 0 {
+			return fmt.Errorf("capabilities %#x still in the bounding set after the drop", extra)
+		}
+		return nil
 	}
 	return nil
 }
@@ -182,6 +213,13 @@ func RunHelper() {
 	if len(os.Args) < 2 || os.Args[1] != HelperArg {
 		return
 	}
+	// Capabilities belong to a thread, not the process: the drop, the
+	// change of user and the exec must run on one thread. Unlocked, the
+	// goroutine may resume on another after any syscall and exec the
+	// command from a thread that kept every capability (seen once: a root
+	// job with the caller's full bounding set). The thread stays locked:
+	// the helper ends in exec or exit.
+	runtime.LockOSThread()
 	errPipe := os.NewFile(4, "error")
 	unix.CloseOnExec(4)
 	code, err := helper()
@@ -239,6 +277,9 @@ func helper() (int, error) {
 	path, code, err := lookPath(c.Args[0], c.Env)
 	if err != nil {
 		return code, err
+	}
+	if err := checkBounding(); err != nil {
+		return ExitCannotRun, err
 	}
 	err = syscall.Exec(path, c.Args, c.Env)
 	switch {
