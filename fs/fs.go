@@ -61,29 +61,26 @@ func (r *Root) MapIDs(uids, gids IDMap) {
 	r.uids, r.gids = uids, gids
 }
 
-// OnAdd builds every inode of the tree under the root.
+// OnAdd notes, before any request, whether any entry of the tree has an
+// extended attribute. Inodes are made as the kernel looks names up (see
+// dirNode.Lookup), not here: a mount of a tree of many files is ready
+// without building them all.
 func (r *Root) OnAdd(ctx context.Context) {
-	r.noXattrs = len(r.tree.Root.Xattrs) == 0
-	made := map[*index.Node]*fusefs.Inode{}
-	var add func(parent *fusefs.Inode, dir *index.Node)
-	add = func(parent *fusefs.Inode, dir *index.Node) {
-		for _, name := range dir.Names() {
-			n := dir.Children[name]
-			child, ok := made[n]
-			if !ok {
-				if len(n.Xattrs) > 0 {
-					r.noXattrs = false
-				}
-				child = parent.NewPersistentInode(ctx, r.newNode(n), fusefs.StableAttr{Mode: fileType(n), Ino: n.Ino})
-				made[n] = child
-				if n.Type == index.TypeDir {
-					add(child, n)
-				}
-			}
-			parent.AddChild(name, child, true)
+	r.noXattrs = !hasXattrs(r.tree.Root)
+}
+
+// hasXattrs reports whether n or any entry under it has an extended
+// attribute.
+func hasXattrs(n *index.Node) bool {
+	if len(n.Xattrs) > 0 {
+		return true
+	}
+	for _, c := range n.Children {
+		if hasXattrs(c) {
+			return true
 		}
 	}
-	add(r.EmbeddedInode(), r.tree.Root)
+	return false
 }
 
 func (r *Root) newNode(n *index.Node) fusefs.InodeEmbedder {
@@ -208,7 +205,8 @@ func (n *baseNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.
 	return uint32(copy(dest, b.String())), 0
 }
 
-// dirNode is a directory; its children are added by Root.OnAdd.
+// dirNode is a directory; its children's inodes are made as they are
+// looked up.
 type dirNode struct {
 	baseNode
 	// listing is the directory's entries in name order, made once: every
@@ -218,6 +216,22 @@ type dirNode struct {
 }
 
 var _ = (fusefs.NodeOpendirHandler)((*dirNode)(nil))
+var _ = (fusefs.NodeLookuper)((*dirNode)(nil))
+
+// Lookup returns the inode of the entry name, made on its first lookup.
+// A hardlinked file has one inode under all its names: go-fuse keeps one
+// inode per inode number.
+func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fusefs.Inode, syscall.Errno) {
+	n, ok := d.entry.Children[name]
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	d.root.fillAttr(n, &out.Attr)
+	if c := d.GetChild(name); c != nil {
+		return c, 0
+	}
+	return d.NewInode(ctx, d.root.newNode(n), fusefs.StableAttr{Mode: fileType(n), Ino: n.Ino}), 0
+}
 
 // OpendirHandle lists the directory from the tree and lets the kernel
 // cache the listing (FOPEN_CACHE_DIR, kept across opens): the tree never
