@@ -23,8 +23,8 @@ lint:
 
 # Everything: the race detector on all packages, FUSE mounts and the
 # command-line tests included.
-# The allocation tests run once more without -race, which makes
-# sync.Pool drop items at random.
+# The allocation tests run once more without -race (under -race,
+# sync.Pool drops items at random, so they skip there).
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'AllocatesNothing' ./fs/ ./layer/

@@ -58,13 +58,7 @@ var keptCapabilities = map[int]bool{
 // set, and clears the inheritable and ambient sets, so the command cannot
 // gain a dropped one, root or not.
 func dropCapabilities() error {
-	last := unix.CAP_LAST_CAP
-	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-			last = n
-		}
-	}
-	for c := 0; c <= last; c++ {
+	for c := 0; c <= lastCap(); c++ {
 		if keptCapabilities[c] {
 			continue
 		}
@@ -87,32 +81,32 @@ func dropCapabilities() error {
 	return nil
 }
 
+// lastCap is the highest capability the kernel knows.
+func lastCap() int {
+	if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			return n
+		}
+	}
+	return unix.CAP_LAST_CAP
+}
+
 // checkBounding fails if this thread, which execs the command, kept a
 // capability dropCapabilities drops from the bounding set: a last check
-// that the drop and the exec run on one thread. Without /proc (a root
-// that does not mount it) there is nothing to read, and no check.
+// that the drop and the exec run on one thread (PR_CAPBSET_READ reads the
+// calling thread's set).
 func checkBounding() error {
-	b, err := os.ReadFile("/proc/thread-self/status")
-	if err != nil {
-		return nil
-	}
-	for line := range strings.Lines(string(b)) {
-		v, ok := strings.CutPrefix(line, "CapBnd:")
-		if !ok {
+	for c := 0; c <= lastCap(); c++ {
+		if keptCapabilities[c] {
 			continue
 		}
-		got, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-		if err != nil {
-			return fmt.Errorf("capability bounding set %q: %w", strings.TrimSpace(v), err)
+		in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0)
+		if err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("read capability %d of the bounding set: %w", c, err)
 		}
-		var kept uint64
-		for c := range keptCapabilities {
-			kept |= 1 << c
+		if in == 1 {
+			return fmt.Errorf("capability %d still in the bounding set after the drop", c)
 		}
-		if extra := got &^ kept; extra != 0 {
-			return fmt.Errorf("capabilities %#x still in the bounding set after the drop", extra)
-		}
-		return nil
 	}
 	return nil
 }

@@ -426,9 +426,10 @@ var spanDecoders = sync.Pool{New: func() any { return new(spanDecoder) }}
 
 // GunzipPrefix fills dst with the start of what the gzip data src
 // decompresses to (its first member, then those after it if dst asks
-// for more): the bytes of an eStargz chunk, which the chunk's digest then
-// checks. It fails with ErrMalformed if src is corrupt or ends before dst
-// is full.
+// for more): the bytes of an eStargz chunk. It fails with ErrMalformed if
+// src is corrupt before dst is full or ends first; a member's trailer
+// (CRC and size) is checked only if dst reaches past its end, so what
+// vouches for the bytes is the caller's digest of them.
 func GunzipPrefix(src, dst []byte) error {
 	d := spanDecoders.Get().(*spanDecoder)
 	defer spanDecoders.Put(d)

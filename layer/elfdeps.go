@@ -339,11 +339,12 @@ func (p *Prefetch) FollowELF(n *index.Node, head []byte) {
 // pages itself in (and the loader reads its dynamic section, which
 // FollowELF needs, near the end). It plans and claims the fetch (a stat
 // of the disk cache per chunk or span) and returns; the fetch runs in the
-// background. It does nothing
-// with prefetch off, for a file of a local layer, one over maxELFFileSize
-// or one planned before (here or by a follower), beyond maxELFFollowed
-// files, or once Stop was called; restJobsAtOnce files are fetched at a
-// time.
+// background. The rest is not fetched for a file of a local layer, one
+// over maxELFFileSize or one planned before (here or by a follower),
+// beyond maxELFFollowed files, or once Stop was called; restJobsAtOnce
+// files are fetched at a time. Beside it, a language runtime that n is
+// has the files it reads as it starts fetched, once (see
+// fetchRuntimeStart). Nothing happens with prefetch off.
 func (p *Prefetch) FetchProgram(n *index.Node, end int64) {
 	if p == nil || p.opts.Mode == PrefetchNone || n.Type != index.TypeReg || n.Mode&0o111 == 0 {
 		return

@@ -180,8 +180,10 @@ type Prefetch struct {
 	life       context.Context
 	elfSeen    sync.Map // *index.Node → true, once followed
 	elfFetched sync.Map // *index.Node → true, once planned whole, or its rest (FetchProgram)
-	elfCount   atomic.Int64
-	restCount  atomic.Int64 // files whose rest was asked for
+	// runtimeSeen holds the programs fetchRuntimeStart looked at.
+	runtimeSeen sync.Map // *index.Node → true
+	elfCount    atomic.Int64
+	restCount   atomic.Int64 // files whose rest was asked for
 	// elfFiles and elfFollowing are Status's ELFFiles and ELFFollowing.
 	elfFiles     atomic.Int64
 	elfBytes     atomic.Int64

@@ -828,7 +828,7 @@ func TestPrefetchFetchesPythonStart(t *testing.T) {
 			start := []string{pyc + "__init__.cpython-311.pyc", pyc + "aliases.cpython-311.pyc", pyc + "utf_8.cpython-311.pyc"}
 			ents := []testutil.Entry{
 				{Name: "usr", Type: tar.TypeDir}, {Name: "usr/bin", Type: tar.TypeDir},
-				{Name: "usr/bin/python3.11", Content: textBytes(50, 1<<20), Mode: 0o755},
+				{Name: "usr/bin/python3.11", Content: textBytes(50, 300_000), Mode: 0o755},
 				{Name: "usr/bin/tool", Content: textBytes(51, 1<<20), Mode: 0o755},
 				{Name: "usr/lib", Type: tar.TypeDir}, {Name: "usr/lib/python3.11", Type: tar.TypeDir},
 				{Name: "usr/lib/python3.11/encodings", Type: tar.TypeDir}, {Name: pyc, Type: tar.TypeDir},
@@ -836,9 +836,9 @@ func TestPrefetchFetchesPythonStart(t *testing.T) {
 			// Other modules in between, so that nothing comes along
 			// with a neighbour, and one before them with others around
 			// it: readahead follows reads forward.
-			ents = append(ents, testutil.Entry{Name: pyc + "base64.cpython-311.pyc", Content: textBytes(82, 600_000)},
+			ents = append(ents, testutil.Entry{Name: pyc + "base64.cpython-311.pyc", Content: textBytes(82, 300_000)},
 				testutil.Entry{Name: pyc + "json.cpython-311.pyc", Content: textBytes(80, 20_000)},
-				testutil.Entry{Name: pyc + "pad.cpython-311.pyc", Content: textBytes(81, 600_000)})
+				testutil.Entry{Name: pyc + "pad.cpython-311.pyc", Content: textBytes(81, 300_000)})
 			for i, name := range start {
 				ents = append(ents, testutil.Entry{Name: name, Content: textBytes(uint64(60+i), 20_000)},
 					testutil.Entry{Name: fmt.Sprintf("%sother%d.cpython-311.pyc", pyc, i), Content: textBytes(uint64(70+i), 300_000)})

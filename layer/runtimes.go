@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/lazyroot/lazyroot/index"
 )
@@ -16,9 +17,13 @@ import (
 // locale settings, its runtime's version), not by the job, so prefetch
 // fetches them up front instead of one miss after another.
 
-// maxLocaleDirFiles bounds the files taken from one locale directory (a
-// locale has a dozen categories).
-const maxLocaleDirFiles = 32
+// Bounds on what localeFiles takes from one locale directory: a locale
+// has a dozen categories, the largest (LC_COLLATE of a big locale) about
+// 2 MiB.
+const (
+	maxLocaleDirFiles = 32
+	maxLocaleFileSize = 4 << 20
+)
 
 // localeFiles returns the files of t that the C library (glibc) reads to
 // load the locale env sets (LC_ALL, else LC_CTYPE, else LANG, in "NAME=
@@ -27,7 +32,9 @@ const maxLocaleDirFiles = 32
 // /usr/lib/locale (a job setting its locale loads every category), then,
 // if any was found, the alias file and the codeset converters' cache
 // found in the library directories of machine m. A locale the C library
-// builds in (C, POSIX) reads nothing, nor does one that is not there.
+// builds in (C, POSIX) reads nothing, nor does one that is not there or
+// is only in the locale archive (/usr/lib/locale/locale-archive, left to
+// on-demand reads: it holds every generated locale, megabytes of them).
 func localeFiles(t *index.Tree, m elf.Machine, env []string) []*index.Node {
 	names := []string{"C.UTF-8"}
 	if l := envLocale(env); l != "" && l != "C.UTF-8" {
@@ -63,7 +70,9 @@ func envLocale(env []string) string {
 	}
 	for _, k := range []string{"LC_ALL", "LC_CTYPE", "LANG"} {
 		if v := vals[k]; v != "" {
-			if v == "C" || v == "POSIX" || strings.ContainsAny(v, "/") {
+			// Names the C library would not load from a directory,
+			// and none that could walk the tree.
+			if v == "C" || v == "POSIX" || v == "." || v == ".." || len(v) > 255 || strings.Contains(v, "/") {
 				return ""
 			}
 			return v
@@ -89,7 +98,7 @@ func localeDirFiles(t *index.Tree, name string) []*index.Node {
 				switch {
 				case len(files) >= maxLocaleDirFiles:
 					return
-				case n.Type == index.TypeReg:
+				case n.Type == index.TypeReg && n.Size <= maxLocaleFileSize:
 					files = append(files, n)
 				case n.Type == index.TypeDir && depth == 0: // LC_MESSAGES
 					walk(n, depth+1)
@@ -203,11 +212,15 @@ func appendNew(files []*index.Node, more ...*index.Node) []*index.Node {
 }
 
 // fetchRuntimeStart fetches, in the background, what the runtime that n
-// is (see pythonStartFiles) reads as it starts, once per file. It returns
-// at once; nothing happens without a merged tree, for another program,
-// or once Stop was called.
+// is (see pythonStartFiles) reads as it starts; n is looked at once, and
+// each file fetched once. It returns at once, with the files and their
+// bytes counted (ELFFiles, ELFBytes); nothing happens without a merged
+// tree, for another program, or once Stop was called.
 func (p *Prefetch) fetchRuntimeStart(n *index.Node) {
 	if p.opts.Tree == nil {
+		return
+	}
+	if _, seen := p.runtimeSeen.LoadOrStore(n, true); seen {
 		return
 	}
 	files := pythonStartFiles(p.opts.Tree, n.Name)
@@ -215,9 +228,10 @@ func (p *Prefetch) fetchRuntimeStart(n *index.Node) {
 		return
 	}
 	pl := newPlan(p.s)
+	added := 0
 	for _, f := range files {
 		if p.planWhole(pl, f) {
-			p.elfFiles.Add(1)
+			added++
 		}
 	}
 	if pl.dropHeld() == 0 {
@@ -227,7 +241,15 @@ func (p *Prefetch) fetchRuntimeStart(n *index.Node) {
 	// join this fetch rather than make their own. A few small files: no
 	// slot to wait for.
 	c := claimPlan(pl)
-	if !p.inLife(func() { p.runClaimedCounting(p.life, c, &p.elfBytes, &p.elfDone, nil) }) {
+	var planned atomic.Int64 // counted here, before the fetch starts
+	for _, b := range c.batches {
+		p.elfBytes.Add(b.unitBytes)
+	}
+	p.elfFiles.Add(int64(added))
+	if !p.inLife(func() { p.runClaimedCounting(p.life, c, &planned, &p.elfDone, nil) }) {
 		c.release()
+		for _, b := range c.batches {
+			p.elfDone.Add(b.unitBytes) // none will come: the count settles
+		}
 	}
 }

@@ -67,6 +67,8 @@ func TestLocaleFiles(t *testing.T) {
 		{"C", tree, []string{"LANG=C"}, slices.Concat(cutf8, tail)},
 		{"missing locale", tree, []string{"LANG=ja_JP.UTF-8"}, slices.Concat(cutf8, tail)},
 		{"a path is not looked up", tree, []string{"LANG=../../etc"}, slices.Concat(cutf8, tail)},
+		{"nor a parent", tree, []string{"LANG=.."}, slices.Concat(cutf8, tail)},
+		{"nor the locale directory", tree, []string{"LC_ALL=."}, slices.Concat(cutf8, tail)},
 		{"no locales", runtimeTree(t, "usr/", "usr/share/", "usr/share/locale/", "usr/share/locale/locale.alias"), []string{"LANG=C.UTF-8"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
