@@ -39,6 +39,9 @@ type Root struct {
 	uids     IDMap
 	gids     IDMap
 	backing  Backing // nil: every read comes to the server
+	// inodeDir names the directory of ServeInodes; "" when not served.
+	inodeDir string
+	inodes   inodeDir
 }
 
 var _ = (fusefs.NodeOnAdder)((*Root)(nil))

@@ -131,18 +131,27 @@ type OverlayOptions struct {
 	AllowSetuid bool
 	// AllowDevices lets device nodes in the tree be opened.
 	AllowDevices bool
+	// MetaTree, if set, is a metadata tree of the lower (WriteMetaTree):
+	// it is stacked above the lower, which then serves file data only
+	// (an overlayfs data-only layer). Kernels before 6.5 refuse it.
+	MetaTree string
 }
 
 // MountOverlay mounts kernel overlayfs at dir: lower read-only beneath the
-// upper u. Renaming a lower directory works (redirect_dir), and copy-up
-// copies whole files, so the upper alone holds every changed byte.
+// upper u (and o.MetaTree above lower, if set). Renaming a lower
+// directory works (redirect_dir), and copy-up copies whole files, so the
+// upper alone holds every changed byte.
 func MountOverlay(dir, lower string, u *Upper, o OverlayOptions) error {
-	for _, p := range []string{lower, u.Diff, u.Work} {
+	for _, p := range []string{lower, u.Diff, u.Work, o.MetaTree} {
 		if strings.ContainsAny(p, ",:") {
 			return fmt.Errorf("overlay at %s: path %q has a ',' or ':', which overlayfs options cannot hold", dir, p)
 		}
 	}
-	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=off,index=off", lower, u.Diff, u.Work)
+	lowers := lower
+	if o.MetaTree != "" {
+		lowers = o.MetaTree + "::" + lower
+	}
+	data := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,redirect_dir=on,metacopy=off,index=off", lowers, u.Diff, u.Work)
 	var flags uintptr
 	if !o.AllowSetuid {
 		flags |= syscall.MS_NOSUID

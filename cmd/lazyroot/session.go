@@ -60,6 +60,9 @@ type sessionOptions struct {
 	publishProfile bool
 	// passthrough lets the kernel read files the disk cache holds whole.
 	passthrough bool
+	// inodes serves the tree's files by inode number too, for the
+	// redirects of a metadata tree (fs.Root.ServeInodes).
+	inodes bool
 }
 
 // openSession mounts m at dir: the tree alone when read-only, else the
@@ -84,6 +87,9 @@ func openSession(m *mounted, dir string, o sessionOptions, logger *log.Logger) (
 	s.startPrefetch(o, reader)
 	root := fs.NewRoot(m.tree, reader, logger)
 	root.MapIDs(o.uidMap, o.gidMap)
+	if o.inodes {
+		root.ServeInodes()
+	}
 	// A recording must see every read, which passthrough would hide.
 	if o.passthrough && m.recorder == nil {
 		root.UseBacking(reader)

@@ -527,14 +527,23 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if err != nil {
 		return err
 	}
-	so.readOnly, so.upper, so.prefetchWait = true, "", 0
+	so.readOnly, so.upper, so.prefetchWait, so.inodes = true, "", 0, true
 	tree, err := openSession(m, treeDir, so, logger)
 	if err != nil {
 		return err
 	}
+	overlay := fs.OverlayOptions{AllowSetuid: f.suid}
+	var manifest string
+	if m.img.Digest.Hex != "" {
+		manifest = m.img.Digest.String()
+	}
+	metaDir := metaTreeDir(f.root, manifest, so.uidMap, so.gidMap)
+	if haveMetaTree(metaDir) {
+		overlay.MetaTree = metaDir
+	}
 	ls := &lowerServer{
 		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: logPath, logger: logger,
-		overlay: fs.OverlayOptions{AllowSetuid: f.suid}, idMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0, exit: make(chan struct{}),
+		overlay: overlay, idMapped: len(so.uidMap) > 0 || len(so.gidMap) > 0, exit: make(chan struct{}),
 		mounts: map[string]*overlayMount{}, hints: map[string]bool{}, keep: f.keepLower,
 	}
 	defer ls.shutdown()
@@ -559,6 +568,10 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	}
 	unlock()
 	ready.ok()
+	var meta *metaTreeWriter
+	if metaDir != "" && overlay.MetaTree == "" {
+		meta = startMetaTree(metaDir, m.tree, so.uidMap, so.gidMap, logger)
+	}
 	go ls.watch(ctx)
 	select {
 	case <-ctx.Done():
@@ -571,6 +584,13 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	ls.beginClose()
 	stopControl()
 	ls.shutdown()
+	if meta != nil {
+		if ctx.Err() != nil {
+			meta.stop()
+		} else {
+			meta.finish(metaTreeExitBound)
+		}
+	}
 	fst := m.img.FetchStats()
 	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(fst.Bytes)), fst.Requests)
 	return nil
@@ -649,7 +669,13 @@ func (ls *lowerServer) attachLocked(r attachRequest) (om *overlayMount, remove [
 		return nil, remove, err
 	}
 	if !spared {
-		if err := fs.MountOverlay(dir, ls.tree.dir, u, ls.overlay); err != nil {
+		err := fs.MountOverlay(dir, ls.tree.dir, u, ls.overlay)
+		if err != nil && ls.overlay.MetaTree != "" {
+			ls.logger.Printf("%v: mounting without the image's metadata tree", err)
+			ls.overlay.MetaTree = ""
+			err = fs.MountOverlay(dir, ls.tree.dir, u, ls.overlay)
+		}
+		if err != nil {
 			return fail(err)
 		}
 		if temp {

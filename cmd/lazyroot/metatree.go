@@ -1,0 +1,143 @@
+package main
+
+// Metadata trees. A shared lower's overlays walk a new tree through FUSE:
+// every directory listed and every link read is a round trip to the
+// server (ls -lR of 47,000 entries: about 9,400 of them, 3x the time on an
+// extracted tree). So a server writes the image's metadata tree
+// (fs.WriteMetaTree) under ROOT/trees once per image, and every later
+// server of the image stacks it above its FUSE tree, which then serves
+// file bytes only: a walk is served by the local file system.
+//
+// The tree is written at the lowest CPU priority, a few seconds after the
+// mount is ready (off a job's start-up) or, for a shorter-lived server, as
+// it exits, within a bound the umount command's wait allows.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"log"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyroot/lazyroot/fs"
+	"github.com/lazyroot/lazyroot/index"
+)
+
+const (
+	// metaTreeDelay is how long a server serves before it writes the
+	// image's metadata tree.
+	metaTreeDelay = 3 * time.Second
+	// metaTreeExitBound bounds the time an exiting server spends on the
+	// tree: well within the umount command's default wait of 10 s.
+	metaTreeExitBound = 5 * time.Second
+)
+
+// metaTreeDir is where the metadata tree of the image with manifest
+// digest is kept under root, for a tree showing owners through uids and
+// gids; "" for an image with no manifest digest (local layer files, which
+// may change under one name).
+func metaTreeDir(root, digest string, uids, gids fs.IDMap) string {
+	if digest == "" {
+		return ""
+	}
+	b, _ := json.Marshal([]any{"version", fs.MetaTreeVersion, "digest", digest, "uids", uids, "gids", gids})
+	sum := sha256.Sum256(b)
+	return filepath.Join(root, "trees", hex.EncodeToString(sum[:8]))
+}
+
+// haveMetaTree says whether the metadata tree at dir is written.
+func haveMetaTree(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	fi, err := os.Stat(dir)
+	return err == nil && fi.IsDir()
+}
+
+// metaTreeWriter writes one metadata tree in the background.
+type metaTreeWriter struct {
+	dir     string
+	logger  *log.Logger
+	now     chan struct{}
+	done    chan struct{}
+	cancel  context.CancelFunc
+	started atomic.Bool
+}
+
+// startMetaTree writes tree's metadata tree at dir after metaTreeDelay, or
+// at once when finish is called first.
+func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *log.Logger) *metaTreeWriter {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &metaTreeWriter{dir: dir, logger: logger, now: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(w.done)
+		timer := time.NewTimer(metaTreeDelay)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-w.now:
+		case <-ctx.Done():
+			return
+		}
+		w.started.Store(true)
+		// The thread is never unlocked: its lowered priority ends with it.
+		runtime.LockOSThread()
+		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
+			logger.Printf("metadata tree: lower the writer's priority: %v", err)
+		}
+		start := time.Now()
+		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+			logger.Printf("metadata tree: %v", err)
+			return
+		}
+		if err := fs.WriteMetaTree(ctx, dir, tree, uids, gids); err != nil {
+			logger.Printf("%v: later mounts walk the image through FUSE", err)
+			return
+		}
+		os.Remove(slowMarker(dir))
+		logger.Printf("wrote the image's metadata tree at %s in %v: later mounts walk it on local disk",
+			dir, time.Since(start).Round(time.Millisecond))
+	}()
+	return w
+}
+
+// metaTreeSlowFor is how long, after a tree could not be written within
+// metaTreeExitBound, exiting servers do not try it again (servers that
+// live past metaTreeDelay still do).
+const metaTreeSlowFor = time.Hour
+
+// slowMarker is the file that records when the tree at dir took too long.
+func slowMarker(dir string) string { return dir + ".slow" }
+
+// finish has the tree written now if it was not begun, and waits for it
+// up to bound; then the writing stops, its files are removed, and exiting
+// servers leave the tree alone for metaTreeSlowFor.
+func (w *metaTreeWriter) finish(bound time.Duration) {
+	if fi, err := os.Stat(slowMarker(w.dir)); err == nil && time.Since(fi.ModTime()) < metaTreeSlowFor && !w.started.Load() {
+		w.stop()
+		return
+	}
+	close(w.now)
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	select {
+	case <-w.done:
+	case <-timer.C:
+		w.stop()
+		w.logger.Printf("the metadata tree at %s took over %v: exiting servers leave it for %v", w.dir, bound, metaTreeSlowFor)
+		os.WriteFile(slowMarker(w.dir), nil, 0o600)
+	}
+}
+
+// stop ends the writing, if begun, and waits for it to clean up.
+func (w *metaTreeWriter) stop() {
+	w.cancel()
+	<-w.done
+}
