@@ -35,23 +35,33 @@ const MetaTreeVersion = 1
 // escaped (trusted.overlay.overlay.X), so overlayfs shows it as it is and
 // never acts on it.
 //
-// The tree is written to a temporary directory beside dir and renamed into
-// place complete; if dir exists already (another process wrote it), the
-// copy is dropped and that one kept. ctx ends the write early, leaving
-// nothing behind.
+// The tree is written in a directory beside dir (dir.partial), under a
+// lock (dir.lock), and renamed to dir once complete. Writing is
+// idempotent: when ctx ends it early, the entries written stay, and the
+// next call goes on from them. If dir exists, nothing is written. A call
+// that finds the lock held returns ErrMetaTreeBusy at once.
 func WriteMetaTree(ctx context.Context, dir string, tree *index.Tree, uids, gids IDMap) (err error) {
-	tmp := fmt.Sprintf("%s.tmp-%d", dir, os.Getpid())
-	if err := os.RemoveAll(tmp); err != nil {
+	if _, err := os.Lstat(dir); err == nil {
+		return nil
+	}
+	lock, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
 	}
-	if err := os.Mkdir(tmp, 0o700); err != nil {
-		return fmt.Errorf("metadata tree %s: %w", dir, err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("metadata tree %s: %w", dir, ErrMetaTreeBusy)
 		}
-	}()
+		return fmt.Errorf("metadata tree %s: lock: %w", dir, err)
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nil // written while this call waited for the lock
+	}
+	tmp := dir + ".partial"
+	if err := os.Mkdir(tmp, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("metadata tree %s: %w", dir, err)
+	}
 	rootFD, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
@@ -62,14 +72,13 @@ func WriteMetaTree(ctx context.Context, dir string, tree *index.Tree, uids, gids
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
 	}
 	if err := unix.Rename(tmp, dir); err != nil {
-		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
-			os.RemoveAll(tmp)
-			return nil
-		}
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
 	}
 	return nil
 }
+
+// ErrMetaTreeBusy reports a metadata tree another writer is writing.
+var ErrMetaTreeBusy = errors.New("being written by another process")
 
 // metaWriter writes one metadata tree.
 type metaWriter struct {
@@ -107,20 +116,19 @@ func (w *metaWriter) dir(fd int, n *index.Node, rel string) error {
 }
 
 // entry writes the child name of the directory open as dirfd (at rel).
-// It works through descriptors: no syscall walks the path again.
+// It works through descriptors: no syscall walks the path again. An entry
+// a call before made is kept, and its attributes set again; a link of the
+// wrong target is made again.
 func (w *metaWriter) entry(dirfd int, n *index.Node, name, rel string) error {
 	if n.Type != index.TypeDir && n.Nlink > 1 {
 		if first, ok := w.links[n.Ino]; ok {
-			if err := unix.Linkat(w.rootFD, first, dirfd, name, 0); err != nil {
-				return fmt.Errorf("link %s: %w", rel, err)
-			}
-			return nil
+			return w.link(dirfd, first, name, rel)
 		}
 		w.links[n.Ino] = rel
 	}
 	switch n.Type {
 	case index.TypeDir:
-		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil {
+		if err := unix.Mkdirat(dirfd, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("mkdir %s: %w", rel, err)
 		}
 		fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -132,11 +140,11 @@ func (w *metaWriter) entry(dirfd int, n *index.Node, name, rel string) error {
 	case index.TypeReg:
 		return w.file(dirfd, n, name, rel)
 	case index.TypeSymlink:
-		if err := unix.Symlinkat(n.Linkname, dirfd, name); err != nil {
-			return fmt.Errorf("symlink %s: %w", rel, err)
+		if err := w.symlink(dirfd, n.Linkname, name, rel); err != nil {
+			return err
 		}
 	case index.TypeChar, index.TypeBlock, index.TypeFifo:
-		if err := unix.Mknodat(dirfd, name, fileType(n)|0o600, int(mkdev(n.Devmajor, n.Devminor))); err != nil {
+		if err := unix.Mknodat(dirfd, name, fileType(n)|0o600, int(mkdev(n.Devmajor, n.Devminor))); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("mknod %s: %w", rel, err)
 		}
 	default:
@@ -145,10 +153,49 @@ func (w *metaWriter) entry(dirfd int, n *index.Node, name, rel string) error {
 	return w.attrs(dirfd, name, n, rel)
 }
 
+// link makes name in the directory open as dirfd a hardlink of first (a
+// path under the root), replacing an entry of that name that is not.
+func (w *metaWriter) link(dirfd int, first, name, rel string) error {
+	err := unix.Linkat(w.rootFD, first, dirfd, name, 0)
+	if errors.Is(err, unix.EEXIST) {
+		var have, want unix.Stat_t
+		if unix.Fstatat(dirfd, name, &have, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+			unix.Fstatat(w.rootFD, first, &want, unix.AT_SYMLINK_NOFOLLOW) == nil && have.Ino == want.Ino {
+			return nil
+		}
+		if err = unix.Unlinkat(dirfd, name, 0); err == nil {
+			err = unix.Linkat(w.rootFD, first, dirfd, name, 0)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("link %s: %w", rel, err)
+	}
+	return nil
+}
+
+// symlink makes name in the directory open as dirfd a symlink to target,
+// replacing an entry of that name that is not.
+func (w *metaWriter) symlink(dirfd int, target, name, rel string) error {
+	err := unix.Symlinkat(target, dirfd, name)
+	if errors.Is(err, unix.EEXIST) {
+		buf := make([]byte, len(target)+1)
+		if n, rerr := unix.Readlinkat(dirfd, name, buf); rerr == nil && string(buf[:n]) == target {
+			return nil
+		}
+		if err = unix.Unlinkat(dirfd, name, 0); err == nil {
+			err = unix.Symlinkat(target, dirfd, name)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("symlink %s: %w", rel, err)
+	}
+	return nil
+}
+
 // file writes a regular file: a metacopy of the FUSE tree's file when it
 // has bytes, a plain empty file when not.
 func (w *metaWriter) file(dirfd int, n *index.Node, name, rel string) error {
-	fd, err := unix.Openat(dirfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Openat(dirfd, name, unix.O_CREAT|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", rel, err)
 	}

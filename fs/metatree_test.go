@@ -20,15 +20,19 @@ import (
 )
 
 // mountMetaOverlay mounts ref's tree (serving inodes, through the maps),
-// writes its metadata tree and mounts an overlay of the two. It returns
+// writes its metadata tree (over what partial, if set, leaves as an
+// earlier, interrupted write) and mounts an overlay of the two. It returns
 // the tree, the metadata tree, the overlay and its upper.
-func mountMetaOverlay(t *testing.T, ref string, uids, gids fs.IDMap) (lower, meta, merged string, u *fs.Upper) {
+func mountMetaOverlay(t *testing.T, ref string, uids, gids fs.IDMap, partial func(dir string)) (lower, meta, merged string, u *fs.Upper) {
 	t.Helper()
 	lower, _, tree := mountWith(t, ref, mountConfig{setup: []func(*fs.Root){func(r *fs.Root) {
 		r.MapIDs(uids, gids)
 		r.ServeInodes()
 	}}})
 	meta = filepath.Join(t.TempDir(), "meta")
+	if partial != nil {
+		partial(meta + ".partial")
+	}
 	if err := fs.WriteMetaTree(context.Background(), meta, tree, uids, gids); err != nil {
 		t.Fatal(err)
 	}
@@ -67,12 +71,29 @@ func TestMetaTreeOverlayShowsTheTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An interrupted write: entries made, some without their attributes.
+	interrupted := func(dir string) {
+		for _, d := range []string{dir, dir + "/etc", dir + "/bin"} {
+			if err := os.Mkdir(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, f := range []string{"etc/shadow", "bin/sh"} {
+			if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink("sh", filepath.Join(dir, "bin/abs")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
-		name string
-		ids  fs.IDMap
-	}{{"image ids", nil}, {"mapped ids", mapped}} {
+		name    string
+		ids     fs.IDMap
+		partial func(string)
+	}{{"image ids", nil, nil}, {"mapped ids over an interrupted write", mapped, interrupted}} {
 		t.Run(tc.name, func(t *testing.T) {
-			lower, meta, merged, u := mountMetaOverlay(t, ref, tc.ids, tc.ids)
+			lower, meta, merged, u := mountMetaOverlay(t, ref, tc.ids, tc.ids, tc.partial)
 			want := testutil.Walk(t, lower)
 			if _, ok := want["/.i"]; ok {
 				t.Errorf("the tree lists its inode directory")
@@ -134,7 +155,7 @@ func TestMetaTreeKeepsImageOverlayXattrs(t *testing.T) {
 	}
 	l, ann := testutil.Layer(t, testutil.Tar(t, entries), testutil.EStargz)
 	ref := reg.Push(t, "meta/xattrs:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann}))
-	lower, _, merged, _ := mountMetaOverlay(t, ref, nil, nil)
+	lower, _, merged, _ := mountMetaOverlay(t, ref, nil, nil, nil)
 	compareBelowRoot(t, testutil.Walk(t, lower), testutil.Walk(t, merged))
 	for p, want := range map[string]string{"evil": "own bytes", ".i/1": "an image file"} {
 		if got, err := os.ReadFile(filepath.Join(merged, p)); err != nil || string(got) != want {
