@@ -4,9 +4,9 @@
 // (WriteUpperTar). Owners can be shown through id maps (Root.MapIDs) without
 // copying anything.
 //
-// Every inode is created when the file system is mounted (the tree is
-// already in memory), so lookups never block on the network; hardlinked
-// names share one inode. Because the tree never changes, entries and
+// Inodes are made as the kernel looks names up, from the tree already in
+// memory, so lookups never block on the network; hardlinked names share
+// one inode. Because the tree never changes, entries and
 // attributes are cached by the kernel for a long time, opened files keep
 // their page cache (FOPEN_KEEP_CACHE) and need no FLUSH on close,
 // directory listings are cached by the kernel (FOPEN_CACHE_DIR; the
@@ -28,6 +28,14 @@
 // it can make that copy for later opens. The kernel serves an inode one
 // way at a time, so a file keeps the way it was opened until its last
 // handle closes (fileNode counts its handles of each kind).
+//
+// A metadata tree (WriteMetaTree) is the tree's metadata on a local file
+// system: each non-empty file a sparse overlayfs metacopy file that
+// redirects to /NAME/INO, where a mount with Root.ServeInodes shows the
+// file by inode number (a directory looked up, never listed).
+// MountOverlay with OverlayOptions.MetaTree stacks it over such a mount as
+// a data-only layer (kernel 6.16+, CheckMetaTrees), so an overlay walks
+// the tree on local disk and asks the FUSE server for bytes only.
 //
 // The go-fuse server calls node methods from many goroutines; a file node's
 // handle counts and backing file are under its mutex, the rest of a node

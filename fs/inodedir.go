@@ -51,7 +51,8 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fu
 	if c := r.GetChild(name); c != nil {
 		return c, 0
 	}
-	return r.NewInode(ctx, &r.inodes, fusefs.StableAttr{Mode: syscall.S_IFDIR}), 0
+	// The tree numbers its inodes from 1 to Inodes: the next is free.
+	return r.NewInode(ctx, &r.inodes, fusefs.StableAttr{Mode: syscall.S_IFDIR, Ino: r.tree.Inodes + 1}), 0
 }
 
 // inodeDir is the directory of ServeInodes. Its files are the tree's own
@@ -70,6 +71,7 @@ var _ = (fusefs.NodeGetattrer)((*inodeDir)(nil))
 var _ = (fusefs.NodeOpendirHandler)((*inodeDir)(nil))
 
 func (d *inodeDir) fillAttr(a *fuse.Attr) {
+	a.Ino = d.root.tree.Inodes + 1
 	a.Mode = syscall.S_IFDIR | 0o500
 	a.Nlink = 2
 	a.Blksize = 4096

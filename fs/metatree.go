@@ -71,6 +71,12 @@ func WriteMetaTree(ctx context.Context, dir string, tree *index.Tree, uids, gids
 	if err := w.dir(rootFD, tree.Root, ""); err != nil {
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
 	}
+	// The tree is renamed into place only once it is on disk: a crash
+	// must not leave a complete-looking tree of files without their
+	// redirects.
+	if err := unix.Syncfs(rootFD); err != nil {
+		return fmt.Errorf("metadata tree %s: sync: %w", dir, err)
+	}
 	if err := unix.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("metadata tree %s: %w", dir, err)
 	}
@@ -242,6 +248,9 @@ func (w *metaWriter) attrs(fd int, name string, n *index.Node, rel string) error
 		}
 	}
 	for key, v := range n.Xattrs {
+		if strings.HasPrefix(key, "user.") && n.Type != index.TypeReg && n.Type != index.TypeDir {
+			continue // the kernel allows user.* on files and directories only
+		}
 		if strings.HasPrefix(key, ovlXattrPrefix) {
 			key = ovlEscapedPrefix + strings.TrimPrefix(key, ovlXattrPrefix)
 		}

@@ -169,6 +169,17 @@ func TestMetaTreeKeepsImageOverlayXattrs(t *testing.T) {
 	}
 }
 
+func TestCheckMetaTrees(t *testing.T) {
+	requireFUSE(t)
+	dir := t.TempDir()
+	if err := fs.CheckMetaTrees(dir); err != nil {
+		t.Fatalf("this kernel (6.16+ expected) does not stack metadata trees: %v", err)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the probe left %d entries behind", len(left))
+	}
+}
+
 func TestInodeDirName(t *testing.T) {
 	for _, tc := range []struct {
 		taken []string

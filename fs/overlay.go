@@ -220,3 +220,56 @@ func BindOverlay(from, to string, o OverlayOptions) error {
 	}
 	return nil
 }
+
+// CheckMetaTrees reports whether this kernel stacks metadata trees (see
+// OverlayOptions.MetaTree): it mounts a one-file overlay in a directory
+// it makes under dir, reads the file through a metacopy redirect, and
+// removes it all. Kernels before 6.16 refuse a data-only layer without
+// metacopy=on, which MountOverlay leaves off.
+func CheckMetaTrees(dir string) (err error) {
+	probe, err := os.MkdirTemp(dir, "probe-")
+	if err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	defer os.RemoveAll(probe)
+	meta, data, mnt := filepath.Join(probe, "meta"), filepath.Join(probe, "data"), filepath.Join(probe, "mnt")
+	for _, d := range []string{meta, data, mnt} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return fmt.Errorf("metadata tree probe: %w", err)
+		}
+	}
+	const content = "stacked\n"
+	if err := os.WriteFile(filepath.Join(data, "f"), []byte(content), 0o600); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	f := filepath.Join(meta, "f")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	if err := os.Truncate(f, int64(len(content))); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	if err := unix.Setxattr(f, ovlMetacopy, nil, 0); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	if err := unix.Setxattr(f, ovlRedirect, []byte("/f"), 0); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	u, err := OpenUpper(filepath.Join(probe, "upper"), "probe", "")
+	if err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	defer u.Close()
+	if err := MountOverlay(mnt, data, u, OverlayOptions{MetaTree: meta}); err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	defer syscall.Unmount(mnt, syscall.MNT_DETACH)
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	if err != nil {
+		return fmt.Errorf("metadata tree probe: %w", err)
+	}
+	if string(got) != content {
+		return fmt.Errorf("metadata tree probe: the overlay read %q, not the data layer's %q", got, content)
+	}
+	return nil
+}

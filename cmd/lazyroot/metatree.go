@@ -43,15 +43,18 @@ const (
 	metaTreeExitBound = 3 * time.Second
 )
 
-// metaTreeDir is where the metadata tree of the image with manifest
-// digest is kept under root, for a tree showing owners through uids and
-// gids; "" for an image with no manifest digest (local layer files, which
-// may change under one name).
-func metaTreeDir(root, digest string, uids, gids fs.IDMap) string {
+// metaTreeDir is where the metadata tree of tree is kept under root: the
+// tree of the image with manifest digest, as layer indexes trusted under
+// indexSource make it, showing owners through uids and gids. Its size
+// (inodes and bytes) is in the name too, a check that the tree written
+// and the tree served are one. "" for an image with no manifest digest
+// (local layer files, which may change under one name).
+func metaTreeDir(root, digest, indexSource string, tree *index.Tree, uids, gids fs.IDMap) string {
 	if digest == "" {
 		return ""
 	}
-	b, _ := json.Marshal([]any{"version", fs.MetaTreeVersion, "digest", digest, "uids", uids, "gids", gids})
+	b, _ := json.Marshal([]any{"version", fs.MetaTreeVersion, "digest", digest, "index-source", indexSource,
+		"uids", uids, "gids", gids, "inodes", tree.Inodes, "bytes", tree.Bytes})
 	sum := sha256.Sum256(b)
 	return filepath.Join(root, "trees", hex.EncodeToString(sum[:8]))
 }
@@ -67,23 +70,24 @@ func haveMetaTree(dir string) bool {
 
 // metaTreeWriter writes one metadata tree in the background.
 type metaTreeWriter struct {
-	now    chan struct{}
+	nowCh  chan struct{}
 	done   chan struct{}
 	cancel context.CancelFunc
 }
 
 // startMetaTree writes tree's metadata tree at dir after metaTreeDelay, or
-// at once when finish is called first.
+// at once when now is called first. A tree that failed to be written once
+// (a marker beside it says why) is not tried again.
 func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *log.Logger) *metaTreeWriter {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &metaTreeWriter{now: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	w := &metaTreeWriter{nowCh: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(w.done)
 		timer := time.NewTimer(metaTreeDelay)
 		defer timer.Stop()
 		select {
 		case <-timer.C:
-		case <-w.now:
+		case <-w.nowCh:
 		case <-ctx.Done():
 			return
 		}
@@ -92,9 +96,16 @@ func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *lo
 		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
 			logger.Printf("metadata tree: lower the writer's priority: %v", err)
 		}
+		if _, err := os.Stat(failedMarker(dir)); err == nil {
+			return // this tree cannot be written; see the log of the server that tried
+		}
 		start := time.Now()
 		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 			logger.Printf("metadata tree: %v", err)
+			return
+		}
+		if err := fs.CheckMetaTrees(filepath.Dir(dir)); err != nil {
+			logger.Printf("%v: this kernel cannot stack metadata trees; mounts walk the image through FUSE", err)
 			return
 		}
 		switch err := fs.WriteMetaTree(ctx, dir, tree, uids, gids); {
@@ -107,6 +118,8 @@ func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *lo
 			return
 		case err != nil:
 			logger.Printf("%v: later mounts walk the image through FUSE", err)
+			// The same tree would fail the same way: no server tries again.
+			os.WriteFile(failedMarker(dir), []byte(err.Error()+"\n"), 0o600)
 			return
 		}
 		logger.Printf("wrote the image's metadata tree at %s in %v: later mounts walk it on local disk",
@@ -115,12 +128,23 @@ func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *lo
 	return w
 }
 
-// finish has the tree written now if it was not begun, and waits for it
-// up to bound; then the writing stops, and what it wrote stays for the
-// next server to go on from.
-func (w *metaTreeWriter) finish(bound time.Duration) {
-	close(w.now)
-	timer := time.NewTimer(bound)
+// failedMarker is the file that records that the tree at dir could not
+// be written, and why.
+func failedMarker(dir string) string { return dir + ".failed" }
+
+// now has the tree written at once if it was not begun.
+func (w *metaTreeWriter) now() {
+	select {
+	case <-w.nowCh:
+	default:
+		close(w.nowCh)
+	}
+}
+
+// wait waits for the writing to end, up to deadline; then it stops it,
+// and what it wrote stays for the next server to go on from.
+func (w *metaTreeWriter) wait(deadline time.Time) {
+	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case <-w.done:

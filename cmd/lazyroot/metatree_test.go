@@ -48,6 +48,9 @@ func TestLaterMountsUseTheMetadataTree(t *testing.T) {
 	if lowers := overlayLowers(t, dir); lowers != first.Lower {
 		t.Errorf("first mount's lowers %q, want the tree %s alone", lowers, first.Lower)
 	}
+	if _, err := os.Lstat(filepath.Join(first.Lower, ".i")); !os.IsNotExist(err) {
+		t.Errorf("a tree with no metadata tree above it serves its inode directory: %v", err)
+	}
 	umountOK(t, root, dir)
 	// Beside each tree lies its writers' lock.
 	trees, _ := filepath.Glob(filepath.Join(root, "trees", "*[^k]"))
@@ -61,6 +64,9 @@ func TestLaterMountsUseTheMetadataTree(t *testing.T) {
 	second := mountRec(t, root, ref, dir)
 	if lowers, want := overlayLowers(t, dir), trees[0]+"::"+second.Lower; lowers != want {
 		t.Errorf("second mount's lowers %q, want %q", lowers, want)
+	}
+	if fi, err := os.Lstat(filepath.Join(second.Lower, ".i")); err != nil || !fi.IsDir() {
+		t.Errorf("the tree beneath a metadata tree has no inode directory: %v", err)
 	}
 	out := chrootOut(t, dir, "cat /etc/motd; ls -l /bin/busybox | (read mode n u g size rest; echo $mode $size); "+
 		"echo new >> /etc/motd; cat /etc/motd; sha256sum /bin/busybox")

@@ -527,19 +527,21 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	if err != nil {
 		return err
 	}
-	so.readOnly, so.upper, so.prefetchWait, so.inodes = true, "", 0, true
-	tree, err := openSession(m, treeDir, so, logger)
-	if err != nil {
-		return err
-	}
 	overlay := fs.OverlayOptions{AllowSetuid: f.suid}
 	var manifest string
 	if m.img.Digest.Hex != "" {
 		manifest = m.img.Digest.String()
 	}
-	metaDir := metaTreeDir(f.root, manifest, so.uidMap, so.gidMap)
+	metaDir := metaTreeDir(f.root, manifest, f.indexSource, m.tree, so.uidMap, so.gidMap)
 	if haveMetaTree(metaDir) {
 		overlay.MetaTree = metaDir
+	}
+	// The tree serves its files by inode number for a metadata tree's
+	// redirects only when it has one.
+	so.readOnly, so.upper, so.prefetchWait, so.inodes = true, "", 0, overlay.MetaTree != ""
+	tree, err := openSession(m, treeDir, so, logger)
+	if err != nil {
+		return err
 	}
 	ls := &lowerServer{
 		m: m, tree: tree, key: key, root: f.root, sock: lowerSocket(f.root, key), log: logPath, logger: logger,
@@ -581,15 +583,19 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	case <-ls.exit:
 		logger.Printf("shared lower %s has no mount left: unmounting it", key)
 	}
+	// The tree is written alongside the shutdown, within the umount's wait;
+	// a signalled server stops at once.
+	metaDeadline := time.Now().Add(metaTreeExitBound)
+	if meta != nil && ctx.Err() == nil {
+		meta.now()
+	} else if meta != nil {
+		meta.stop()
+	}
 	ls.beginClose()
 	stopControl()
 	ls.shutdown()
 	if meta != nil {
-		if ctx.Err() != nil {
-			meta.stop()
-		} else {
-			meta.finish(metaTreeExitBound)
-		}
+		meta.wait(metaDeadline)
 	}
 	fst := m.img.FetchStats()
 	logger.Printf("fetched %s in %d requests", humanize.IBytes(uint64(fst.Bytes)), fst.Requests)
