@@ -40,7 +40,7 @@ const MetaTreeVersion = 1
 // idempotent: when ctx ends it early, the entries written stay, and the
 // next call goes on from them. If dir exists, nothing is written. A call
 // that finds the lock held returns ErrMetaTreeBusy at once.
-func WriteMetaTree(ctx context.Context, dir string, tree *index.Tree, uids, gids IDMap) (err error) {
+func WriteMetaTree(ctx context.Context, dir string, tree *index.Tree, uids, gids IDMap) error {
 	if _, err := os.Lstat(dir); err == nil {
 		return nil
 	}

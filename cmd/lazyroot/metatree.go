@@ -41,6 +41,10 @@ const (
 	// metaTreeExitBound bounds the time an exiting server spends on the
 	// tree: well within the umount command's default wait of 10 s.
 	metaTreeExitBound = 3 * time.Second
+	// metaTreeRetry is how long servers leave a tree that failed to be
+	// written (a full disk, an xattr the file system refuses) before they
+	// try it again.
+	metaTreeRetry = 24 * time.Hour
 )
 
 // metaTreeDir is where the metadata tree of tree is kept under root: the
@@ -76,8 +80,8 @@ type metaTreeWriter struct {
 }
 
 // startMetaTree writes tree's metadata tree at dir after metaTreeDelay, or
-// at once when now is called first. A tree that failed to be written once
-// (a marker beside it says why) is not tried again.
+// at once when now is called first. A tree that failed to be written (a
+// marker beside it says why) is left alone for metaTreeRetry.
 func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *log.Logger) *metaTreeWriter {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &metaTreeWriter{nowCh: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
@@ -96,8 +100,8 @@ func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *lo
 		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19); err != nil {
 			logger.Printf("metadata tree: lower the writer's priority: %v", err)
 		}
-		if _, err := os.Stat(failedMarker(dir)); err == nil {
-			return // this tree cannot be written; see the log of the server that tried
+		if fi, err := os.Stat(failedMarker(dir)); err == nil && time.Since(fi.ModTime()) < metaTreeRetry {
+			return // this tree could not be written; the marker says why
 		}
 		start := time.Now()
 		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
@@ -118,7 +122,7 @@ func startMetaTree(dir string, tree *index.Tree, uids, gids fs.IDMap, logger *lo
 			return
 		case err != nil:
 			logger.Printf("%v: later mounts walk the image through FUSE", err)
-			// The same tree would fail the same way: no server tries again.
+			// The same tree would most likely fail the same way.
 			os.WriteFile(failedMarker(dir), []byte(err.Error()+"\n"), 0o600)
 			return
 		}
