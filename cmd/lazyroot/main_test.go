@@ -425,13 +425,20 @@ func TestUsageErrors(t *testing.T) {
 // mountOptions returns the per-mount options of the mount at dir.
 func mountOptions(t *testing.T, dir string) string {
 	t.Helper()
+	return strings.Fields(mountinfoLine(t, dir))[5]
+}
+
+// mountinfoLine returns the line of /proc/self/mountinfo of the mount at
+// dir.
+func mountinfoLine(t *testing.T, dir string) string {
+	t.Helper()
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) > 5 && f[4] == dir {
-			return f[5]
+			return line
 		}
 	}
 	t.Fatalf("%s not in mountinfo", dir)

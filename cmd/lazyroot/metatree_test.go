@@ -14,23 +14,13 @@ import (
 // overlayLowers returns the lowerdir option of the overlay at dir.
 func overlayLowers(t *testing.T, dir string) string {
 	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[4] != dir {
-			continue
-		}
-		_, super, _ := strings.Cut(line, " - ")
-		for _, opt := range strings.Split(strings.Fields(super)[2], ",") {
-			if v, ok := strings.CutPrefix(opt, "lowerdir="); ok {
-				return v
-			}
+	_, super, _ := strings.Cut(mountinfoLine(t, dir), " - ")
+	for _, opt := range strings.Split(strings.Fields(super)[2], ",") {
+		if v, ok := strings.CutPrefix(opt, "lowerdir="); ok {
+			return v
 		}
 	}
-	t.Fatalf("no overlay at %s in mountinfo", dir)
+	t.Fatalf("the mount at %s has no lowerdir", dir)
 	return ""
 }
 
