@@ -11,12 +11,13 @@ import (
 )
 
 // predialedConns is how many connections to a registry Prepare dials
-// ahead: once the manifest is in, a mount asks for the config, the
-// referrers (API and fallback tag) and the layers' TOCs at once, and its
-// first reads go out several at a time (a span and its window, the
-// prefetch batches of each layer); over HTTP/1.1 each connection dialed
-// then would cost them the TCP handshake's round trip.
-const predialedConns = 6
+// ahead: the manifest is asked for beside the ping; once it is in, a
+// mount asks for the config, the referrers (API and fallback tag) and the
+// layers' TOCs at once, and its first reads go out several at a time (a
+// span and its window, the prefetch batches of each layer); over HTTP/1.1
+// each connection dialed then would cost them the TCP handshake's round
+// trip.
+const predialedConns = 8
 
 // predialedMaxIdle is how long a connection dialed ahead waits to be used
 // before it is closed: a mount's first reads come within a second, and a

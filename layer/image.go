@@ -436,6 +436,13 @@ func resolveRemote(ctx context.Context, r name.Reference, o *options, pings *pin
 	if mirrored {
 		im, err = resolveThroughHosts(ctx, fc, r, o.platform, o.store, manifestKnown)
 	} else {
+		if host := r.Context().RegistryStr(); pings.recent(host) == nil {
+			// A handshake with a ping lies ahead: the manifest is asked
+			// for beside it.
+			actx, endAhead := context.WithCancel(ctx)
+			defer endAhead()
+			transport.ahead = startManifestAhead(actx, origin, manifestAheadURLs(r, transport.allowsHTTP(host)))
+		}
 		im, err = resolveFromRegistry(ctx, r, remoteOpts, puller, o.platform, o.store, manifestKnown)
 	}
 	if err != nil {

@@ -31,7 +31,7 @@ func TestPlainHTTPMirrorsFromHostsDirAreAllowed(t *testing.T) {
 	if !slices.Contains(insecure, "10.1.2.3:5000") || slices.Contains(insecure, "mirror.example") || len(fetchOpts) == 0 {
 		t.Errorf("insecure %v, %d fetch options", insecure, len(fetchOpts))
 	}
-	g := newSchemeGuard(nil, insecure, nil).(*schemeGuard)
+	g := newSchemeGuard(nil, insecure, nil)
 	if !g.allowsHTTP("10.1.2.3:5000") || g.allowsHTTP("registry.example:5000") {
 		t.Error("the guard does not follow the hosts directory")
 	}

@@ -20,16 +20,18 @@ import (
 // and those named insecure. Any other http:// request is sent as https://.
 // (go-containerregistry picks plain HTTP for private addresses on its own.)
 // With pings set, it also answers registry pings through them (see
-// pingRace).
+// pingRace); with ahead set, the manifest request sent ahead of the
+// handshake answers the request it stood in for (see manifestAhead).
 type schemeGuard struct {
 	next     http.RoundTripper
 	insecure map[string]bool
 	pings    *pingRace
+	ahead    *manifestAhead
 }
 
 // newSchemeGuard returns next behind a schemeGuard for the insecure hosts;
 // pings, if not nil, is shared by every guard of one image's transports.
-func newSchemeGuard(next http.RoundTripper, insecure []string, pings *pingRace) http.RoundTripper {
+func newSchemeGuard(next http.RoundTripper, insecure []string, pings *pingRace) *schemeGuard {
 	g := &schemeGuard{next: next, insecure: map[string]bool{}, pings: pings}
 	for _, h := range insecure {
 		g.insecure[h] = true
@@ -47,6 +49,11 @@ func (g *schemeGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if isPing(req) {
 		return g.pings.roundTrip(g.next, req, g.allowsHTTP(req.URL.Host))
+	}
+	if g.ahead != nil {
+		if resp, ok := g.ahead.answer(req); ok {
+			return resp, nil
+		}
 	}
 	resp, err := g.next.RoundTrip(req)
 	if req.Context().Err() == nil && (err != nil || staleAnswerStatus(resp.StatusCode)) {
