@@ -576,12 +576,15 @@ func (s *Stack) spanFill(l *LayerState, si, need int) func(context.Context) ([]b
 
 // readSpan fetches span si of a seekable layer and decodes it; the index
 // verifies the compressed bytes and the window first. The window comes
-// from the span before when that is at hand, or from a batch under way
-// that fetched it beside the span, else it is fetched from the windows
-// blob while the span's bytes are.
+// from the span before when that is at hand or a batch under way holds
+// its bytes, or from a batch under way that fetched it beside the span,
+// else it is fetched from the windows blob while the span's bytes are.
 func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, error) {
 	out, in := l.Index.SpanRanges(si)
 	window, ok := s.localWindow(l, si)
+	if !ok {
+		window, ok = s.chainedWindow(ctx, l, si)
+	}
 	var (
 		fetched chan struct{}
 		werr    error
@@ -617,6 +620,29 @@ func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, er
 	}
 	l.windows.noteDecoded(l.Index, si, dst)
 	return dst, nil
+}
+
+// chainedWindow returns span si's window as the end of the span before
+// it, decoded from a batch under way that holds that span's bytes too (a
+// prefetch batch, a readahead). A batch decodes its spans in order, each
+// the window of the next, and fetches only its first span's window; a
+// read that lands further in before the batch's decoding got there (a
+// program's pages, touched out of order) decodes the spans before it
+// then, which costs some local work, not a window's round trip per read.
+func (s *Stack) chainedWindow(ctx context.Context, l *LayerState, si int) ([]byte, bool) {
+	if si == 0 {
+		return nil, false
+	}
+	out, in := l.Index.SpanRanges(si - 1)
+	if l.inflight.covering(in.Start, in.End) == nil {
+		return nil, false
+	}
+	prev, err := s.cache.Get(ctx, l.spanKey(si-1), s.spanFill(l, si-1, 0))
+	n := l.Index.Spans[si].WinSize
+	if err != nil || int64(len(prev)) != out.End-out.Start || int64(len(prev)) < n {
+		return nil, false
+	}
+	return prev[int64(len(prev))-n:], true
 }
 
 // readChunk fetches, decompresses and verifies one chunk.

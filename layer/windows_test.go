@@ -376,6 +376,97 @@ func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
 	}
 }
 
+// TestReadInsideABatchDecodesTheSpansBefore: a read that lands in a later
+// span of a prefetch batch under way, before the batch's in-order
+// decoding got there, takes its window from decoding the spans before it
+// (their bytes are the batch's), not from a window request of its own.
+func TestReadInsideABatchDecodesTheSpansBefore(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, files := resolvedSpanned(t, reg, "chained-window:v1", testutil.Gzip)
+	built := builtHere(t, img)
+	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
+		t.Fatalf("publish: %d indexes, %v", n, err)
+	}
+	windows := built.Layers()[0].Index.Windows.Digest
+	blob := img.Layers[0].Descriptor.Digest.String()
+	release := make(chan struct{})
+	reg.Wrap(func(next http.Handler) http.Handler {
+		mr := multiRangeMiddleware(next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, blob) && r.Header.Get("Range") != "" {
+				<-release
+			}
+			mr.ServeHTTP(w, r)
+		})
+	})
+	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	tree, err := index.Merge(stack.Indexes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	windowGets := func() (all, done int) {
+		for _, r := range reg.Requests() {
+			if r.Blob == windows && r.Method == http.MethodGet {
+				all++
+				if r.Status != 0 {
+					done++
+				}
+			}
+		}
+		return all, done
+	}
+	reg.Reset()
+	// data/b.txt begins inside a span and covers six more: its batch
+	// fetches the first one's window alone.
+	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now(),
+		Files: []layer.ProfileFile{{Layer: blob, Path: "data/b.txt"}}}
+	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	defer p.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, done := windowGets(); done == 0; _, done = windowGets() {
+		if time.Now().After(deadline) {
+			close(release)
+			t.Fatal("the prefetch batch fetched no window")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	n, ok := tree.Lookup("data/b.txt")
+	if !ok {
+		t.Fatal("data/b.txt missing")
+	}
+	want := files["data/b.txt"]
+	off := int64(len(want)) - testSpan/2
+	got := make([]byte, testSpan/2)
+	read := make(chan error, 1)
+	go func() {
+		k, err := stack.ReadAt(context.Background(), n, got, off)
+		if err == nil || errors.Is(err, io.EOF) {
+			if k != len(got) {
+				err = fmt.Errorf("read %d of %d bytes", k, len(got))
+			} else {
+				err = nil
+			}
+		}
+		read <- err
+	}()
+	// Give the read time to ask for the window itself, if it would.
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want[off:]) {
+		t.Fatal("the end of data/b.txt reads wrong")
+	}
+	waitPrefetch(t, p)
+	if all, _ := windowGets(); all != 1 {
+		for _, r := range reg.Requests() {
+			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
+		}
+		t.Errorf("%d requests for windows, want the batch's one", all)
+	}
+}
+
 // TestPrefetchFetchesAPlansWindowsTogether: a profile whose files lie far
 // apart in a gzip layer, a prefetch batch each, fetches the span windows
 // of all of them in one request, not one a batch; the files then read
