@@ -40,6 +40,7 @@ const maxManifestAhead = 4 << 20
 // library's request goes to the registry as ever: one request more, no
 // time lost.
 type manifestAhead struct {
+	ctx   context.Context       // the resolution's: once it ends, nothing is answered
 	calls map[string]*aheadCall // by URL; fixed once started
 }
 
@@ -51,10 +52,10 @@ type aheadCall struct {
 	err    error
 }
 
-// startManifestAhead sends the request for r's manifest through next to
-// each of urls (one per scheme the handshake may settle on), within ctx.
+// startManifestAhead sends a manifest request through next to each of
+// urls (one per scheme the handshake may settle on), within ctx.
 func startManifestAhead(ctx context.Context, next http.RoundTripper, urls []string) *manifestAhead {
-	m := &manifestAhead{calls: map[string]*aheadCall{}}
+	m := &manifestAhead{ctx: ctx, calls: map[string]*aheadCall{}}
 	for _, u := range urls {
 		c := &aheadCall{done: make(chan struct{})}
 		m.calls[u] = c
@@ -94,6 +95,8 @@ func getAhead(ctx context.Context, next http.RoundTripper, url string) (*pingAns
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		// Read, so that the connection is kept for the requests after.
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxPingBody))
 		return &pingAnswer{status: resp.StatusCode}, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestAhead+1))
@@ -101,16 +104,17 @@ func getAhead(ctx context.Context, next http.RoundTripper, url string) (*pingAns
 		return nil, err
 	}
 	if len(body) > maxManifestAhead {
-		return nil, fmt.Errorf("manifest over %d bytes", maxManifestAhead)
+		return nil, fmt.Errorf("manifest %s: over %d bytes", url, maxManifestAhead)
 	}
 	return &pingAnswer{status: resp.StatusCode, header: resp.Header.Clone(), body: body}, nil
 }
 
 // answer returns the response to req of the request sent ahead for it, if
 // there is one that fits: req asks the same of the same URL without
-// credentials, and the registry answered 200. Each is used once.
+// credentials, the registry answered 200, and the resolution it was sent
+// for goes on. Each is used once.
 func (m *manifestAhead) answer(req *http.Request) (*http.Response, bool) {
-	if req.Method != http.MethodGet || req.Header.Get("Authorization") != "" || req.Header.Get("Accept") != manifestAccept {
+	if m.ctx.Err() != nil || req.Method != http.MethodGet || req.Header.Get("Authorization") != "" || req.Header.Get("Accept") != manifestAccept {
 		return nil, false
 	}
 	c := m.calls[req.URL.String()]

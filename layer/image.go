@@ -436,9 +436,10 @@ func resolveRemote(ctx context.Context, r name.Reference, o *options, pings *pin
 	if mirrored {
 		im, err = resolveThroughHosts(ctx, fc, r, o.platform, o.store, manifestKnown)
 	} else {
-		if host := r.Context().RegistryStr(); pings.recent(host) == nil {
-			// A handshake with a ping lies ahead: the manifest is asked
-			// for beside it.
+		if host := r.Context().RegistryStr(); auth == authn.Anonymous && pings.recent(host) == nil {
+			// A handshake with a ping lies ahead, and the manifest will
+			// be asked for without credentials if the registry wants
+			// none: it is asked for beside the ping.
 			actx, endAhead := context.WithCancel(ctx)
 			defer endAhead()
 			transport.ahead = startManifestAhead(actx, origin, manifestAheadURLs(r, transport.allowsHTTP(host)))

@@ -977,6 +977,14 @@ func (b *batchBlob) started() bool {
 	return b.loading != nil || b.loaded
 }
 
+// serving reports whether b's bytes are loading or loaded without error:
+// a read inside them then needs no request of its own.
+func (b *batchBlob) serving() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.loaded && b.err == nil || !b.loaded && b.loading != nil
+}
+
 // holds reports whether [off, end) is among the bytes b fetches.
 func (b *batchBlob) holds(off, end int64) bool {
 	if off < b.start || end > b.end {

@@ -623,18 +623,20 @@ func (s *Stack) readSpan(ctx context.Context, l *LayerState, si int) ([]byte, er
 }
 
 // chainedWindow returns span si's window as the end of the span before
-// it, decoded from a batch under way that holds that span's bytes too (a
-// prefetch batch, a readahead). A batch decodes its spans in order, each
-// the window of the next, and fetches only its first span's window; a
-// read that lands further in before the batch's decoding got there (a
-// program's pages, touched out of order) decodes the spans before it
-// then, which costs some local work, not a window's round trip per read.
+// it, decoded from a batch whose bytes are loading or loaded and hold that
+// span too (a prefetch batch, a readahead). A batch decodes its spans in
+// order, each the window of the next, and fetches only its first span's
+// window; a read that lands further in before the batch's decoding got
+// there (a program's pages, touched out of order) decodes the spans
+// before it then, which costs some local work, not a window's round trip
+// per read. Not when a batch fetches si's own window beside it, nor when
+// the batch has not started: each span before would then be a request.
 func (s *Stack) chainedWindow(ctx context.Context, l *LayerState, si int) ([]byte, bool) {
-	if si == 0 {
+	if si == 0 || l.batchWindows(si) != nil {
 		return nil, false
 	}
 	out, in := l.Index.SpanRanges(si - 1)
-	if l.inflight.covering(in.Start, in.End) == nil {
+	if bb := l.inflight.covering(in.Start, in.End); bb == nil || !bb.serving() {
 		return nil, false
 	}
 	prev, err := s.cache.Get(ctx, l.spanKey(si-1), s.spanFill(l, si-1, 0))

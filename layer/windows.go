@@ -78,16 +78,8 @@ func (s *Stack) localWindow(l *LayerState, si int) ([]byte, bool) {
 // the span and fetched its window beside it, or is fetching it: then it
 // waits for that fetch (bounded by ctx, and by the read timeout there).
 func (l *LayerState) batchWindow(ctx context.Context, si int) ([]byte, bool) {
-	_, in := l.Index.SpanRanges(si)
-	bb := l.inflight.covering(in.Start, in.End)
-	if bb == nil {
-		return nil, false
-	}
-	bw := bb.windows.Load()
+	bw := l.batchWindows(si)
 	if bw == nil {
-		return nil, false
-	}
-	if _, ok := slices.BinarySearch(bw.spans, si); !ok {
 		return nil, false
 	}
 	select {
@@ -97,6 +89,24 @@ func (l *LayerState) batchWindow(ctx context.Context, si int) ([]byte, bool) {
 	}
 	w, ok := bw.ws.given[si]
 	return w, ok
+}
+
+// batchWindows returns the windows of a batch under way that fetches span
+// si and its window beside it, or nil.
+func (l *LayerState) batchWindows(si int) *batchWindows {
+	_, in := l.Index.SpanRanges(si)
+	bb := l.inflight.covering(in.Start, in.End)
+	if bb == nil {
+		return nil
+	}
+	bw := bb.windows.Load()
+	if bw == nil {
+		return nil
+	}
+	if _, ok := slices.BinarySearch(bw.spans, si); !ok {
+		return nil
+	}
+	return bw
 }
 
 // fetchWindow reads span si's window from the windows blob and verifies it.

@@ -13,6 +13,10 @@ import (
 // transparent huge pages.
 const hugeHeapBytes = 64 << 20
 
+// minHugeHeapCache is the smallest memory tier (--cache-mem) with which a
+// mount server asks for huge pages.
+const minHugeHeapCache = 256 << 20
+
 // thpModeFile says when the kernel backs anonymous memory with
 // transparent huge pages: "always", "madvise" or "never", the one in use
 // in brackets.
@@ -27,11 +31,16 @@ const thpModeFile = "/sys/kernel/mm/transparent_hugepage/enabled"
 // the bench's): a 4 MiB chunk is then 15 ms of faults, against 2 faults
 // with huge pages. The Go runtime does not ask for huge pages for its heap,
 // so the server allocates a block (mapped, not yet touched), asks for huge
-// pages for it and drops it; the heap then grows into it. GODEBUG
-// disablethp=1 leaves the heap as the runtime has it. It reports whether
-// it advised the block.
-func adviseHugeHeap() bool {
-	if strings.Contains(os.Getenv("GODEBUG"), "disablethp=1") {
+// pages for it and drops it; the heap then grows into it.
+//
+// Huge pages can cost memory (up to the block's size, were the kernel to
+// rebuild huge pages from what the runtime gives back) and, where the
+// kernel compacts memory to find one at a fault, time: the block is left
+// alone under a tight budget (a memory tier under minHugeHeapCache, or
+// GOMEMLIMIT set), and with GODEBUG disablethp=1. It reports whether it
+// advised the block.
+func adviseHugeHeap(memBytes int64) bool {
+	if memBytes < minHugeHeapCache || os.Getenv("GOMEMLIMIT") != "" || strings.Contains(os.Getenv("GODEBUG"), "disablethp=1") {
 		return false
 	}
 	mode, err := os.ReadFile(thpModeFile)

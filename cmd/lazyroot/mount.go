@@ -270,7 +270,7 @@ func serve(ctx context.Context, f *mountFlags, image, dir string, memBytes int64
 	ready := openReadiness(f.readyFD)
 	defer func() { ready.finish(err) }()
 	logger.Printf("mounting %s at %s", imageLabel(image, f.layers), dir)
-	go adviseHugeHeap() // while the registry answers
+	go adviseHugeHeap(memBytes) // while the registry answers
 	m, err := prepare(ctx, f, image, memBytes, logger)
 	if err != nil {
 		return err

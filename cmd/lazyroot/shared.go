@@ -469,7 +469,7 @@ func serveShared(ctx context.Context, f *mountFlags, image, dir string, memBytes
 	logger := log.New(os.Stderr, "", log.LstdFlags|log.Lmicroseconds)
 	ready := openReadiness(f.readyFD)
 	defer func() { ready.finish(err) }()
-	go adviseHugeHeap() // while the registry answers
+	go adviseHugeHeap(memBytes) // while the registry answers
 	img, st, err := resolveImage(ctx, f, image, true)
 	if err != nil {
 		return err
