@@ -98,6 +98,32 @@ func (h *Harness) path(p ...string) string {
 	return filepath.Join(append([]string{h.cfg.Cache}, p...)...)
 }
 
+// discard moves the tree at path into the run's trash, emptied as the run
+// ends (emptyTrash), or removes it if it cannot. Deleting a tree of tens
+// of thousands of files between scenarios skewed the next one: ext4
+// without a journal (this machine's root) skips inodes freed within the
+// last minute when it makes new ones, which made whatever ran next (a
+// full pull's extraction, a metadata tree) create its files up to ten
+// times slower.
+func (h *Harness) discard(path string) {
+	if _, err := os.Lstat(path); err != nil {
+		return
+	}
+	trash := h.path("work", "trash")
+	if err := os.MkdirAll(trash, 0o700); err == nil {
+		if slot, err := os.MkdirTemp(trash, "t"); err == nil && os.Rename(path, filepath.Join(slot, "x")) == nil {
+			return
+		}
+	}
+	_ = os.RemoveAll(path)
+}
+
+// emptyTrash removes what discard set aside, this run's and any left by a
+// run that ended early.
+func (h *Harness) emptyTrash() {
+	_ = os.RemoveAll(h.path("work", "trash"))
+}
+
 // registryAddr is the registry's own port (no delay), used to push before
 // the link is shaped; proxyAddr is what every measured run uses.
 // images returns the images the selected workloads use.
@@ -431,6 +457,7 @@ func (h *Harness) proxyStats() (ProxyStats, error) {
 // order: per workload the baseline, then cold and warm per format.
 func (h *Harness) Run(ctx context.Context) []Result {
 	var out []Result
+	defer h.emptyTrash()
 	for _, w := range Workloads {
 		if len(h.cfg.Workloads) > 0 && !contains(h.cfg.Workloads, w.Name) {
 			continue
@@ -460,7 +487,7 @@ func (h *Harness) Run(ctx context.Context) []Result {
 			}
 			_ = exec.Command("sync").Run()
 		}
-		_ = os.RemoveAll(h.path("work", "root-"+w.Name))
+		h.discard(h.path("work", "root-"+w.Name))
 	}
 	return out
 }
@@ -490,11 +517,11 @@ func (h *Harness) runScenario(ctx context.Context, s Scenario) Result {
 
 func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error {
 	dir := h.path("work", "baseline")
-	_ = os.RemoveAll(dir)
+	h.discard(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer h.discard(dir)
 	st0, err := h.proxyStats()
 	if err != nil {
 		return err
@@ -526,7 +553,7 @@ func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error 
 func (h *Harness) runLazy(ctx context.Context, s Scenario, r *Result) error {
 	root := h.path("work", "root-"+s.Workload.Name, s.Format)
 	if s.Mode != Warm && s.Mode != Kept {
-		_ = os.RemoveAll(root)
+		h.discard(root)
 	}
 	dir := h.path("work", "mnt")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -626,8 +653,8 @@ func (h *Harness) stopKept() {
 // run an image would. Nothing of it is measured.
 func (h *Harness) recordProfile(ctx context.Context, ref, dir string, w Workload) error {
 	root := h.path("work", "root-record")
-	_ = os.RemoveAll(root)
-	defer os.RemoveAll(root)
+	h.discard(root)
+	defer h.discard(root)
 	out, err := exec.CommandContext(ctx, h.cfg.Lazyroot, "mount", "--root", root, "--insecure-registry", h.proxyAddr(),
 		"--record-profile", "--publish-profile", ref, dir).CombinedOutput()
 	if err != nil {
