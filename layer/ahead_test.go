@@ -1,7 +1,6 @@
 package layer_test
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -81,20 +80,7 @@ func TestManifestAskedForBesideThePing(t *testing.T) {
 func TestManifestAheadOfATokenRegistry(t *testing.T) {
 	reg := testutil.NewRegistry(t)
 	ref, _ := pushOne(t, reg, "app:v1", "app", testutil.Gzip)
-	const token = "t0ken"
-	reg.Wrap(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch {
-			case r.URL.Path == "/token":
-				fmt.Fprintf(w, `{"token":%q}`, token)
-			case r.Header.Get("Authorization") != "Bearer "+token:
-				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="test"`, reg.URL()))
-				w.WriteHeader(http.StatusUnauthorized)
-			default:
-				next.ServeHTTP(w, r)
-			}
-		})
-	})
+	requireToken(reg)
 	st, err := layer.NewStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

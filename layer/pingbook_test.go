@@ -39,6 +39,25 @@ func settle(reg *testutil.Registry) {
 	}
 }
 
+// requireToken has reg ask every request for a bearer token, which it
+// hands out at /token without credentials.
+func requireToken(reg *testutil.Registry) {
+	const token = "t0ken"
+	reg.Wrap(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case r.URL.Path == "/token":
+				fmt.Fprintf(w, `{"token":%q}`, token)
+			case r.Header.Get("Authorization") != "Bearer "+token:
+				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="test"`, reg.URL()))
+				w.WriteHeader(http.StatusUnauthorized)
+			default:
+				next.ServeHTTP(w, r)
+			}
+		})
+	})
+}
+
 // resolveAndRead resolves ref with opts and reads etc/which from it.
 func resolveAndRead(t *testing.T, ref string, st *layer.Store, opts ...layer.Option) string {
 	t.Helper()
@@ -102,20 +121,7 @@ func TestPingBookStaleAnswerIsReplaced(t *testing.T) {
 	}
 	resolveAndRead(t, ref, st, layer.WithStore(st)) // keeps "200, anonymous"
 
-	const token = "t0ken"
-	reg.Wrap(func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			switch {
-			case r.URL.Path == "/token":
-				fmt.Fprintf(w, `{"token":%q}`, token)
-			case r.Header.Get("Authorization") != "Bearer "+token:
-				w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="%s/token",service="test"`, reg.URL()))
-				w.WriteHeader(http.StatusUnauthorized)
-			default:
-				next.ServeHTTP(w, r)
-			}
-		})
-	})
+	requireToken(reg)
 	// The first resolution pings afresh (the failed try's blob client may
 	// ping too: its race outlives the try); the next one does not.
 	for i, fresh := range []bool{true, false} {

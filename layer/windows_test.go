@@ -300,80 +300,116 @@ func TestWarmPrefetchFetchesNothingTheDiskHolds(t *testing.T) {
 	}
 }
 
-// TestOnDemandSpanReadTakesItsBatchWindow: a read of a span that a prefetch
-// batch is fetching takes the span's window from the batch, which fetched
-// it beside the span's bytes, rather than asking the windows blob again.
-func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
-	reg := testutil.NewRegistry(t)
-	img, files := resolvedSpanned(t, reg, "batch-window:v1", testutil.Gzip)
-	built := builtHere(t, img)
-	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
+// gatedLayer is the spanned gzip image, its index and windows published as
+// the registry's, opened on a fresh node that takes them; the registry
+// holds every range read of the layer until release is closed, so that a
+// prefetch batch is under way, its windows in, when a test's read comes.
+type gatedLayer struct {
+	reg     *testutil.Registry
+	img     *layer.Image
+	files   map[string][]byte
+	blob    string // the layer's digest
+	windows string // the windows blob's digest
+	stack   *layer.Stack
+	tree    *index.Tree
+	release chan struct{}
+}
+
+func newGatedLayer(t *testing.T, repoTag string) *gatedLayer {
+	t.Helper()
+	g := &gatedLayer{reg: testutil.NewRegistry(t), release: make(chan struct{})}
+	g.img, g.files = resolvedSpanned(t, g.reg, repoTag, testutil.Gzip)
+	built := builtHere(t, g.img)
+	if _, n, err := layer.Publish(context.Background(), g.img, built.Layers()); err != nil || n != 1 {
 		t.Fatalf("publish: %d indexes, %v", n, err)
 	}
-	windows := built.Layers()[0].Index.Windows.Digest
-	blob := img.Layers[0].Descriptor.Digest.String()
-	// The layer's bytes wait for release: the batch is under way, its
-	// window in, when the read comes.
-	release := make(chan struct{})
-	reg.Wrap(func(next http.Handler) http.Handler {
+	g.windows = built.Layers()[0].Index.Windows.Digest
+	g.blob = g.img.Layers[0].Descriptor.Digest.String()
+	g.reg.Wrap(func(next http.Handler) http.Handler {
 		mr := multiRangeMiddleware(next)
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.Contains(r.URL.Path, blob) && r.Header.Get("Range") != "" {
-				<-release
+			if strings.Contains(r.URL.Path, g.blob) && r.Header.Get("Range") != "" {
+				<-g.release
 			}
 			mr.ServeHTTP(w, r)
 		})
 	})
-	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
-	if o := stack.Layers()[0].Origin; o != layer.FromRegistry {
+	g.stack, _ = openStack(t, g.img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
+	if o := g.stack.Layers()[0].Origin; o != layer.FromRegistry {
 		t.Fatalf("index from %s", o)
 	}
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
+	var err error
+	if g.tree, err = index.Merge(g.stack.Indexes()); err != nil {
 		t.Fatal(err)
 	}
-	windowGets := func() (all, done int) {
-		for _, r := range reg.Requests() {
-			if r.Blob == windows && r.Method == http.MethodGet {
-				all++
-				if r.Status != 0 {
-					done++
-				}
+	return g
+}
+
+// windowGets counts the GETs of the windows blob since the registry's last
+// Reset, and those answered.
+func (g *gatedLayer) windowGets() (all, done int) {
+	for _, r := range g.reg.Requests() {
+		if r.Blob == g.windows && r.Method == http.MethodGet {
+			all++
+			if r.Status != 0 {
+				done++
 			}
 		}
-		return all, done
 	}
-	reg.Reset()
-	// data/small.txt lies in a span after data/b.txt's: the batch of it
-	// alone needs that span's window.
-	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now(),
-		Files: []layer.ProfileFile{{Layer: blob, Path: "data/small.txt"}}}
-	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
-	defer p.Stop()
+	return all, done
+}
+
+// prefetchHeld starts prefetching file as a profile would and waits for
+// its batch's windows to come in, its bytes held back.
+func (g *gatedLayer) prefetchHeld(t *testing.T, file string) *layer.Prefetch {
+	t.Helper()
+	g.reg.Reset()
+	prof := &layer.Profile{Version: 1, Image: g.img.Digest.String(), Created: time.Now(),
+		Files: []layer.ProfileFile{{Layer: g.blob, Path: file}}}
+	p := layer.StartPrefetch(context.Background(), g.stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
+	t.Cleanup(p.Stop)
 	deadline := time.Now().Add(10 * time.Second)
-	for _, done := windowGets(); done == 0; _, done = windowGets() {
+	for _, done := g.windowGets(); done == 0; _, done = g.windowGets() {
 		if time.Now().After(deadline) {
-			close(release)
+			close(g.release)
 			t.Fatal("the prefetch batch fetched no window")
 		}
 		time.Sleep(time.Millisecond)
 	}
-	read := make(chan struct{})
-	go func() {
-		defer close(read)
-		readCheck(t, stack, tree, "data/small.txt", files["data/small.txt"])
-	}()
-	// Give the read time to ask for the window itself, if it would.
-	time.Sleep(200 * time.Millisecond)
-	close(release)
-	<-read
-	waitPrefetch(t, p)
-	if all, _ := windowGets(); all != 1 {
-		for _, r := range reg.Requests() {
+	return p
+}
+
+// checkOneWindowGet fails t unless the windows blob was asked for once,
+// by the batch.
+func (g *gatedLayer) checkOneWindowGet(t *testing.T) {
+	t.Helper()
+	if all, _ := g.windowGets(); all != 1 {
+		for _, r := range g.reg.Requests() {
 			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
 		}
 		t.Errorf("%d requests for windows, want the batch's one", all)
 	}
+}
+
+// TestOnDemandSpanReadTakesItsBatchWindow: a read of a span that a prefetch
+// batch is fetching takes the span's window from the batch, which fetched
+// it beside the span's bytes, rather than asking the windows blob again.
+func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
+	g := newGatedLayer(t, "batch-window:v1")
+	// data/small.txt lies in a span after data/b.txt's: the batch of it
+	// alone needs that span's window.
+	p := g.prefetchHeld(t, "data/small.txt")
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		readCheck(t, g.stack, g.tree, "data/small.txt", g.files["data/small.txt"])
+	}()
+	// Give the read time to ask for the window itself, if it would.
+	time.Sleep(200 * time.Millisecond)
+	close(g.release)
+	<-read
+	waitPrefetch(t, p)
+	g.checkOneWindowGet(t)
 }
 
 // TestReadInsideABatchDecodesTheSpansBefore: a read that lands in a later
@@ -381,65 +417,20 @@ func TestOnDemandSpanReadTakesItsBatchWindow(t *testing.T) {
 // decoding got there, takes its window from decoding the spans before it
 // (their bytes are the batch's), not from a window request of its own.
 func TestReadInsideABatchDecodesTheSpansBefore(t *testing.T) {
-	reg := testutil.NewRegistry(t)
-	img, files := resolvedSpanned(t, reg, "chained-window:v1", testutil.Gzip)
-	built := builtHere(t, img)
-	if _, n, err := layer.Publish(context.Background(), img, built.Layers()); err != nil || n != 1 {
-		t.Fatalf("publish: %d indexes, %v", n, err)
-	}
-	windows := built.Layers()[0].Index.Windows.Digest
-	blob := img.Layers[0].Descriptor.Digest.String()
-	release := make(chan struct{})
-	reg.Wrap(func(next http.Handler) http.Handler {
-		mr := multiRangeMiddleware(next)
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.Contains(r.URL.Path, blob) && r.Header.Get("Range") != "" {
-				<-release
-			}
-			mr.ServeHTTP(w, r)
-		})
-	})
-	stack, _ := openStack(t, img, t.TempDir(), layer.StackOptions{IndexSource: layer.IndexRegistry})
-	tree, err := index.Merge(stack.Indexes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	windowGets := func() (all, done int) {
-		for _, r := range reg.Requests() {
-			if r.Blob == windows && r.Method == http.MethodGet {
-				all++
-				if r.Status != 0 {
-					done++
-				}
-			}
-		}
-		return all, done
-	}
-	reg.Reset()
+	g := newGatedLayer(t, "chained-window:v1")
 	// data/b.txt begins inside a span and covers six more: its batch
 	// fetches the first one's window alone.
-	prof := &layer.Profile{Version: 1, Image: img.Digest.String(), Created: time.Now(),
-		Files: []layer.ProfileFile{{Layer: blob, Path: "data/b.txt"}}}
-	p := layer.StartPrefetch(context.Background(), stack, layer.PrefetchOptions{Mode: layer.PrefetchProfile, Profile: prof})
-	defer p.Stop()
-	deadline := time.Now().Add(10 * time.Second)
-	for _, done := windowGets(); done == 0; _, done = windowGets() {
-		if time.Now().After(deadline) {
-			close(release)
-			t.Fatal("the prefetch batch fetched no window")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	n, ok := tree.Lookup("data/b.txt")
+	p := g.prefetchHeld(t, "data/b.txt")
+	n, ok := g.tree.Lookup("data/b.txt")
 	if !ok {
 		t.Fatal("data/b.txt missing")
 	}
-	want := files["data/b.txt"]
+	want := g.files["data/b.txt"]
 	off := int64(len(want)) - testSpan/2
 	got := make([]byte, testSpan/2)
 	read := make(chan error, 1)
 	go func() {
-		k, err := stack.ReadAt(context.Background(), n, got, off)
+		k, err := g.stack.ReadAt(context.Background(), n, got, off)
 		if err == nil || errors.Is(err, io.EOF) {
 			if k != len(got) {
 				err = fmt.Errorf("read %d of %d bytes", k, len(got))
@@ -451,7 +442,7 @@ func TestReadInsideABatchDecodesTheSpansBefore(t *testing.T) {
 	}()
 	// Give the read time to ask for the window itself, if it would.
 	time.Sleep(200 * time.Millisecond)
-	close(release)
+	close(g.release)
 	if err := <-read; err != nil {
 		t.Fatal(err)
 	}
@@ -459,12 +450,7 @@ func TestReadInsideABatchDecodesTheSpansBefore(t *testing.T) {
 		t.Fatal("the end of data/b.txt reads wrong")
 	}
 	waitPrefetch(t, p)
-	if all, _ := windowGets(); all != 1 {
-		for _, r := range reg.Requests() {
-			t.Logf("%s %s %q", r.Method, r.Path, r.Range)
-		}
-		t.Errorf("%d requests for windows, want the batch's one", all)
-	}
+	g.checkOneWindowGet(t)
 }
 
 // TestPrefetchFetchesAPlansWindowsTogether: a profile whose files lie far
