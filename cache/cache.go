@@ -65,7 +65,8 @@ type Stats struct {
 	// FillErrors counts fills that returned an error.
 	FillErrors uint64
 	// MemoryBytes is the cost the memory tier holds now (value bytes plus
-	// a small per-entry overhead); approximate while puts are in flight.
+	// a small per-entry overhead); approximate while puts are in flight,
+	// and a value put last that ristretto also kept counts twice.
 	MemoryBytes int64
 
 	// DiskHits and DiskMisses count lookups in the disk tier (one per

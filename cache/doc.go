@@ -11,7 +11,9 @@
 // time, and stores what it returns. Behind the front sit two tiers:
 //
 //   - [Memory], a bytes-bounded in-memory tier built on ristretto, private
-//     to the process;
+//     to the process, with an eighth of its bound (at most 64 MiB) kept
+//     for the values put last, which ristretto's admission refuses once
+//     it is full but readers of a large file ask for again at once;
 //   - [Disk] (when Options.Dir is set), a directory of entry files with a
 //     hard byte quota and least-recently-used eviction, shared by every
 //     process on the node that opens the same directory and kept across

@@ -19,8 +19,9 @@ const (
 
 // Memory is the bytes-bounded in-memory tier: a ristretto cache whose cost
 // for an entry is the length of its value (plus ristretto's small
-// per-entry overhead), so the sum it holds stays within the bound given to
-// NewMemory.
+// per-entry overhead), and beside it the values put last whatever
+// ristretto made of them (see recent), so the sum it holds stays within
+// the bound given to NewMemory.
 //
 // Values are stored as the exact slices passed to Put and returned as is
 // by Get: they are shared and must be treated as immutable by everyone.
@@ -34,6 +35,7 @@ type Memory struct {
 	mu     sync.RWMutex
 	closed bool // protected by mu
 	c      *ristretto.Cache[string, []byte]
+	recent *recent
 }
 
 // NewMemory returns a memory tier that holds at most maxBytes bytes.
@@ -42,16 +44,17 @@ func NewMemory(maxBytes int64) (*Memory, error) {
 	if maxBytes <= 0 {
 		return nil, fmt.Errorf("new memory tier: bound %d bytes is not positive", maxBytes)
 	}
+	recentBytes := min(maxBytes/recentShare, maxRecentBytes)
 	counters := max(maxBytes/expectedItemBytes*countersPerItem, minCounters)
 	c, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
 		NumCounters: counters,
-		MaxCost:     maxBytes,
+		MaxCost:     maxBytes - recentBytes,
 		BufferItems: bufferItems,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("new memory tier: %w", err)
 	}
-	return &Memory{c: c}, nil
+	return &Memory{c: c, recent: newRecent(recentBytes)}, nil
 }
 
 // Get returns the bytes stored for key and whether there were any. The
@@ -63,7 +66,10 @@ func (m *Memory) Get(key Key) ([]byte, bool) {
 	if m.closed {
 		return nil, false
 	}
-	return m.c.Get(string(key))
+	if b, ok := m.c.Get(string(key)); ok {
+		return b, true
+	}
+	return m.recent.get(key)
 }
 
 // Put stores b under key, keeping b itself (not a copy): neither the
@@ -77,6 +83,7 @@ func (m *Memory) Put(key Key, b []byte) {
 	if m.closed {
 		return
 	}
+	m.recent.put(key, b)
 	cost := int64(len(b))
 	if !m.c.Set(string(key), b, cost) {
 		// ristretto drops a set when its buffer is full; let the buffer
@@ -91,14 +98,17 @@ func (m *Memory) Put(key Key, b []byte) {
 
 // heldBytes reports the cost the tier holds now: value bytes plus
 // ristretto's per-entry overhead. It is approximate while puts are in
-// flight.
+// flight, and counts twice a value both ristretto and recent hold.
 func (m *Memory) heldBytes() int64 {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	if m.closed {
 		return 0
 	}
-	return m.c.MaxCost() - m.c.RemainingCost()
+	m.recent.mu.Lock()
+	recentBytes := m.recent.bytes
+	m.recent.mu.Unlock()
+	return m.c.MaxCost() - m.c.RemainingCost() + recentBytes
 }
 
 // Close releases the tier's memory and its background goroutines. It may
@@ -112,4 +122,5 @@ func (m *Memory) Close() {
 	}
 	m.closed = true
 	m.c.Close()
+	m.recent.clear()
 }

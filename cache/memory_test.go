@@ -112,6 +112,81 @@ func TestMemoryBounded(t *testing.T) {
 	}
 }
 
+// TestMemoryKeepsWhatAScanJustPut: once the tier is full of entries read
+// often, ristretto refuses most new ones; the values put last must still
+// be served (a large file is read in several pieces right after each of
+// its chunks is fetched), and the tier must stay within its bound.
+func TestMemoryKeepsWhatAScanJustPut(t *testing.T) {
+	const bound = 8 << 20
+	const size = 256 << 10
+	m := newTestMemory(t, bound)
+	value := make([]byte, size)
+	for i := range 2 * bound / size {
+		k := NewKey("sha256:hot", int64(i*size), size)
+		m.Put(k, value)
+		for range 8 {
+			m.Get(k)
+		}
+	}
+	missed := 0
+	const scan = 64
+	for i := range scan {
+		k := NewKey("sha256:scan", int64(i*size), size)
+		m.Put(k, value)
+		for piece := range 4 {
+			if _, ok := m.Get(k); !ok {
+				missed++
+				t.Logf("scan value %d missed at read %d after its Put", i, piece)
+				break
+			}
+		}
+	}
+	if missed > 0 {
+		t.Errorf("%d of %d values missed within four reads of their Put", missed, scan)
+	}
+	if held := m.heldBytes(); held > bound {
+		t.Errorf("tier holds cost %d after the scan, want at most %d", held, bound)
+	}
+}
+
+func TestRecentDropsOldestFirst(t *testing.T) {
+	tests := []struct {
+		name     string
+		max      int64
+		puts     []int // sizes, keyed by position
+		wantHeld []int // positions held at the end
+	}{
+		{"all fit", 10, []int{3, 3, 3}, []int{0, 1, 2}},
+		{"oldest out", 10, []int{4, 4, 4}, []int{1, 2}},
+		{"several out for a large one", 10, []int{3, 3, 3, 9}, []int{3}},
+		{"larger than the bound", 10, []int{4, 11}, []int{0}},
+		{"a long scan", 6, []int{2, 2, 2, 2, 2, 2, 2, 2, 2}, []int{6, 7, 8}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRecent(tt.max)
+			key := func(i int) Key { return NewKey("sha256:recent", int64(i), int64(tt.puts[i])) }
+			for i, size := range tt.puts {
+				r.put(key(i), make([]byte, size))
+			}
+			var held []int
+			var bytes int64
+			for i := range tt.puts {
+				if b, ok := r.get(key(i)); ok {
+					held = append(held, i)
+					bytes += int64(len(b))
+				}
+			}
+			if fmt.Sprint(held) != fmt.Sprint(tt.wantHeld) {
+				t.Errorf("held %v, want %v", held, tt.wantHeld)
+			}
+			if bytes > tt.max || bytes != r.bytes {
+				t.Errorf("held %d bytes (counted %d), want the count and at most %d", bytes, r.bytes, tt.max)
+			}
+		})
+	}
+}
+
 func TestMemoryRefusesValueOverBound(t *testing.T) {
 	m := newTestMemory(t, 1<<10)
 	key := NewKey("sha256:big", 0, 2<<10)
