@@ -53,6 +53,9 @@ func TestNewOptions(t *testing.T) {
 			if got := c.mem.c.MaxCost() + c.mem.recent.max; got != tt.wantBound {
 				t.Errorf("memory bound = %d, want %d", got, tt.wantBound)
 			}
+			if got, want := c.mem.recent.max, min(tt.wantBound/recentShare, maxRecentBytes); got != want {
+				t.Errorf("bound of the values put last = %d, want %d", got, want)
+			}
 		})
 	}
 }

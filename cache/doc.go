@@ -192,9 +192,10 @@
 // tries it with LOCK_NB and counts the file as a live writer's when it
 // fails. (And the waits for 2 and 3 are bounded anyway.)
 //
-// Cache.wmu (write-behind state) and Memory.mu are leaves, each taken
-// while holding no other lock of the package, with none taken under
-// them (but ristretto's own, under Memory.mu).
+// Cache.wmu (write-behind state) and Memory.mu are taken while holding no
+// other lock of the package; none is taken under Cache.wmu, and under
+// Memory.mu only ristretto's own and the leaf recent.mu (the values put
+// last).
 //
 // # Concurrency
 //

@@ -19,15 +19,15 @@ const (
 
 // Memory is the bytes-bounded in-memory tier: a ristretto cache whose cost
 // for an entry is the length of its value (plus ristretto's small
-// per-entry overhead), and beside it the values put last whatever
-// ristretto made of them (see recent), so the sum it holds stays within
-// the bound given to NewMemory.
+// per-entry overhead), and beside it the values put last, whether or not
+// ristretto admitted them (see recent), each charged its key and value
+// and a small overhead, so the sum it holds stays within the bound given
+// to NewMemory.
 //
 // Values are stored as the exact slices passed to Put and returned as is
 // by Get: they are shared and must be treated as immutable by everyone.
 //
-// Lock order: mu only; no other lock is taken while it is held, except
-// ristretto's own.
+// Lock order: mu, then ristretto's own locks or recent.mu (a leaf).
 type Memory struct {
 	// mu guards the lifetime of c: Get and Put hold it for reading,
 	// Close for writing, so no call reaches ristretto while or after it
@@ -105,10 +105,7 @@ func (m *Memory) heldBytes() int64 {
 	if m.closed {
 		return 0
 	}
-	m.recent.mu.Lock()
-	recentBytes := m.recent.bytes
-	m.recent.mu.Unlock()
-	return m.c.MaxCost() - m.c.RemainingCost() + recentBytes
+	return m.c.MaxCost() - m.c.RemainingCost() + m.recent.held()
 }
 
 // Close releases the tier's memory and its background goroutines. It may

@@ -114,11 +114,13 @@ func TestMemoryBounded(t *testing.T) {
 
 // TestMemoryKeepsWhatAScanJustPut: once the tier is full of entries read
 // often, ristretto refuses most new ones; the values put last must still
-// be served (a large file is read in several pieces right after each of
-// its chunks is fetched), and the tier must stay within its bound.
+// be served, as a job reads a large file in several pieces just after
+// readahead has fetched its chunks and a few more, and the tier must stay
+// within its bound.
 func TestMemoryKeepsWhatAScanJustPut(t *testing.T) {
-	const bound = 8 << 20
+	const bound = 32 << 20 // recent: 4 MiB
 	const size = 256 << 10
+	const ahead = 8 // values put before the first read of a value: 2 MiB
 	m := newTestMemory(t, bound)
 	value := make([]byte, size)
 	for i := range 2 * bound / size {
@@ -128,60 +130,72 @@ func TestMemoryKeepsWhatAScanJustPut(t *testing.T) {
 			m.Get(k)
 		}
 	}
-	missed := 0
 	const scan = 64
-	for i := range scan {
-		k := NewKey("sha256:scan", int64(i*size), size)
-		m.Put(k, value)
-		for piece := range 4 {
-			if _, ok := m.Get(k); !ok {
-				missed++
-				t.Logf("scan value %d missed at read %d after its Put", i, piece)
-				break
+	key := func(i int) Key { return NewKey("sha256:scan", int64(i*size), size) }
+	missed := 0
+	for i := range scan + ahead {
+		if i < scan {
+			m.Put(key(i), value)
+		}
+		if r := i - ahead; r >= 0 {
+			for piece := range 4 {
+				if _, ok := m.Get(key(r)); !ok {
+					missed++
+					t.Logf("scan value %d missed at read %d, %d values after its Put", r, piece, ahead)
+					break
+				}
 			}
 		}
 	}
 	if missed > 0 {
-		t.Errorf("%d of %d values missed within four reads of their Put", missed, scan)
+		t.Errorf("%d of %d values missed within four reads, %d values after their Put", missed, scan, ahead)
 	}
 	if held := m.heldBytes(); held > bound {
 		t.Errorf("tier holds cost %d after the scan, want at most %d", held, bound)
 	}
 }
 
+// TestRecentDropsOldestFirst checks which values recent keeps within its
+// bound, each charged its key, its value and a fixed overhead.
 func TestRecentDropsOldestFirst(t *testing.T) {
+	const k = 1 << 10
+	type put struct{ key, size int }
 	tests := []struct {
 		name     string
 		max      int64
-		puts     []int // sizes, keyed by position
-		wantHeld []int // positions held at the end
+		puts     []put
+		wantHeld []int // keys held at the end
 	}{
-		{"all fit", 10, []int{3, 3, 3}, []int{0, 1, 2}},
-		{"oldest out", 10, []int{4, 4, 4}, []int{1, 2}},
-		{"several out for a large one", 10, []int{3, 3, 3, 9}, []int{3}},
-		{"larger than the bound", 10, []int{4, 11}, []int{0}},
-		{"a long scan", 6, []int{2, 2, 2, 2, 2, 2, 2, 2, 2}, []int{6, 7, 8}},
+		{"all fit", 10 * k, []put{{0, 3 * k}, {1, 3 * k}, {2, 3 * k}}, []int{0, 1, 2}},
+		{"oldest out", 10 * k, []put{{0, 4 * k}, {1, 4 * k}, {2, 4 * k}}, []int{1, 2}},
+		{"several out for a large one", 10 * k, []put{{0, 3 * k}, {1, 3 * k}, {2, 3 * k}, {3, 9 * k}}, []int{3}},
+		{"larger than the bound", 10 * k, []put{{0, 4 * k}, {1, 11 * k}}, []int{0}},
+		{"keys and overhead count", 6 * k, []put{{0, 2 * k}, {1, 2 * k}, {2, 2 * k}, {3, 2 * k}}, []int{2, 3}},
+		{"a key put again keeps its place", 10 * k, []put{{0, 3 * k}, {1, 3 * k}, {0, 3 * k}, {2, 3 * k}, {3, 3 * k}}, []int{1, 2, 3}},
+		{"empty values are charged", 4 * recentEntryCost, []put{{0, 0}, {1, 0}, {2, 0}, {3, 0}, {4, 0}, {5, 0}}, []int{3, 4, 5}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newRecent(tt.max)
-			key := func(i int) Key { return NewKey("sha256:recent", int64(i), int64(tt.puts[i])) }
-			for i, size := range tt.puts {
-				r.put(key(i), make([]byte, size))
+			key := func(i int) Key { return NewKey(fmt.Sprintf("sha256:%02d", i), 0, 0) }
+			last := 0
+			for _, p := range tt.puts {
+				r.put(key(p.key), make([]byte, p.size))
+				last = max(last, p.key)
 			}
 			var held []int
-			var bytes int64
-			for i := range tt.puts {
+			var cost int64
+			for i := range last + 1 {
 				if b, ok := r.get(key(i)); ok {
 					held = append(held, i)
-					bytes += int64(len(b))
+					cost += entryCost(key(i), b)
 				}
 			}
 			if fmt.Sprint(held) != fmt.Sprint(tt.wantHeld) {
 				t.Errorf("held %v, want %v", held, tt.wantHeld)
 			}
-			if bytes > tt.max || bytes != r.bytes {
-				t.Errorf("held %d bytes (counted %d), want the count and at most %d", bytes, r.bytes, tt.max)
+			if cost > tt.max || cost != r.held() {
+				t.Errorf("entries cost %d (counted %d), want the count and at most %d", cost, r.held(), tt.max)
 			}
 		})
 	}

@@ -32,6 +32,15 @@ func TestPeek(t *testing.T) {
 	if allocs := testing.AllocsPerRun(100, func() { c.Peek(key) }); allocs != 0 {
 		t.Errorf("Peek hit allocates %v times, want 0", allocs)
 	}
+	// A hit on a value ristretto dropped, served from the values put last.
+	c.mem.c.Del(string(key))
+	c.mem.c.Wait()
+	if b, ok := c.Peek(key); !ok || string(b) != "abc" {
+		t.Fatalf("Peek of a value put last = %q, %v", b, ok)
+	}
+	if allocs := testing.AllocsPerRun(100, func() { c.Peek(key) }); allocs != 0 {
+		t.Errorf("Peek hit on a value put last allocates %v times, want 0", allocs)
+	}
 	c.Close()
 	if _, ok := c.Peek(key); ok {
 		t.Error("Peek hit after Close")

@@ -8,6 +8,9 @@ import "sync"
 const (
 	recentShare    = 8
 	maxRecentBytes = 64 << 20
+	// recentEntryCost is what recent charges an entry beyond its key and
+	// value: its map entry and its place in the queue.
+	recentEntryCost = 64
 )
 
 // recent holds the values most recently put in the memory tier, up to a
@@ -20,11 +23,11 @@ const (
 // right after the chunk is fetched, and without recent each piece after
 // the first would read the whole chunk back from the disk tier.
 //
-// Its methods are safe for concurrent use.
+// Its methods are safe for concurrent use; mu is a leaf lock.
 type recent struct {
 	mu    sync.Mutex
 	max   int64          // set once
-	bytes int64          // guarded by mu: sum of len(vals[k])
+	bytes int64          // guarded by mu: sum of the entries' costs (entryCost)
 	vals  map[Key][]byte // guarded by mu
 	order []Key          // guarded by mu: keys of vals from order[head], oldest first
 	head  int            // guarded by mu
@@ -42,11 +45,16 @@ func (r *recent) get(key Key) ([]byte, bool) {
 	return b, ok
 }
 
+// entryCost is what an entry of key and b counts against the bound.
+func entryCost(key Key, b []byte) int64 {
+	return int64(len(key)) + int64(len(b)) + recentEntryCost
+}
+
 // put holds b under key, dropping the oldest values to stay within the
-// bound. A value larger than the bound is not held; a key already held
-// keeps its value and place.
+// bound. A value whose entry costs more than the bound is not held; a key
+// already held keeps its value and place.
 func (r *recent) put(key Key, b []byte) {
-	n := int64(len(b))
+	n := entryCost(key, b)
 	if n > r.max {
 		return
 	}
@@ -59,7 +67,7 @@ func (r *recent) put(key Key, b []byte) {
 		old := r.order[r.head]
 		r.order[r.head] = ""
 		r.head++
-		r.bytes -= int64(len(r.vals[old]))
+		r.bytes -= entryCost(old, r.vals[old])
 		delete(r.vals, old)
 	}
 	if r.head > len(r.order)/2 {
@@ -69,6 +77,13 @@ func (r *recent) put(key Key, b []byte) {
 	r.order = append(r.order, key)
 	r.vals[key] = b
 	r.bytes += n
+}
+
+// held returns the cost of the entries held.
+func (r *recent) held() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes
 }
 
 // clear drops every value.

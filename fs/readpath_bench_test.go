@@ -214,7 +214,8 @@ func readWhole(b *testing.B, path string, buf []byte) (int64, time.Duration) {
 // (target: at least 0.8).
 //
 // Variants: mem (the whole file in the memory tier) and disk (a small
-// memory tier, so the bytes come from the disk tier, as they do for a
+// memory tier, so each chunk is read from the disk tier, once: its later
+// pieces come from the values the memory tier put last, as they do for a
 // file larger than memory on a node whose cache is warm); tuned and
 // untuned mount options.
 func BenchmarkSequentialReadWarm(b *testing.B) {
