@@ -216,12 +216,23 @@ func numCPU() int {
 	return n
 }
 
+// gitRev names the commit of the checkout bin was built in (bin is
+// CHECKOUT/bin/NAME), and says so if tracked files had uncommitted changes.
 func gitRev(bin string) string {
-	out, err := exec.Command("git", "-C", filepath.Dir(filepath.Dir(bin)), "rev-parse", "--short", "HEAD").Output()
+	dir := filepath.Dir(filepath.Dir(bin))
+	out, err := exec.Command("git", "-C", dir, "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return "(unknown commit)"
 	}
-	return "at " + strings.TrimSpace(string(out)) + " (plus uncommitted work in the tree)"
+	rev := "at " + strings.TrimSpace(string(out))
+	changes, err := exec.Command("git", "-C", dir, "status", "--porcelain", "--untracked-files=no").Output()
+	switch {
+	case err != nil:
+		rev += " (whether the tree had uncommitted work is unknown)"
+	case strings.TrimSpace(string(changes)) != "":
+		rev += " (plus uncommitted work in the tree)"
+	}
+	return rev
 }
 
 func proxy(args []string) error {
