@@ -39,6 +39,13 @@ const (
 	// a small directory are often read together (a locale's categories,
 	// a package's modules, /etc), each a round trip apart.
 	smallDir = 128 << 10
+	// dirAhead is the most compressed bytes a directory's files may take
+	// for a second miss in it to fetch them all: a job that missed twice
+	// in one directory reads many of its files, one round trip after
+	// another, as a compiler reads headers (16 misses in bits/ alone for
+	// gcc's hello.c, whose headers take 220 KB there) or a program its
+	// modules.
+	dirAhead = 512 << 10
 )
 
 // readahead tracks the on-demand misses of one layer, and the reads of a
@@ -57,6 +64,10 @@ type readahead struct {
 	order     []*index.Chunk // the layer's chunks in blob order; set once by orderOnce
 	dirOf     []int32        // the directory of order[i]'s file, an index in dirs; set with order
 	dirs      []dirChunks    // set with order
+
+	// missedDirs counts the misses in each directory (an index in dirs),
+	// up to 2: the second fetches the directory whole, once.
+	missedDirs map[int32]uint8 // guarded by mu
 
 	// armed is the latest fetch of a layer read in order, if a read in
 	// it is to start the next; nil when none is. Set under mu (a miss
@@ -127,8 +138,9 @@ type dirChunks struct {
 // plan notes a miss of chunk c of l and returns the chunks before and after
 // it in the blob to fetch with it, each in blob order: after it, those
 // within missNeighbours, or within the growing window when the miss
-// follows the last one; and for a lone miss in a small directory, the
-// chunks of that directory's other files, when they lie together. inOrder
+// follows the last one; and for a lone miss in a small directory, or the
+// second miss in a directory of at most dirAhead bytes, the chunks of that
+// directory's other files, when they lie together. inOrder
 // reports a run of misses long enough to fetch ahead of the reads: the
 // window grew once (two files next to each other are common in any
 // start-up).
@@ -163,8 +175,15 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.
 		i++
 	}
 	end := c.BlobEnd + window
-	if ci < len(order) && order[ci].BlobOffset == c.BlobOffset && r.window == 0 {
-		if d := r.dirs[r.dirOf[ci]]; d.bytes <= smallDir && order[d.last].BlobEnd-order[d.first].BlobOffset <= 2*smallDir {
+	if ci < len(order) && order[ci].BlobOffset == c.BlobOffset {
+		di := r.dirOf[ci]
+		d := r.dirs[di]
+		together := order[d.last].BlobEnd - order[d.first].BlobOffset
+		lone := r.window == 0 && d.bytes <= smallDir && together <= 2*smallDir
+		// Again: whatever the window, and with at most as many bytes of
+		// other files in between as its own.
+		again := r.missedAgain(di) && d.bytes <= dirAhead && together <= 2*max(d.bytes, smallDir)
+		if lone || again {
 			// Only what lies between the directory's first and last
 			// chunks: its files, and what a tar puts between them.
 			before = order[d.first:ci]
@@ -178,6 +197,21 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.
 		r.nextOff = after[len(after)-1].BlobEnd
 	}
 	return before, after, r.window > readaheadMin
+}
+
+// missedAgain notes a miss in directory di and reports whether it is the
+// second there: the first two misses are counted, later ones are not
+// (the second fetched the directory, or it is too large to). mu must be
+// held.
+func (r *readahead) missedAgain(di int32) bool {
+	if r.missedDirs == nil {
+		r.missedDirs = map[int32]uint8{}
+	}
+	n := r.missedDirs[di]
+	if n < 2 {
+		r.missedDirs[di] = n + 1
+	}
+	return n == 1
 }
 
 // nextChunks plans the fetch after the last one of a layer read in order:

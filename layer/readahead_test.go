@@ -35,15 +35,19 @@ func resolveOneLayer(t *testing.T, reg *testutil.Registry, repoTag string, ents 
 
 // TestReadaheadFollowsSequentialMisses: reading every file of a chunked
 // layer in layer order costs a few widened requests, not one per file;
-// reads that jump around fetch about their own chunks; every byte read is
-// right either way.
+// reads that jump around, in a directory too large to fetch whole, fetch
+// about their own chunks; every byte read is right either way.
 func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 	const files = 300
 	var ents []testutil.Entry
 	want := map[string][]byte{}
+	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range files {
 		name := fmt.Sprintf("data/f%03d", i)
-		content := textBytes(uint64(i), 3000+i)
+		content := make([]byte, 2500+i) // does not compress: 780 KB stored
+		for j := range content {
+			content[j] = byte(rng.Uint32())
+		}
 		ents = append(ents, testutil.Entry{Name: name, Content: content})
 		want[name] = content
 	}
@@ -97,7 +101,8 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 // directory fetches that directory's other files with it, those before
 // it in the layer too (a locale's categories are read in no layer order);
 // a lone miss in a large directory does not, nor one in a small directory
-// whose files lie apart.
+// whose files lie apart. A second miss in a directory of up to 512 KiB
+// fetches it whole (a compiler's headers); in a larger one it does not.
 func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 	var ents []testutil.Entry
 	want := map[string][]byte{}
@@ -127,6 +132,13 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 	}
 	for i := range 10 {
 		add(fmt.Sprintf("loc/f%d", i), textBytes(uint64(i), 3000))
+	}
+	for i := range 80 { // 640 KiB that do not compress: over dirAhead
+		b := make([]byte, 8<<10)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		add(fmt.Sprintf("huge/f%02d", i), b)
 	}
 	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
 		t.Run(string(f), func(t *testing.T) {
@@ -168,6 +180,19 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 			read("big/f03")
 			if n := blobGets(); n != 2 {
 				t.Errorf("two lone misses in a large directory took %d blob requests; want 2", n)
+			}
+			for i := range 24 {
+				read(fmt.Sprintf("big/f%02d", i))
+			}
+			if n := blobGets(); n != 2 {
+				t.Errorf("reading the rest of a 192 KiB directory after two misses in it took %d more blob requests; want none", n-2)
+			}
+			reg.Reset()
+			for _, name := range []string{"huge/f70", "huge/f05", "huge/f40", "huge/f20"} {
+				read(name)
+			}
+			if n := blobGets(); n != 4 {
+				t.Errorf("four misses far apart in a 640 KiB directory took %d blob requests; want 4", n)
 			}
 		})
 	}
