@@ -529,14 +529,15 @@ func (h *Harness) runBaseline(ctx context.Context, s Scenario, r *Result) error 
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, h.cfg.Self, "pull", "--registry", "http://"+h.proxyAddr(),
 		"--repo", "bench/"+s.Workload.Image, "--tag", "gzip", "--dir", dir)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("pull: %w: %s", err, stderr.String())
 	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	r.CPU += rusageCPU(ru)
-	r.PeakRSS = ru.Maxrss << 10
+	r.CPU += rusageCPU(cmd.ProcessState.SysUsage().(*syscall.Rusage))
+	if r.PeakRSS = parsePeakRSS(stdout.String()); r.PeakRSS == 0 {
+		return fmt.Errorf("pull: no %q line in its output %q", PeakRSSLine, stdout.String())
+	}
 	r.Prepare = time.Since(start)
 	if err := h.runJob(ctx, dir, s.Workload, start, r); err != nil {
 		return err
@@ -776,6 +777,22 @@ func ParseStatCPU(stat string, hz int64) (time.Duration, error) {
 		return 0, errors.New("malformed stat times")
 	}
 	return time.Duration((ut + st) * int64(time.Second) / hz), nil
+}
+
+// PeakRSSLine starts the line in which "lzbench pull" reports its peak
+// resident memory (its VmHWM) in bytes.
+const PeakRSSLine = "peak-rss"
+
+// parsePeakRSS returns the bytes a PeakRSSLine in out reports, or 0.
+func parsePeakRSS(out string) int64 {
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, PeakRSSLine+" "); ok {
+			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n > 0 {
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 // ParseVmHWM returns the VmHWM line of /proc/PID/status in bytes, or 0.

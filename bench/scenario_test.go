@@ -76,6 +76,17 @@ func TestProcParsing(t *testing.T) {
 	if got := ParseVmHWM(status); got != 50<<20 {
 		t.Errorf("VmHWM = %d", got)
 	}
+	for out, want := range map[string]int64{
+		"peak-rss 17301504\n":               17301504,
+		"extracted 3 layers\npeak-rss 42\n": 42,
+		"peak-rss\n":                        0,
+		"peak-rss -5\n":                     0,
+		"":                                  0,
+	} {
+		if got := parsePeakRSS(out); got != want {
+			t.Errorf("parsePeakRSS(%q) = %d, want %d", out, got, want)
+		}
+	}
 }
 
 func TestTBFArgs(t *testing.T) {
