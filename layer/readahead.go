@@ -46,6 +46,11 @@ const (
 	// gcc's hello.c, whose headers take 220 KB there) or a program its
 	// modules.
 	dirAhead = 512 << 10
+	// pieceGap is the largest hole between two ranges of one fetch that
+	// is fetched rather than left out: a part of a multi-range answer
+	// costs its own headers and, where ranges are read one by one, a
+	// request.
+	pieceGap = 16 << 10
 )
 
 // readahead tracks the on-demand misses of one layer, and the reads of a
@@ -140,11 +145,13 @@ type dirChunks struct {
 // within missNeighbours, or within the growing window when the miss
 // follows the last one; and for a lone miss in a small directory, or the
 // second miss in a directory of at most dirAhead bytes, the chunks of that
-// directory's other files, when they lie together. inOrder
+// directory's other files: in before and after when they lie together,
+// else in dir (blob order), to be fetched apart from what lies between
+// them. inOrder
 // reports a run of misses long enough to fetch ahead of the reads: the
 // window grew once (two files next to each other are common in any
 // start-up).
-func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.Chunk, inOrder bool) {
+func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after, dir []*index.Chunk, inOrder bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	follows := r.nextOff > 0 && c.BlobOffset >= r.nextOff-readaheadGap && c.BlobOffset <= r.nextOff+readaheadGap
@@ -180,14 +187,22 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.
 		d := r.dirs[di]
 		together := order[d.last].BlobEnd - order[d.first].BlobOffset
 		lone := r.window == 0 && d.bytes <= smallDir && together <= 2*smallDir
-		// Again: whatever the window, and with at most as many bytes of
-		// other files in between as its own.
-		again := r.missedAgain(di) && d.bytes <= dirAhead && together <= 2*max(d.bytes, smallDir)
-		if lone || again {
+		// Again: whatever the window.
+		again := r.missedAgain(di) && d.bytes <= dirAhead
+		switch {
+		case lone || again && together <= 2*max(d.bytes, smallDir):
 			// Only what lies between the directory's first and last
 			// chunks: its files, and what a tar puts between them.
 			before = order[d.first:ci]
 			end = max(end, order[d.last].BlobEnd)
+		case again:
+			// Its files lie among more of others' (its subdirectories',
+			// in a tar): its own chunks alone, as ranges of one request.
+			for j := d.first; j <= d.last; j++ {
+				if r.dirOf[j] == di && j != ci {
+					dir = append(dir, order[j])
+				}
+			}
 		}
 	}
 	for ; i < len(order) && order[i].BlobEnd <= end; i++ {
@@ -196,7 +211,47 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after []*index.
 	if len(after) > 0 {
 		r.nextOff = after[len(after)-1].BlobEnd
 	}
-	return before, after, r.window > readaheadMin
+	return before, after, dir, r.window > readaheadMin
+}
+
+// mergeChunks returns the chunks of a and b, each in blob order, in blob
+// order and each once.
+func mergeChunks(a, b []*index.Chunk) []*index.Chunk {
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]*index.Chunk, 0, len(a)+len(b))
+	for len(a) > 0 || len(b) > 0 {
+		var next *index.Chunk
+		switch {
+		case len(b) == 0 || len(a) > 0 && a[0].BlobOffset <= b[0].BlobOffset:
+			next, a = a[0], a[1:]
+		default:
+			next, b = b[0], b[1:]
+		}
+		if n := len(out); n == 0 || out[n-1] != next {
+			out = append(out, next)
+		}
+	}
+	return out
+}
+
+// chunkPieces returns the blob ranges of chunks (in blob order), merged
+// where fewer than pieceGap bytes lie between them; nil when that leaves
+// one range, which the caller fetches whole.
+func chunkPieces(chunks []*index.Chunk) []piece {
+	var ps []piece
+	for _, c := range chunks {
+		if n := len(ps); n > 0 && c.BlobOffset-ps[n-1].end < pieceGap {
+			ps[n-1].end = max(ps[n-1].end, c.BlobEnd)
+			continue
+		}
+		ps = append(ps, piece{off: c.BlobOffset, end: c.BlobEnd})
+	}
+	if len(ps) <= 1 {
+		return nil
+	}
+	return ps
 }
 
 // missedAgain notes a miss in directory di and reports whether it is the
@@ -507,7 +562,7 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	if !isRemote(l) {
 		return s.readChunk(ctx, l, c)
 	}
-	if bb := l.ahead.last.Load(); bb != nil && c.BlobOffset >= bb.start && c.BlobEnd <= bb.end {
+	if bb := l.ahead.last.Load(); bb != nil && bb.holds(c.BlobOffset, c.BlobEnd) {
 		// Inside a widened fetch, made or in flight: share it.
 		if data, err := s.readChunk(ctx, l.view(bb), c); err == nil {
 			return data, nil
@@ -519,7 +574,7 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		// started, else fetch it alone, widening no further.
 		return s.readChunk(ctx, l, c)
 	}
-	before, after, inOrder := l.ahead.plan(l, c)
+	before, after, dir, inOrder := l.ahead.plan(l, c)
 	// Cached ends need not be fetched again (cached chunks in the
 	// middle are, to keep one request: the fill skips them).
 	for len(after) > 0 && s.cache.Holds(l.chunkKey(after[len(after)-1])) {
@@ -544,6 +599,12 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 			break
 		}
 	}
+	// A directory's own chunks, without those cached or being fetched.
+	dir = slices.DeleteFunc(dir, func(dc *index.Chunk) bool {
+		return s.cache.Holds(l.chunkKey(dc)) || l.inflight.covering(dc.BlobOffset, dc.BlobEnd) != nil
+	})
+	k, _ := slices.BinarySearchFunc(dir, c.BlobOffset, func(dc *index.Chunk, off int64) int { return cmpInt64(dc.BlobOffset, off) })
+	before, after = mergeChunks(before, dir[:k]), mergeChunks(after, dir[k:])
 	if len(before)+len(after) == 0 {
 		if inOrder {
 			// The window holds no chunk after this one yet: the next
@@ -555,6 +616,8 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	extra := append(slices.Clip(before), after...)
 	bb := &batchBlob{blobReader: l.blob, start: extra[0].BlobOffset, end: extra[len(extra)-1].BlobEnd}
 	bb.start, bb.end = min(bb.start, c.BlobOffset), max(bb.end, c.BlobEnd)
+	// A directory's files among others' leave holes, not fetched.
+	bb.pieces = chunkPieces(mergeChunks(extra, []*index.Chunk{c}))
 	// Published before the fetch, so misses inside it wait for it rather
 	// than fetching their chunks again (inflight keeps it findable when a
 	// later fetch replaces it as the last).

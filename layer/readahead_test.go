@@ -140,6 +140,20 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 		}
 		add(fmt.Sprintf("huge/f%02d", i), b)
 	}
+	// A directory whose files lie among its subdirectories' 600 KiB, as
+	// a tar puts them.
+	for i, part := range []string{"a", "b", "c"} {
+		for j := range 5 {
+			add(fmt.Sprintf("inc/%s%d", part, j), textBytes(uint64(200+10*i+j), 3000))
+		}
+		if i < 2 {
+			b := make([]byte, 300<<10)
+			for j := range b {
+				b[j] = byte(rng.Uint32())
+			}
+			add(fmt.Sprintf("inc/sub%d/big", i), b)
+		}
+	}
 	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
 		t.Run(string(f), func(t *testing.T) {
 			reg := testutil.NewRegistry(t)
@@ -158,12 +172,39 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 				t.Helper()
 				readCheck(t, stack, tree, name, want[name])
 			}
-			reg.Reset()
-			read("split/f4")
-			read("split/f0")
-			if n := blobGets(); n != 2 {
-				t.Errorf("two lone misses in a small directory whose files lie apart took %d blob requests; want 2", n)
+			blobBytes := func() (n int64) {
+				for _, r := range reg.Requests() {
+					if r.Blob == digest.String() && r.Method == "GET" {
+						n += r.Bytes
+					}
+				}
+				return n
 			}
+			// Two misses in a directory, then a read of each of its files:
+			// the second miss fetches its files, and only its own (as
+			// ranges of one request; this registry answers a range at a
+			// time).
+			twoMissesThenAll := func(dir string, misses []string, files []string, maxBytes int64) {
+				t.Helper()
+				reg.Reset()
+				read(misses[0])
+				if n := blobGets(); n != 1 {
+					t.Fatalf("a lone miss in %s took %d blob requests", dir, n)
+				}
+				read(misses[1])
+				n := blobGets()
+				for _, name := range files {
+					read(name)
+				}
+				if more := blobGets() - n; more != 0 || blobBytes() > maxBytes {
+					t.Errorf("reading the files of %s after two misses in it took %d more blob requests, %d bytes in all; want none more, at most %d bytes", dir, more, blobBytes(), maxBytes)
+				}
+			}
+			var splitFiles []string
+			for i := range 6 {
+				splitFiles = append(splitFiles, fmt.Sprintf("split/f%d", i))
+			}
+			twoMissesThenAll("split/", []string{"split/f4", "split/f0"}, splitFiles, 100<<10)
 			reg.Reset()
 			read("loc/f6")
 			if n := blobGets(); n != 1 {
@@ -194,6 +235,13 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 			if n := blobGets(); n != 4 {
 				t.Errorf("four misses far apart in a 640 KiB directory took %d blob requests; want 4", n)
 			}
+			var incFiles []string
+			for _, part := range []string{"a", "b", "c"} {
+				for j := range 5 {
+					incFiles = append(incFiles, fmt.Sprintf("inc/%s%d", part, j))
+				}
+			}
+			twoMissesThenAll("inc/", []string{"inc/b2", "inc/c3"}, incFiles, 100<<10)
 		})
 	}
 }
