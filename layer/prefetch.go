@@ -997,6 +997,16 @@ func (b *batchBlob) holds(off, end int64) bool {
 	return i < len(b.pieces) && b.pieces[i].off <= off && end <= b.pieces[i].end
 }
 
+// heldEnd returns where the bytes b fetches that hold off end: the end of
+// its piece holding off, or b's end.
+func (b *batchBlob) heldEnd(off int64) int64 {
+	i := sort.Search(len(b.pieces), func(i int) bool { return b.pieces[i].end > off })
+	if i < len(b.pieces) && b.pieces[i].off <= off {
+		return b.pieces[i].end
+	}
+	return b.end
+}
+
 // ReadAt reads p at off, from the batch's bytes if they hold it (loading
 // them first if no one has), else from the blob.
 func (b *batchBlob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {

@@ -68,11 +68,13 @@ type readahead struct {
 	orderOnce sync.Once
 	order     []*index.Chunk // the layer's chunks in blob order; set once by orderOnce
 	dirOf     []int32        // the directory of order[i]'s file, an index in dirs; set with order
+	fileOf    []int32        // order[i]'s file, an index in the layer's entries; set with order
 	dirs      []dirChunks    // set with order
 
-	// missedDirs counts the misses in each directory (an index in dirs),
-	// up to 2: the second fetches the directory whole, once.
-	missedDirs map[int32]uint8 // guarded by mu
+	// missedDirs notes the misses in each directory (an index in dirs):
+	// the second, in another file than the first, may fetch the
+	// directory's files (see plan); later ones are not counted.
+	missedDirs map[int32]dirMisses // guarded by mu
 
 	// armed is the latest fetch of a layer read in order, if a read in
 	// it is to start the next; nil when none is. Set under mu (a miss
@@ -140,17 +142,24 @@ type dirChunks struct {
 	bytes       int64 // stored bytes of its chunks
 }
 
+// dirMisses is what readahead.missedDirs notes of a directory: how many
+// misses (up to 2) and the file of the first.
+type dirMisses struct {
+	n    uint8
+	file int32
+}
+
 // plan notes a miss of chunk c of l and returns the chunks before and after
 // it in the blob to fetch with it, each in blob order: after it, those
 // within missNeighbours, or within the growing window when the miss
 // follows the last one; and for a lone miss in a small directory, or the
-// second miss in a directory of at most dirAhead bytes, the chunks of that
-// directory's other files: in before and after when they lie together,
-// else in dir (blob order), to be fetched apart from what lies between
-// them. inOrder
-// reports a run of misses long enough to fetch ahead of the reads: the
-// window grew once (two files next to each other are common in any
-// start-up).
+// second miss in a directory of at most dirAhead bytes (in another of its
+// files), the chunks of that directory's other files: in before and after
+// when they lie together, else, outside a run of misses in order, in dir
+// (blob order), to be fetched apart, without what lies between them.
+// inOrder reports a run of misses long enough to fetch ahead of the
+// reads: the window grew once (two files next to each other are common
+// in any start-up).
 func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after, dir []*index.Chunk, inOrder bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -188,16 +197,17 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after, dir []*i
 		together := order[d.last].BlobEnd - order[d.first].BlobOffset
 		lone := r.window == 0 && d.bytes <= smallDir && together <= 2*smallDir
 		// Again: whatever the window.
-		again := r.missedAgain(di) && d.bytes <= dirAhead
+		again := r.missedAgain(di, r.fileOf[ci]) && d.bytes <= dirAhead
 		switch {
 		case lone || again && together <= 2*max(d.bytes, smallDir):
 			// Only what lies between the directory's first and last
 			// chunks: its files, and what a tar puts between them.
 			before = order[d.first:ci]
 			end = max(end, order[d.last].BlobEnd)
-		case again:
+		case again && r.window == 0:
 			// Its files lie among more of others' (its subdirectories',
-			// in a tar): its own chunks alone, as ranges of one request.
+			// in a tar): its own chunks alone. (A run in order gets them
+			// with its windows.)
 			for j := d.first; j <= d.last; j++ {
 				if r.dirOf[j] == di && j != ci {
 					dir = append(dir, order[j])
@@ -214,37 +224,24 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after, dir []*i
 	return before, after, dir, r.window > readaheadMin
 }
 
-// mergeChunks returns the chunks of a and b, each in blob order, in blob
-// order and each once.
-func mergeChunks(a, b []*index.Chunk) []*index.Chunk {
-	if len(b) == 0 {
-		return a
-	}
-	out := make([]*index.Chunk, 0, len(a)+len(b))
-	for len(a) > 0 || len(b) > 0 {
-		var next *index.Chunk
-		switch {
-		case len(b) == 0 || len(a) > 0 && a[0].BlobOffset <= b[0].BlobOffset:
-			next, a = a[0], a[1:]
-		default:
-			next, b = b[0], b[1:]
-		}
-		if n := len(out); n == 0 || out[n-1] != next {
-			out = append(out, next)
-		}
-	}
-	return out
-}
-
 // chunkPieces returns the blob ranges of chunks (in blob order), merged
-// where fewer than pieceGap bytes lie between them; nil when that leaves
-// one range, which the caller fetches whole.
+// where fewer than pieceGap bytes lie between them, as long as the bytes
+// so taken in are fewer than the chunks' own; nil when that leaves one
+// range, which the caller fetches whole.
 func chunkPieces(chunks []*index.Chunk) []piece {
+	var own, between int64
+	for _, c := range chunks {
+		own += c.BlobEnd - c.BlobOffset
+	}
 	var ps []piece
 	for _, c := range chunks {
-		if n := len(ps); n > 0 && c.BlobOffset-ps[n-1].end < pieceGap {
-			ps[n-1].end = max(ps[n-1].end, c.BlobEnd)
-			continue
+		if n := len(ps); n > 0 {
+			hole := c.BlobOffset - ps[n-1].end
+			if hole <= 0 || hole < pieceGap && between+hole <= own {
+				between += max(hole, 0)
+				ps[n-1].end = max(ps[n-1].end, c.BlobEnd)
+				continue
+			}
 		}
 		ps = append(ps, piece{off: c.BlobOffset, end: c.BlobEnd})
 	}
@@ -254,19 +251,23 @@ func chunkPieces(chunks []*index.Chunk) []piece {
 	return ps
 }
 
-// missedAgain notes a miss in directory di and reports whether it is the
-// second there: the first two misses are counted, later ones are not
-// (the second fetched the directory, or it is too large to). mu must be
-// held.
-func (r *readahead) missedAgain(di int32) bool {
+// missedAgain notes a miss in file of directory di and reports whether it
+// is the directory's second, in another file than the first (a large
+// file's chunks miss one after another); later misses are not counted.
+// mu must be held.
+func (r *readahead) missedAgain(di, file int32) bool {
 	if r.missedDirs == nil {
-		r.missedDirs = map[int32]uint8{}
+		r.missedDirs = map[int32]dirMisses{}
 	}
-	n := r.missedDirs[di]
-	if n < 2 {
-		r.missedDirs[di] = n + 1
+	m := r.missedDirs[di]
+	switch {
+	case m.n == 0:
+		r.missedDirs[di] = dirMisses{n: 1, file: file}
+	case m.n == 1 && m.file != file:
+		r.missedDirs[di] = dirMisses{n: 2}
+		return true
 	}
-	return n == 1
+	return false
 }
 
 // nextChunks plans the fetch after the last one of a layer read in order:
@@ -378,7 +379,7 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si, need int) 
 		return s.readSpan(ctx, l, si)
 	}
 	_, in := l.Index.SpanRanges(si)
-	if bb := l.ahead.last.Load(); bb != nil && in.Start >= bb.start && in.End <= bb.end {
+	if bb := l.ahead.last.Load(); bb != nil && bb.holds(in.Start, in.End) {
 		// Inside a widened fetch, made or in flight: share it.
 		if data, err := s.readSpan(ctx, l.view(bb), si); err == nil {
 			return data, nil
@@ -403,7 +404,7 @@ func (s *Stack) readSpanAhead(ctx context.Context, l *LayerState, si, need int) 
 		if b := l.inflight.covering(next.Start, next.End); b != nil {
 			n = j - 1
 			if inOrder {
-				l.ahead.resume(b.end)
+				l.ahead.resume(b.heldEnd(next.Start))
 			}
 			break
 		}
@@ -462,7 +463,7 @@ func (s *Stack) fetchSpansAhead(l *LayerState) {
 		_, r := l.Index.SpanRanges(first + j)
 		if b := l.inflight.covering(r.Start, r.End); b != nil {
 			n = j
-			l.ahead.resume(b.end)
+			l.ahead.resume(b.heldEnd(r.Start))
 			break
 		}
 	}
@@ -508,8 +509,8 @@ func (s *Stack) fillSpans(l *LayerState, bb *batchBlob, from, to int, remove fun
 func (r *readahead) chunks(l *LayerState) []*index.Chunk {
 	r.orderOnce.Do(func() {
 		type placed struct {
-			c   *index.Chunk
-			dir int32
+			c          *index.Chunk
+			dir, entry int32
 		}
 		var all []placed
 		seen := map[int64]bool{}
@@ -531,18 +532,19 @@ func (r *readahead) chunks(l *LayerState) []*index.Chunk {
 					continue
 				}
 				seen[c.BlobOffset] = true
-				all = append(all, placed{c, id})
+				all = append(all, placed{c, id, int32(i)})
 			}
 		}
 		sort.Slice(all, func(i, j int) bool { return all[i].c.BlobOffset < all[j].c.BlobOffset })
 		r.order = make([]*index.Chunk, len(all))
 		r.dirOf = make([]int32, len(all))
+		r.fileOf = make([]int32, len(all))
 		r.dirs = make([]dirChunks, len(dirIDs))
 		for i := range r.dirs {
 			r.dirs[i].first = -1
 		}
 		for i, p := range all {
-			r.order[i], r.dirOf[i] = p.c, p.dir
+			r.order[i], r.dirOf[i], r.fileOf[i] = p.c, p.dir, p.entry
 			d := &r.dirs[p.dir]
 			if d.first < 0 {
 				d.first = i
@@ -588,7 +590,7 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 		if b := l.inflight.covering(ec.BlobOffset, ec.BlobEnd); b != nil {
 			after = after[:i]
 			if inOrder {
-				l.ahead.resume(b.end)
+				l.ahead.resume(b.heldEnd(ec.BlobOffset))
 			}
 			break
 		}
@@ -599,12 +601,14 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 			break
 		}
 	}
-	// A directory's own chunks, without those cached or being fetched.
+	// A directory's own chunks, without those cached or being fetched
+	// (or fetched by this read), come in a fetch of their own, in the
+	// background: this read waits only for its own bytes.
 	dir = slices.DeleteFunc(dir, func(dc *index.Chunk) bool {
-		return s.cache.Holds(l.chunkKey(dc)) || l.inflight.covering(dc.BlobOffset, dc.BlobEnd) != nil
+		return s.cache.Holds(l.chunkKey(dc)) || l.inflight.covering(dc.BlobOffset, dc.BlobEnd) != nil ||
+			slices.Contains(before, dc) || slices.Contains(after, dc)
 	})
-	k, _ := slices.BinarySearchFunc(dir, c.BlobOffset, func(dc *index.Chunk, off int64) int { return cmpInt64(dc.BlobOffset, off) })
-	before, after = mergeChunks(before, dir[:k]), mergeChunks(after, dir[k:])
+	s.fetchChunksApart(l, dir)
 	if len(before)+len(after) == 0 {
 		if inOrder {
 			// The window holds no chunk after this one yet: the next
@@ -616,8 +620,6 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	extra := append(slices.Clip(before), after...)
 	bb := &batchBlob{blobReader: l.blob, start: extra[0].BlobOffset, end: extra[len(extra)-1].BlobEnd}
 	bb.start, bb.end = min(bb.start, c.BlobOffset), max(bb.end, c.BlobEnd)
-	// A directory's files among others' leave holes, not fetched.
-	bb.pieces = chunkPieces(mergeChunks(extra, []*index.Chunk{c}))
 	// Published before the fetch, so misses inside it wait for it rather
 	// than fetching their chunks again (inflight keeps it findable when a
 	// later fetch replaces it as the last).
@@ -638,6 +640,18 @@ func (s *Stack) readChunkAhead(ctx context.Context, l *LayerState, c *index.Chun
 	}
 	s.fillChunks(l, bb, extra, remove)
 	return data, nil
+}
+
+// fetchChunksApart fetches chunks of l (in blob order) in the background,
+// their ranges in one request where the registry serves several at once,
+// without the bytes between them (see chunkPieces); verified and cached
+// as on-demand reads would, which join the fetch meanwhile.
+func (s *Stack) fetchChunksApart(l *LayerState, chunks []*index.Chunk) {
+	if len(chunks) == 0 {
+		return
+	}
+	bb := &batchBlob{blobReader: l.blob, start: chunks[0].BlobOffset, end: chunks[len(chunks)-1].BlobEnd, pieces: chunkPieces(chunks)}
+	s.fillChunks(l, bb, chunks, l.inflight.add(bb))
 }
 
 // fetchChunksAhead starts the fetch of the next window of a layer read in
@@ -662,7 +676,7 @@ func (s *Stack) fetchChunksAhead(l *LayerState) {
 	for i, c := range next {
 		if b := l.inflight.covering(c.BlobOffset, c.BlobEnd); b != nil {
 			next = next[:i]
-			l.ahead.resume(b.end)
+			l.ahead.resume(b.heldEnd(c.BlobOffset))
 			break
 		}
 	}

@@ -1,9 +1,12 @@
 package layer_test
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -181,9 +184,10 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 				return n
 			}
 			// Two misses in a directory, then a read of each of its files:
-			// the second miss fetches its files, and only its own (as
-			// ranges of one request; this registry answers a range at a
-			// time).
+			// the second miss fetches its files, and only its own (where
+			// they lie among others', in the background, as ranges of one
+			// request where the registry serves several at once; this one
+			// answers a range at a time).
 			twoMissesThenAll := func(dir string, misses []string, files []string, maxBytes int64) {
 				t.Helper()
 				reg.Reset()
@@ -192,6 +196,7 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 					t.Fatalf("a lone miss in %s took %d blob requests", dir, n)
 				}
 				read(misses[1])
+				settle(reg)
 				n := blobGets()
 				for _, name := range files {
 					read(name)
@@ -377,6 +382,144 @@ func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
 			settled()
 			if got := fetched(); got != far {
 				t.Errorf("a read of %s, far past the last read but fetched ahead already, fetched on to %d (from %d)", name, got, far)
+			}
+		})
+	}
+}
+
+// TestReadaheadDirectoryMissesInOneFile: two misses in one file of a
+// directory (a large file read in two places, chunk by chunk) are not two
+// misses in the directory: its other files are not fetched with them.
+func TestReadaheadDirectoryMissesInOneFile(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	var ents []testutil.Entry
+	want := map[string][]byte{}
+	for i := range 10 {
+		name := fmt.Sprintf("one/small%d", i)
+		ents = append(ents, testutil.Entry{Name: name, Content: random(4 << 10)})
+		want[name] = ents[len(ents)-1].Content
+	}
+	big := random(256 << 10) // four chunks of 64 KiB
+	ents = append(ents, testutil.Entry{Name: "one/big", Content: big})
+	reg := testutil.NewRegistry(t)
+	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz, testutil.WithChunkSize(64<<10))
+	digest, err := l.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := layer.Resolve(context.Background(), reg.Push(t, "one-file:v1", testutil.Image(t, []v1.Layer{l}, []map[string]string{ann})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stack, _, tree := openMerged(t, img, mustStore(t, t.TempDir()))
+	blobGets := func() (n int) {
+		for _, r := range reg.Requests() {
+			if r.Blob == digest.String() && r.Method == "GET" {
+				n++
+			}
+		}
+		return n
+	}
+	n, _ := tree.Lookup("one/big")
+	if len(n.Chunks) < 4 {
+		t.Fatalf("one/big has %d chunks, want 4", len(n.Chunks))
+	}
+	reg.Reset()
+	for _, off := range []int64{0, 192 << 10} {
+		p := make([]byte, 16<<10)
+		if _, err := stack.ReadAt(context.Background(), n, p, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, big[off:off+int64(len(p))]) {
+			t.Fatalf("one/big at %d: wrong bytes", off)
+		}
+	}
+	settle(reg)
+	before := blobGets()
+	for i := range 10 {
+		name := fmt.Sprintf("one/small%d", i)
+		readCheck(t, stack, tree, name, want[name])
+	}
+	if blobGets() == before {
+		t.Error("two misses in one file fetched its directory's other files")
+	}
+}
+
+// TestReadaheadInOrderFetchesNoByteTwice: a job reading every file of
+// small directories in layer order, each with a subdirectory among its
+// files (one small, one larger than the directory's own files), fetches
+// no byte of the blob twice: the misses that fetch a directory's files
+// add nothing the run's windows fetch again.
+func TestReadaheadInOrderFetchesNoByteTwice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	var ents []testutil.Entry
+	want := map[string][]byte{}
+	var names []string
+	add := func(name string, n int) {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		ents = append(ents, testutil.Entry{Name: name, Content: b})
+		want[name] = b
+		names = append(names, name)
+	}
+	for _, d := range []struct {
+		dir string
+		sub int
+	}{{"mid", 64 << 10}, {"wide", 300 << 10}} {
+		for i := range 20 {
+			add(fmt.Sprintf("%s/f%02d", d.dir, i), 8<<10)
+			if i == 9 {
+				add(d.dir+"/sub/g", d.sub)
+			}
+		}
+	}
+	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
+		t.Run(string(f), func(t *testing.T) {
+			reg := testutil.NewRegistry(t)
+			img, digest := resolveOneLayer(t, reg, "in-order:v1", ents, f)
+			stack, _, tree := openMerged(t, img, mustStore(t, t.TempDir()))
+			reg.Reset()
+			for _, name := range names {
+				readCheck(t, stack, tree, name, want[name])
+			}
+			settle(reg)
+			type span struct{ a, b int64 }
+			var spans []span
+			var asked int64
+			for _, r := range reg.Requests() {
+				if r.Blob != digest.String() || r.Method != "GET" {
+					continue
+				}
+				for _, rg := range strings.Split(strings.TrimPrefix(r.Range, "bytes="), ",") {
+					first, last, ok := strings.Cut(rg, "-")
+					a, err1 := strconv.ParseInt(first, 10, 64)
+					b, err2 := strconv.ParseInt(last, 10, 64)
+					if !ok || err1 != nil || err2 != nil {
+						t.Fatalf("range %q", r.Range)
+					}
+					spans = append(spans, span{a, b + 1})
+					asked += b + 1 - a
+				}
+			}
+			slices.SortFunc(spans, func(x, y span) int { return cmp.Compare(x.a, y.a) })
+			var union, end int64
+			for _, s := range spans {
+				if s.b > end {
+					union += s.b - max(s.a, end)
+					end = s.b
+				}
+			}
+			if asked != union {
+				t.Errorf("reading %d files in layer order asked for %d bytes of the blob, %d of them twice", len(names), asked, asked-union)
 			}
 		})
 	}

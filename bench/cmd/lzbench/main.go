@@ -290,6 +290,10 @@ func pull(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("%s %d\n", bench.PeakRSSLine, bench.ParseVmHWM(string(status)))
+	peak := bench.ParseVmHWM(string(status))
+	if peak <= 0 {
+		return fmt.Errorf("no VmHWM in /proc/self/status")
+	}
+	fmt.Printf("%s %d\n", bench.PeakRSSLine, peak)
 	return nil
 }
