@@ -19,6 +19,15 @@ import (
 	"github.com/lazyroot/lazyroot/layer"
 )
 
+// randomBytes returns n bytes from rng: data that does not compress.
+func randomBytes(rng *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
 // resolveOneLayer pushes an image of one layer, ents in format f, as
 // repoTag and resolves it; it returns the image and the layer's digest.
 func resolveOneLayer(t *testing.T, reg *testutil.Registry, repoTag string, ents []testutil.Entry, f testutil.Format) (*layer.Image, v1.Hash) {
@@ -47,10 +56,7 @@ func TestReadaheadFollowsSequentialMisses(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range files {
 		name := fmt.Sprintf("data/f%03d", i)
-		content := make([]byte, 2500+i) // does not compress: 780 KB stored
-		for j := range content {
-			content[j] = byte(rng.Uint32())
-		}
+		content := randomBytes(rng, 2500+i) // does not compress: 780 KB stored
 		ents = append(ents, testutil.Entry{Name: name, Content: content})
 		want[name] = content
 	}
@@ -118,30 +124,18 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 	// of another between them.
 	for i := range 6 {
 		if i == 3 {
-			b := make([]byte, 300<<10)
-			for j := range b {
-				b[j] = byte(rng.Uint32())
-			}
-			add("other/big", b)
+			add("other/big", randomBytes(rng, 300<<10))
 		}
 		add(fmt.Sprintf("split/f%d", i), textBytes(uint64(100+i), 3000))
 	}
 	for i := range 24 { // 192 KiB that do not compress: over smallDir
-		b := make([]byte, 8<<10)
-		for j := range b {
-			b[j] = byte(rng.Uint32())
-		}
-		add(fmt.Sprintf("big/f%02d", i), b)
+		add(fmt.Sprintf("big/f%02d", i), randomBytes(rng, 8<<10))
 	}
 	for i := range 10 {
 		add(fmt.Sprintf("loc/f%d", i), textBytes(uint64(i), 3000))
 	}
 	for i := range 80 { // 640 KiB that do not compress: over dirAhead
-		b := make([]byte, 8<<10)
-		for j := range b {
-			b[j] = byte(rng.Uint32())
-		}
-		add(fmt.Sprintf("huge/f%02d", i), b)
+		add(fmt.Sprintf("huge/f%02d", i), randomBytes(rng, 8<<10))
 	}
 	// A directory whose files lie among its subdirectories' 600 KiB, as
 	// a tar puts them.
@@ -150,11 +144,7 @@ func TestReadaheadFetchesASmallDirectory(t *testing.T) {
 			add(fmt.Sprintf("inc/%s%d", part, j), textBytes(uint64(200+10*i+j), 3000))
 		}
 		if i < 2 {
-			b := make([]byte, 300<<10)
-			for j := range b {
-				b[j] = byte(rng.Uint32())
-			}
-			add(fmt.Sprintf("inc/sub%d/big", i), b)
+			add(fmt.Sprintf("inc/sub%d/big", i), randomBytes(rng, 300<<10))
 		}
 	}
 	for _, f := range []testutil.Format{testutil.EStargz, testutil.ZstdChunked} {
@@ -264,10 +254,7 @@ func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
 	want := map[string][]byte{}
 	rng := rand.New(rand.NewPCG(5, 6))
 	for i := range files {
-		b := make([]byte, 16<<10) // does not compress: 6.4 MiB stored
-		for j := range b {
-			b[j] = byte(rng.Uint32())
-		}
+		b := randomBytes(rng, 16<<10) // does not compress: 6.4 MiB stored
 		name := fmt.Sprintf("data/f%03d", i)
 		ents = append(ents, testutil.Entry{Name: name, Content: b})
 		want[name] = b
@@ -392,21 +379,14 @@ func TestReadaheadRunsAheadOfAnOrderedReader(t *testing.T) {
 // misses in the directory: its other files are not fetched with them.
 func TestReadaheadDirectoryMissesInOneFile(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	random := func(n int) []byte {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
-		return b
-	}
 	var ents []testutil.Entry
 	want := map[string][]byte{}
 	for i := range 10 {
 		name := fmt.Sprintf("one/small%d", i)
-		ents = append(ents, testutil.Entry{Name: name, Content: random(4 << 10)})
+		ents = append(ents, testutil.Entry{Name: name, Content: randomBytes(rng, 4<<10)})
 		want[name] = ents[len(ents)-1].Content
 	}
-	big := random(256 << 10) // four chunks of 64 KiB
+	big := randomBytes(rng, 256<<10) // four chunks of 64 KiB
 	ents = append(ents, testutil.Entry{Name: "one/big", Content: big})
 	reg := testutil.NewRegistry(t)
 	l, ann := testutil.Layer(t, testutil.Tar(t, ents), testutil.EStargz, testutil.WithChunkSize(64<<10))
@@ -463,10 +443,7 @@ func TestReadaheadInOrderFetchesNoByteTwice(t *testing.T) {
 	want := map[string][]byte{}
 	var names []string
 	add := func(name string, n int) {
-		b := make([]byte, n)
-		for i := range b {
-			b[i] = byte(rng.Uint32())
-		}
+		b := randomBytes(rng, n)
 		ents = append(ents, testutil.Entry{Name: name, Content: b})
 		want[name] = b
 		names = append(names, name)
