@@ -196,7 +196,7 @@ func (r *readahead) plan(l *LayerState, c *index.Chunk) (before, after, dir []*i
 		d := r.dirs[di]
 		together := order[d.last].BlobEnd - order[d.first].BlobOffset
 		lone := r.window == 0 && d.bytes <= smallDir && together <= 2*smallDir
-		// Again: whatever the window.
+		// A directory's second miss counts in a run in order too.
 		again := r.missedAgain(di, r.fileOf[ci]) && d.bytes <= dirAhead
 		switch {
 		case lone || again && together <= 2*max(d.bytes, smallDir):
